@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# HTTP load benchmark of GET /v1/recommendations on loopback, bounded in time.
+#
+#  1. starts `recstream demo` (release build) on a free loopback port;
+#  2. saves one real recommendations response and serves it as a static file with nginx
+#     on another loopback port (the ceiling: the same payload with no work behind it);
+#  3. max throughput: wrk, same settings, against both, in this one run -> ratio;
+#  4. latency at a fixed rate: oha at 10,000 requests/s for 10 s -> p50/p99.
+#
+# Needs wrk and nginx (apt-get install -y wrk nginx-light) and oha
+# (cargo install oha --locked --root .bench-tools). Everything stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${DURATION:-10}"
+CONNS="${CONNS:-64}"
+RATE="${RATE:-10000}"
+OHA="$(command -v oha || echo .bench-tools/bin/oha)"
+command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk" >&2; exit 1; }
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "nginx missing: apt-get install -y nginx-light" >&2; exit 1; }
+[ -x "$OHA" ] || { echo "oha missing: cargo install oha --locked --root .bench-tools" >&2; exit 1; }
+
+cargo build --release -q
+WORK="$(mktemp -d /tmp/recstream-http-bench.XXXXXX)"
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+APP_PORT="$(port)"; NGINX_PORT="$(port)"
+cleanup() {
+  [ -n "${APP_PID:-}" ] && kill "$APP_PID" 2>/dev/null || true
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+target/release/recstream demo --listen "127.0.0.1:$APP_PORT" --data-dir "$WORK/demo" \
+  --exit-after $((DURATION * 4 + 60)) --log warn >"$WORK/demo.out" 2>&1 &
+APP_PID=$!
+for _ in $(seq 600); do grep -q "serving on" "$WORK/demo.out" && break; sleep 0.1; done
+grep -q "serving on" "$WORK/demo.out" || { cat "$WORK/demo.out"; exit 1; }
+
+# The busiest user of the sample (printed first by the demo).
+USER_ID="$(grep -m1 -oP '^  user \K[^ ]+' "$WORK/demo.out")"
+URL_APP="http://127.0.0.1:$APP_PORT/v1/recommendations/$USER_ID?n=10"
+mkdir -p "$WORK/www"
+curl -s "$URL_APP" > "$WORK/www/recs.json"
+BYTES=$(wc -c < "$WORK/www/recs.json")
+
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    root $WORK/www;
+    location / { default_type application/json; }
+  }
+}
+CONF
+/usr/sbin/nginx -c "$WORK/nginx.conf"
+URL_NGINX="http://127.0.0.1:$NGINX_PORT/recs.json"
+sleep 0.5
+
+echo "payload: $BYTES bytes; user $USER_ID; wrk -t2 -c$CONNS -d${DURATION}s; oha -q $RATE -z ${DURATION}s"
+rps() { wrk -t2 -c"$CONNS" -d"${DURATION}s" "$1" | awk '/Requests\/sec/ {print $2}'; }
+R_NGINX="$(rps "$URL_NGINX")"
+R_APP="$(rps "$URL_APP")"
+echo "max throughput  nginx static: $R_NGINX req/s   recstream: $R_APP req/s   ratio: $(python3 -c "print(round($R_APP/$R_NGINX, 3))")"
+
+"$OHA" --no-tui --output-format json -q "$RATE" -z "${DURATION}s" -c "$CONNS" --latency-correction "$URL_APP" > "$WORK/oha.json"
+python3 - "$WORK/oha.json" "$RATE" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+s, p = d["summary"], d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+print(f"fixed rate {sys.argv[2]}/s: achieved {s['requestsPerSec']:.0f} req/s, "
+      f"p50 {p['p50']*1e3:.3f} ms, p99 {p['p99']*1e3:.3f} ms, p99.9 {p['p99.9']*1e3:.3f} ms, "
+      f"success rate {s['successRate']:.4f}, status {codes}")
+PY

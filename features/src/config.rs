@@ -1,0 +1,92 @@
+//! Aggregation settings: half-lives and the bounds that keep per-key state small.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeatureConfig {
+    /// Half-life of a user's item and category affinities, in seconds.
+    pub user_half_life_secs: f64,
+    /// Half-life of product popularity (trending), in seconds.
+    pub trending_half_life_secs: f64,
+    /// Distinct recent items kept per user.
+    pub recent_items: usize,
+    /// Item affinities kept per user.
+    pub item_affinities: usize,
+    /// Category affinities kept per user.
+    pub categories: usize,
+    /// Purchased products remembered per user (for the "already bought" filter).
+    pub purchased: usize,
+    /// How many earlier items of the same session pair with a new one (co-visitation).
+    pub covisit_window: usize,
+    /// Co-visited neighbours kept per product.
+    pub covisit_neighbours: usize,
+    /// A gap longer than this starts a new session when events carry no session id.
+    pub session_gap_secs: i64,
+    /// Length of the trending list and of each category's top list.
+    pub top_list_len: usize,
+}
+
+fn defaults() -> FeatureConfig {
+    FeatureConfig {
+        user_half_life_secs: 3.0 * 24.0 * 3600.0,
+        trending_half_life_secs: 3600.0,
+        recent_items: 30,
+        item_affinities: 50,
+        categories: 10,
+        purchased: 200,
+        covisit_window: 5,
+        covisit_neighbours: 50,
+        session_gap_secs: 30 * 60,
+        top_list_len: 100,
+    }
+}
+
+impl Default for FeatureConfig {
+    fn default() -> Self {
+        defaults()
+    }
+}
+
+impl FeatureConfig {
+    /// Checks the settings before anything runs.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("user_half_life_secs", self.user_half_life_secs),
+            ("trending_half_life_secs", self.trending_half_life_secs),
+        ];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!(
+                    "features.{name} must be a positive number of seconds"
+                ));
+            }
+        }
+        let bounded = [
+            ("recent_items", self.recent_items, 1000),
+            ("item_affinities", self.item_affinities, 1000),
+            ("categories", self.categories, 200),
+            ("purchased", self.purchased, 10_000),
+            ("covisit_window", self.covisit_window, 50),
+            ("covisit_neighbours", self.covisit_neighbours, 1000),
+            ("top_list_len", self.top_list_len, 10_000),
+        ];
+        for (name, v, max) in bounded {
+            if v == 0 || v > max {
+                return Err(format!("features.{name} must be in 1..={max}, not {v}"));
+            }
+        }
+        if self.session_gap_secs <= 0 {
+            return Err("features.session_gap_secs must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn user_half_life_ms(&self) -> f64 {
+        self.user_half_life_secs * 1000.0
+    }
+
+    pub fn trending_half_life_ms(&self) -> f64 {
+        self.trending_half_life_secs * 1000.0
+    }
+}

@@ -1,0 +1,25 @@
+//! recstream-features: per-user and per-product features, kept live from the stream.
+//!
+//! ```text
+//!  Event ─► Aggregator (one per shard; interned ids, event-time decay, co-visitation)
+//!               │ drain() every flush interval (≈1 s; less in embedded mode)
+//!               ▼
+//!          FlushBatch (absolute values) ─► FeatureStore ─┬─► EmbeddedStore (redb)
+//!                                                        └─► DynamoDB
+//!          snapshot() at each checkpoint ─► object store; restore() + replay after a crash
+//! ```
+
+pub mod aggregate;
+pub mod config;
+pub mod decay;
+pub mod error;
+pub mod metrics;
+pub mod store;
+pub mod view;
+
+pub use aggregate::{Aggregator, FlushBatch};
+pub use config::FeatureConfig;
+pub use decay::Decayed;
+pub use error::StoreError;
+pub use store::{CheckpointStore, EmbeddedStore, FeatureStore};
+pub use view::{EventCounts, ProductFeatures, TopList, UserFeatures};

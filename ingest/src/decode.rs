@@ -1,0 +1,343 @@
+//! Decoding and validation of untrusted record bytes into [`Event`]s.
+//!
+//! ```text
+//!  bytes ──► size check ──► serde_json (ids borrowed into inline strings) ──► validate ──► Event
+//!    └─ any failure ─► DecodeError { reason } ─► dead-letter store (never dropped)
+//! ```
+//!
+//! Nothing here panics on input: every failure is a [`DecodeError`] that names the field
+//! and the problem.
+
+use std::borrow::Cow;
+
+use crate::event::{Event, EventType, Timestamp};
+
+/// The largest record accepted, in bytes (Kinesis allows 1 MiB; an event is ~200 bytes).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
+
+const MAX_ID_BYTES: usize = 128;
+const MAX_TEXT_BYTES: usize = 256;
+const MAX_QUERY_BYTES: usize = 1024;
+const MAX_IMPRESSIONS: usize = 200;
+const MAX_QUANTITY: u32 = 10_000;
+const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
+
+/// Why a record was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record is {len} bytes, over the {max} byte limit")]
+    Oversized { len: usize, max: usize },
+    #[error("malformed json: {0}")]
+    Malformed(String),
+    #[error("field `{field}`: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: Cow<'static, str>,
+    },
+    /// The record could not be mapped from its source format (e.g. a bad CSV row).
+    #[error("unmappable source row: {0}")]
+    Unmappable(String),
+}
+
+impl DecodeError {
+    /// A short, bounded label for metrics (`oversized`, `malformed`, `invalid_<field>`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Oversized { .. } => "oversized",
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::Unmappable(_) => "unmappable",
+            DecodeError::Invalid { field, .. } => match *field {
+                "event_id" => "invalid_event_id",
+                "ts" => "invalid_ts",
+                "user_id" => "invalid_user_id",
+                "product_id" => "invalid_product_id",
+                "price" | "price.amount" | "price.currency" => "invalid_price",
+                "quantity" => "invalid_quantity",
+                _ => "invalid_other",
+            },
+        }
+    }
+
+    fn invalid(field: &'static str, problem: impl Into<Cow<'static, str>>) -> DecodeError {
+        DecodeError::Invalid {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Decodes and validates one record with the default size limit.
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    decode_with_limit(bytes, DEFAULT_MAX_RECORD_BYTES)
+}
+
+/// Decodes and validates one record, rejecting anything over `max_bytes`.
+pub fn decode_with_limit(bytes: &[u8], max_bytes: usize) -> Result<Event, DecodeError> {
+    if bytes.len() > max_bytes {
+        return Err(DecodeError::Oversized {
+            len: bytes.len(),
+            max: max_bytes,
+        });
+    }
+    let event: Event =
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    validate(&event)?;
+    Ok(event)
+}
+
+fn check_id(field: &'static str, value: &str) -> Result<(), DecodeError> {
+    if value.is_empty() {
+        return Err(DecodeError::invalid(field, "must not be empty"));
+    }
+    check_text(field, value, MAX_ID_BYTES)
+}
+
+fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), DecodeError> {
+    if value.len() > max {
+        return Err(DecodeError::invalid(
+            field,
+            format!("{} bytes, over the {max} byte limit", value.len()),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(DecodeError::invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+fn check_opt(field: &'static str, value: Option<&str>, max: usize) -> Result<(), DecodeError> {
+    value.map_or(Ok(()), |v| check_text(field, v, max))
+}
+
+/// Validates an already decoded event (also used for events built in-process).
+pub fn validate(e: &Event) -> Result<(), DecodeError> {
+    check_id("event_id", &e.event_id)?;
+    check_id("user_id", &e.user_id)?;
+    if e.ts < Timestamp::MIN || e.ts >= Timestamp::MAX {
+        return Err(DecodeError::invalid(
+            "ts",
+            format!("{} ms is outside 2000-01-01..2100-01-01", e.ts.0),
+        ));
+    }
+    if let Some(s) = &e.session_id {
+        check_id("session_id", s)?;
+    }
+    if let EventType::Other(t) = &e.event_type {
+        if t.is_empty() {
+            return Err(DecodeError::invalid("type", "must not be empty"));
+        }
+        check_text("type", t, 64)?;
+    }
+    match &e.product_id {
+        Some(p) => check_id("product_id", p)?,
+        None if e.event_type.needs_product() => {
+            return Err(DecodeError::invalid(
+                "product_id",
+                format!("required for `{}` events", e.event_type),
+            ));
+        }
+        None => {}
+    }
+    check_opt("category", e.category.as_deref(), MAX_TEXT_BYTES)?;
+    check_opt("brand", e.brand.as_deref(), MAX_TEXT_BYTES)?;
+    check_opt("query", e.query.as_deref(), MAX_QUERY_BYTES)?;
+    if let Some(price) = &e.price {
+        if !(0..=MAX_AMOUNT_MINOR).contains(&price.amount) {
+            return Err(DecodeError::invalid(
+                "price.amount",
+                format!(
+                    "{} is outside 0..={MAX_AMOUNT_MINOR} minor units",
+                    price.amount
+                ),
+            ));
+        }
+        let c = price.currency.as_bytes();
+        if c.len() != 3 || !c.iter().all(u8::is_ascii_uppercase) {
+            return Err(DecodeError::invalid(
+                "price.currency",
+                "must be a three-letter ISO 4217 code such as USD",
+            ));
+        }
+    }
+    if let Some(q) = e.quantity
+        && !(1..=MAX_QUANTITY).contains(&q)
+    {
+        return Err(DecodeError::invalid(
+            "quantity",
+            format!("{q} is outside 1..={MAX_QUANTITY}"),
+        ));
+    }
+    if let Some(p) = &e.profile {
+        check_opt("profile.age_band", p.age_band.as_deref(), 32)?;
+        check_opt("profile.gender", p.gender.as_deref(), 32)?;
+        check_opt("profile.region", p.region.as_deref(), 64)?;
+    }
+    if let Some(r) = &e.recommendation_id {
+        check_id("recommendation_id", r)?;
+    }
+    if e.impressions.len() > MAX_IMPRESSIONS {
+        return Err(DecodeError::invalid(
+            "impressions",
+            format!(
+                "{} items, over the limit of {MAX_IMPRESSIONS}",
+                e.impressions.len()
+            ),
+        ));
+    }
+    for i in &e.impressions {
+        check_id("impressions", i)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Money;
+    use proptest::prelude::*;
+
+    const GOOD: &str = r#"{"event_id":"e1","ts":"2019-10-01T00:00:00Z","user_id":"u1",
+        "session_id":"s1","type":"view","product_id":"p1","category":"electronics.phone",
+        "price":{"amount":3579,"currency":"USD"},"quantity":1,"unknown_field":[1,2]}"#;
+
+    #[test]
+    fn decodes_a_full_event_and_ignores_unknown_fields() {
+        let e = decode(GOOD.as_bytes()).unwrap();
+        assert_eq!(e.user_id, "u1");
+        assert_eq!(e.event_type, EventType::View);
+        assert_eq!(e.ts, Timestamp(1_569_888_000_000));
+        assert_eq!(e.price, Some(Money::new(3579, "USD")));
+    }
+
+    #[test]
+    fn accepts_epoch_millis_and_unknown_types() {
+        let e = decode(br#"{"event_id":"e","ts":1569888000000,"user_id":"u","type":"wishlist"}"#)
+            .unwrap();
+        assert_eq!(e.event_type, EventType::Other("wishlist".into()));
+    }
+
+    #[test]
+    fn round_trips_through_to_json() {
+        let e = decode(GOOD.as_bytes()).unwrap();
+        assert_eq!(decode(&e.to_json()).unwrap(), e);
+    }
+
+    fn field_of(err: DecodeError) -> &'static str {
+        match err {
+            DecodeError::Invalid { field, .. } => field,
+            other => panic!("expected a validation error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"event_id":"","ts":1569888000000,"user_id":"u","type":"search"}"#,
+                "event_id",
+            ),
+            (
+                r#"{"event_id":"e","ts":5,"user_id":"u","type":"search"}"#,
+                "ts",
+            ),
+            (
+                r#"{"event_id":"e","ts":1569888000000,"user_id":"u","type":"view"}"#,
+                "product_id",
+            ),
+            (
+                r#"{"event_id":"e","ts":1569888000000,"user_id":"u","type":"view","product_id":"p","quantity":0}"#,
+                "quantity",
+            ),
+            (
+                r#"{"event_id":"e","ts":1569888000000,"user_id":"u","type":"view","product_id":"p","price":{"amount":-1,"currency":"USD"}}"#,
+                "price.amount",
+            ),
+            (
+                r#"{"event_id":"e","ts":1569888000000,"user_id":"u","type":"view","product_id":"p","price":{"amount":1,"currency":"usd"}}"#,
+                "price.currency",
+            ),
+        ];
+        for (json, field) in cases {
+            assert_eq!(
+                field_of(decode(json.as_bytes()).unwrap_err()),
+                *field,
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn float_money_is_malformed_not_rounded() {
+        let err = decode(br#"{"event_id":"e","ts":1569888000000,"user_id":"u","type":"view","product_id":"p","price":{"amount":35.79,"currency":"USD"}}"#).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn oversized_records_are_rejected_before_parsing() {
+        let big = vec![b' '; DEFAULT_MAX_RECORD_BYTES + 1];
+        assert_eq!(
+            decode(&big).unwrap_err(),
+            DecodeError::Oversized {
+                len: DEFAULT_MAX_RECORD_BYTES + 1,
+                max: DEFAULT_MAX_RECORD_BYTES
+            }
+        );
+    }
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        (
+            "[a-z0-9-]{1,40}",
+            Timestamp::MIN.0..Timestamp::MAX.0,
+            "[a-zA-Z0-9]{1,30}",
+            prop_oneof![
+                Just("view"),
+                Just("purchase"),
+                Just("add_to_cart"),
+                Just("search"),
+                Just("x")
+            ],
+            proptest::option::of("[0-9]{1,12}"),
+            proptest::option::of((0i64..1_000_000, "[A-Z]{3}")),
+            proptest::option::of(1u32..100),
+        )
+            .prop_map(|(id, ts, user, ty, product, price, qty)| {
+                let ty = EventType::parse(ty);
+                let product = product.or_else(|| ty.needs_product().then(|| "p".to_string()));
+                let mut e = Event::new(&id, Timestamp(ts), &user, ty);
+                e.product_id = product.map(Into::into);
+                e.price = price.map(|(a, c)| Money::new(a, &c));
+                e.quantity = qty;
+                e
+            })
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic the decoder, whatever they are.
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        /// Arbitrary JSON-ish text never panics either and errors are always explained.
+        #[test]
+        fn never_panics_on_jsonish_text(s in r#"\{("[a-z_]{1,10}":("[^"]{0,10}"|-?[0-9]{1,20}|\[\]|null|true),?){0,12}\}"#) {
+            if let Err(e) = decode(s.as_bytes()) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        /// Every valid event survives an encode/decode round trip unchanged.
+        #[test]
+        fn valid_events_round_trip(e in arb_event()) {
+            prop_assert_eq!(decode(&e.to_json()).unwrap(), e);
+        }
+
+        /// Truncating a valid record anywhere yields an error, never a panic or a wrong event.
+        #[test]
+        fn truncated_records_are_rejected(e in arb_event(), cut in 0usize..200) {
+            let bytes = e.to_json();
+            let cut = cut.min(bytes.len().saturating_sub(1));
+            prop_assert!(decode(&bytes[..cut]).is_err());
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The clickstream event: the one record type every stage agrees on.
+//!
+//! Ids are [`CompactString`]s, so the short ids of real shops (up to 24 bytes) never touch
+//! the heap. Money is always integer minor units plus an ISO-4217 currency code. Unknown
+//! JSON fields are not modelled here: the archive keeps the raw record bytes beside the
+//! typed columns, so nothing the producer sent is lost.
+
+use std::fmt;
+
+use compact_str::CompactString;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Milliseconds since the Unix epoch, UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// Earliest accepted event time (2000-01-01T00:00:00Z).
+    pub const MIN: Timestamp = Timestamp(946_684_800_000);
+    /// Latest accepted event time (2100-01-01T00:00:00Z).
+    pub const MAX: Timestamp = Timestamp(4_102_444_800_000);
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn to_datetime(self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_millis(self.0).unwrap_or_default()
+    }
+
+    /// Parse RFC 3339 (`2019-10-01T00:00:00Z`, with offset or fraction).
+    pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|dt| Timestamp(dt.timestamp_millis()))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}",
+            self.to_datetime()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    /// Accepts epoch milliseconds (integer) or an RFC 3339 string.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("epoch milliseconds or an RFC 3339 timestamp")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Timestamp, E> {
+                Ok(Timestamp(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Timestamp, E> {
+                i64::try_from(v)
+                    .map(Timestamp)
+                    .map_err(|_| E::custom("timestamp out of range"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Timestamp, E> {
+                Timestamp::parse_rfc3339(v)
+                    .ok_or_else(|| E::custom(format_args!("`{v}` is not RFC 3339")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What the shopper did. Unknown types are kept (and counted), never fatal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventType {
+    View,
+    AddToCart,
+    RemoveFromCart,
+    Purchase,
+    Search,
+    Click,
+    Other(CompactString),
+}
+
+impl EventType {
+    pub fn parse(s: &str) -> EventType {
+        match s {
+            "view" => EventType::View,
+            "add_to_cart" => EventType::AddToCart,
+            "remove_from_cart" => EventType::RemoveFromCart,
+            "purchase" => EventType::Purchase,
+            "search" => EventType::Search,
+            "click" => EventType::Click,
+            other => EventType::Other(CompactString::from(other)),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventType::View => "view",
+            EventType::AddToCart => "add_to_cart",
+            EventType::RemoveFromCart => "remove_from_cart",
+            EventType::Purchase => "purchase",
+            EventType::Search => "search",
+            EventType::Click => "click",
+            EventType::Other(s) => s,
+        }
+    }
+
+    /// Whether this type is about one product (and so requires `product_id`).
+    pub fn needs_product(&self) -> bool {
+        matches!(
+            self,
+            EventType::View
+                | EventType::AddToCart
+                | EventType::RemoveFromCart
+                | EventType::Purchase
+                | EventType::Click
+        )
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(EventType::parse(&s))
+    }
+}
+
+/// An amount of money in integer minor units (cents) of an ISO-4217 currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Money {
+    /// Minor units; never a float.
+    pub amount: i64,
+    /// Three upper-case letters, e.g. `USD`.
+    pub currency: CompactString,
+}
+
+impl Money {
+    pub fn new(amount: i64, currency: &str) -> Money {
+        Money {
+            amount,
+            currency: CompactString::from(currency),
+        }
+    }
+}
+
+/// Optional demographics, used for cold start.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Profile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_band: Option<CompactString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gender: Option<CompactString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<CompactString>,
+}
+
+impl Profile {
+    /// The demographic segment key used by the cold-start cache, e.g. `25-34|f|eu`.
+    pub fn segment_key(&self) -> Option<CompactString> {
+        if self.age_band.is_none() && self.gender.is_none() && self.region.is_none() {
+            return None;
+        }
+        let part = |p: &Option<CompactString>| p.as_deref().unwrap_or("*").to_ascii_lowercase();
+        Some(compact_str::format_compact!(
+            "{}|{}|{}",
+            part(&self.age_band),
+            part(&self.gender),
+            part(&self.region)
+        ))
+    }
+}
+
+/// One validated clickstream event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub event_id: CompactString,
+    pub ts: Timestamp,
+    pub user_id: CompactString,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<CompactString>,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<CompactString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<CompactString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brand: Option<CompactString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommendation_id: Option<CompactString>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub impressions: Vec<CompactString>,
+}
+
+impl Event {
+    /// A minimal event; the builder-style setters fill in the rest.
+    pub fn new(event_id: &str, ts: Timestamp, user_id: &str, event_type: EventType) -> Event {
+        Event {
+            event_id: event_id.into(),
+            ts,
+            user_id: user_id.into(),
+            session_id: None,
+            event_type,
+            product_id: None,
+            category: None,
+            brand: None,
+            price: None,
+            quantity: None,
+            query: None,
+            profile: None,
+            recommendation_id: None,
+            impressions: Vec::new(),
+        }
+    }
+
+    pub fn with_product(mut self, product_id: &str, category: Option<&str>) -> Event {
+        self.product_id = Some(product_id.into());
+        self.category = category.map(Into::into);
+        self
+    }
+
+    pub fn with_session(mut self, session_id: &str) -> Event {
+        self.session_id = Some(session_id.into());
+        self
+    }
+
+    /// Serialise as the wire JSON the decoder accepts.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an Event always serialises")
+    }
+}

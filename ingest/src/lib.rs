@@ -1,0 +1,29 @@
+//! recstream-ingest: the event model, sources, decoding and the raw-event archive.
+//!
+//! ```text
+//!  datasets/ (REES46, Diginetica, YooChoose, OTTO) ─► file replay ─┐
+//!  POST /v1/events (collector) ───────────────────► channel ───────┼─► Source (one per shard)
+//!  Kinesis shards (leases in DynamoDB) ────────────────────────────┘        │
+//!                                                                           ▼
+//!                                          decode + validate ──► Event ──► features (next crate)
+//!                                               │      └──────────► archive: Parquet, dt=/hour= ─► ObjectStore
+//!                                               └─ DecodeError ──► dead letters ─────────────────► ObjectStore
+//! ```
+
+pub mod archive;
+pub mod aws;
+pub mod datasets;
+pub mod decode;
+pub mod error;
+pub mod event;
+pub mod metrics;
+pub mod object_store;
+pub mod record;
+pub mod source;
+
+pub use decode::{DecodeError, decode};
+pub use error::IngestError;
+pub use event::{Event, EventType, Money, Profile, Timestamp};
+pub use object_store::{LocalObjectStore, ObjectStore};
+pub use record::{RawRecord, SeqNo, ShardCheckpoint, ShardId};
+pub use source::Source;

@@ -1,0 +1,191 @@
+//! Training and scoring benchmarks on real data.
+//!
+//! The 1M-event log is the REES46 sample (17.4k events, `shared/data` or
+//! `RECSTREAM_DATA_DIR`) tiled 58 times: each copy has its own users and is shifted in time
+//! after the previous one, products are shared — so popularity and co-visitation grow as
+//! they would over a week of the same shop. Fixed seeds throughout.
+//!
+//! ```text
+//! cargo bench -p recstream-model --bench train
+//! ```
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use recstream_features::ProductFeatures;
+use recstream_ingest::Event;
+use recstream_ingest::datasets::{self, Dataset};
+use recstream_model::{
+    CandidateParams, CandidateSignals, LinearScorer, NoProgress, Replay, TrainParams, train,
+};
+
+fn data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("RECSTREAM_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    [
+        manifest.join("../../shared/data"),
+        manifest.join("../shared/data"),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+    .expect("real datasets missing: set RECSTREAM_DATA_DIR")
+}
+
+fn rees46() -> Vec<Event> {
+    let rows = datasets::load(Dataset::Rees46, &data_dir().join("rees46_multicat")).unwrap();
+    datasets::sort_by_time(rows)
+        .into_iter()
+        .filter_map(|r| r.event.ok())
+        .collect()
+}
+
+/// `n` events: copies of the sample with distinct users, one after the other in time.
+fn tiled(base: &[Event], n: usize) -> Vec<Event> {
+    let span = base.last().unwrap().ts.0 - base.first().unwrap().ts.0 + 60_000;
+    let mut out = Vec::with_capacity(n);
+    'outer: for copy in 0.. {
+        for e in base {
+            if out.len() == n {
+                break 'outer;
+            }
+            let mut e = e.clone();
+            e.ts.0 += copy as i64 * span;
+            e.user_id = compact_str::format_compact!("{}-{copy}", e.user_id);
+            e.event_id = compact_str::format_compact!("{}-{copy}", e.event_id);
+            if let Some(s) = &e.session_id {
+                e.session_id = Some(compact_str::format_compact!("{s}-{copy}"));
+            }
+            out.push(e);
+        }
+    }
+    out
+}
+
+fn bench_train(c: &mut Criterion) {
+    let base = rees46();
+    let events = tiled(&base, 1_000_000);
+    let mut g = c.benchmark_group("train");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(60))
+        .warm_up_time(Duration::from_secs(1));
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_with_input(BenchmarkId::new("replay", "1M events"), &events, |b, ev| {
+        b.iter(|| {
+            let mut r = Replay::new(Default::default());
+            for e in ev {
+                r.apply(e);
+            }
+            black_box(r.applied())
+        })
+    });
+    g.bench_with_input(
+        BenchmarkId::new("aggregator_only", "1M events"),
+        &events,
+        |b, ev| {
+            b.iter(|| {
+                let mut a = recstream_features::Aggregator::new(Default::default());
+                for e in ev {
+                    a.apply(e);
+                }
+                black_box(a.applied())
+            })
+        },
+    );
+    let rankers = TrainParams {
+        skip_embeddings: true,
+        skip_segments: true,
+        ..TrainParams::default()
+    };
+    g.bench_with_input(
+        BenchmarkId::new("rankers", "1M events"),
+        &events,
+        |b, ev| {
+            b.iter(|| {
+                black_box(
+                    train(ev, "bench", &rankers, &mut NoProgress)
+                        .unwrap()
+                        .0
+                        .meta
+                        .rows,
+                )
+            })
+        },
+    );
+    g.bench_with_input(
+        BenchmarkId::new("everything", "1M events"),
+        &events,
+        |b, ev| {
+            b.iter(|| {
+                black_box(
+                    train(ev, "bench", &TrainParams::default(), &mut NoProgress)
+                        .unwrap()
+                        .0
+                        .meta
+                        .rows,
+                )
+            })
+        },
+    );
+    g.finish();
+}
+
+fn bench_score(c: &mut Criterion) {
+    let events = rees46();
+    let params = TrainParams {
+        skip_embeddings: true,
+        skip_segments: true,
+        ..TrainParams::default()
+    };
+    let (artifact, mut replay) = train(&events, "bench", &params, &mut NoProgress).unwrap();
+    // The most active user, with a large candidate budget.
+    let user_id = replay
+        .user_ids()
+        .into_iter()
+        .map(str::to_string)
+        .max_by_key(|u| replay.user(u).map_or(0, |f| f.counts.total()))
+        .unwrap();
+    let user = replay.user(&user_id).unwrap();
+    let wide = CandidateParams {
+        neighbours_per_seed: 50,
+        per_category: 50,
+        trending: 100,
+        ..CandidateParams::default()
+    };
+    let cands = replay.candidates(&user, &wide, &[]);
+    let views: Vec<_> = cands
+        .iter()
+        .map(|(id, _)| replay.product_or_empty(id))
+        .collect();
+    let mut g = c.benchmark_group("score");
+    for n in [50usize, 200] {
+        let batch: Vec<(&ProductFeatures, CandidateSignals)> = views
+            .iter()
+            .zip(&cands)
+            .cycle()
+            .take(n)
+            .map(|(v, (_, s))| (v.as_ref(), *s))
+            .collect();
+        g.throughput(Throughput::Elements(n as u64));
+        let mut out = Vec::with_capacity(n);
+        g.bench_with_input(BenchmarkId::new("logistic", n), &batch, |b, batch| {
+            b.iter(|| {
+                artifact.affinity.score_into(&user, batch, &mut out);
+                black_box(out[0])
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("ftrl", n), &batch, |b, batch| {
+            b.iter(|| {
+                artifact.online.score_into(&user, batch, &mut out);
+                black_box(out[0])
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_score, bench_train);
+criterion_main!(benches);

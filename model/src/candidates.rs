@@ -1,0 +1,199 @@
+//! Candidate generation over the materialised views, the same sources and normalisation as
+//! `scoring::Recommender`, so that training, offline evaluation and serving rank the same
+//! kind of lists.
+//!
+//! ```text
+//!  user.recent[..seed_items] ─► covisit lists of the seeds ──► covisit  (Σ seed_w · w / max),
+//!                                                             covisit_last (seed 0 alone), covisit_raw
+//!  user.items ─────────────────────────────────────────────► recent   (w / max)
+//!  user.categories[..top_categories] ─► category top lists ──► category (share · w / max)
+//!  trending list ────────────────────────────────────────────► trending (w / max)
+//!        └─► drop excluded (purchased, in cart, the current item) ─► (id, CandidateSignals)
+//! ```
+
+use std::sync::Arc;
+
+use recstream_features::{ProductFeatures, UserFeatures};
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+
+use crate::features::CandidateSignals;
+
+/// Candidate budgets and filters; the defaults are `ScoringConfig`'s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CandidateParams {
+    pub seed_items: usize,
+    pub neighbours_per_seed: usize,
+    pub top_categories: usize,
+    pub per_category: usize,
+    pub trending: usize,
+    pub include_recent: bool,
+    pub exclude_purchased: bool,
+    pub exclude_in_cart: bool,
+}
+
+impl Default for CandidateParams {
+    fn default() -> Self {
+        CandidateParams {
+            seed_items: 5,
+            neighbours_per_seed: 20,
+            top_categories: 3,
+            per_category: 10,
+            trending: 30,
+            include_recent: true,
+            exclude_purchased: true,
+            exclude_in_cart: true,
+        }
+    }
+}
+
+impl CandidateParams {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.seed_items == 0 || self.seed_items > 100 {
+            return Err("candidates.seed_items must be in 1..=100".into());
+        }
+        if self.neighbours_per_seed > 1000 || self.per_category > 1000 || self.trending > 1000 {
+            return Err("candidate budgets must be at most 1000".into());
+        }
+        Ok(())
+    }
+}
+
+/// Candidates with their signals, sorted by product id (deterministic).
+pub type Candidates = Vec<(String, CandidateSignals)>;
+
+/// Builds the candidate set of one user.
+///
+/// `product` looks up a product's view (for the seeds' co-visitation lists),
+/// `category_top` a category's best sellers (best first), `trending` the trending list.
+/// `exclude` are further products never to return (the page's context).
+pub fn generate<'t, S: AsRef<str> + 't>(
+    user: &UserFeatures,
+    params: &CandidateParams,
+    mut product: impl FnMut(&str) -> Option<Arc<ProductFeatures>>,
+    mut category_top: impl FnMut(&str) -> Option<&'t [(S, f64)]>,
+    trending: &[(S, f64)],
+    exclude: &[&str],
+) -> Candidates {
+    let mut cands: FxHashMap<String, CandidateSignals> = FxHashMap::default();
+    let mut excluded: FxHashSet<&str> = exclude.iter().copied().collect();
+    if params.exclude_purchased {
+        excluded.extend(user.purchased.iter().map(String::as_str));
+    }
+    if params.exclude_in_cart {
+        excluded.extend(user.cart.iter().map(|l| l.product_id.as_str()));
+    }
+
+    for (i, r) in user.recent.iter().take(params.seed_items).enumerate() {
+        let sw = 1.0 / (1.0 + i as f64);
+        let Some(pf) = product(&r.product_id) else {
+            continue;
+        };
+        let max = pf.covisit.first().map(|(_, w)| *w).unwrap_or(1.0).max(1.0) as f64;
+        for (nb, w) in pf.covisit.iter().take(params.neighbours_per_seed) {
+            let s = cands.entry(nb.clone()).or_default();
+            s.covisit += sw * (*w as f64) / max;
+            s.covisit_raw += sw * (*w as f64);
+            if i == 0 {
+                s.covisit_last = (*w as f64) / max;
+            }
+        }
+    }
+
+    if params.include_recent && !user.items.is_empty() {
+        let max = user.items[0].weight.value.max(f64::MIN_POSITIVE);
+        for it in &user.items {
+            let s = &mut cands.entry(it.id.clone()).or_default().recent;
+            *s = s.max((it.weight.value / max).min(1.0));
+        }
+    }
+
+    let cat_total: f64 = user
+        .categories
+        .iter()
+        .take(params.top_categories)
+        .map(|c| c.weight.value)
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE);
+    for c in user.categories.iter().take(params.top_categories) {
+        if let Some(top) = category_top(&c.id) {
+            let max = top
+                .first()
+                .map(|(_, w)| *w)
+                .unwrap_or(1.0)
+                .max(f64::MIN_POSITIVE);
+            for (p, w) in top.iter().take(params.per_category) {
+                cands.entry(p.as_ref().to_string()).or_default().category +=
+                    (c.weight.value / cat_total) * (w / max);
+            }
+        }
+    }
+
+    let max = trending
+        .first()
+        .map(|(_, w)| *w)
+        .unwrap_or(1.0)
+        .max(f64::MIN_POSITIVE);
+    for (p, w) in trending.iter().take(params.trending) {
+        let s = &mut cands.entry(p.as_ref().to_string()).or_default().trending;
+        *s = s.max(w / max);
+    }
+
+    let mut out: Candidates = cands
+        .into_iter()
+        .filter(|(id, _)| !excluded.contains(id.as_str()))
+        .collect();
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recstream_features::Decayed;
+    use recstream_features::view::{RecentItem, Weighted};
+
+    #[test]
+    fn sources_are_normalised_and_exclusions_apply() {
+        let user = UserFeatures {
+            recent: vec![RecentItem {
+                product_id: "a".into(),
+                ts: 0,
+                action: "view".into(),
+            }],
+            items: vec![Weighted {
+                id: "a".into(),
+                weight: Decayed { value: 2.0, at: 0 },
+            }],
+            categories: vec![Weighted {
+                id: "c".into(),
+                weight: Decayed { value: 2.0, at: 0 },
+            }],
+            purchased: vec!["x".into()],
+            ..Default::default()
+        };
+        let a = Arc::new(ProductFeatures {
+            product_id: "a".into(),
+            covisit: vec![("b".into(), 4.0), ("x".into(), 2.0)],
+            ..Default::default()
+        });
+        let cat: Vec<(String, f64)> = vec![("b".into(), 10.0), ("d".into(), 5.0)];
+        let trending: Vec<(String, f64)> = vec![("e".into(), 1.0)];
+        let c = generate(
+            &user,
+            &CandidateParams::default(),
+            |id| (id == "a").then(|| a.clone()),
+            |c| (c == "c").then_some(cat.as_slice()),
+            &trending,
+            &[],
+        );
+        let ids: Vec<&str> = c.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "d", "e"]);
+        assert_eq!(c[1].1.covisit, 1.0);
+        assert_eq!(c[1].1.category, 1.0);
+        assert_eq!(c[2].1.category, 0.5);
+        assert_eq!(c[0].1.recent, 1.0);
+        assert_eq!(c[3].1.trending, 1.0);
+    }
+}

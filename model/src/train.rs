@@ -1,0 +1,479 @@
+//! Batch training from an event log.
+//!
+//! ```text
+//!  events (sorted by time) ─► Replay ─► at each positive (the user's next product, sampled):
+//!        candidates (recent, co-visitation, category top, trending) as they were then
+//!        label 1: the next product; label 0: sampled other candidates
+//!        rows = features(user view, product view, signals)
+//!  rows ─► AffinityParams::fit (logistic regression)  ─► AffinityModel
+//!       └► OnlineParams::fit_with (FTRL, in time order) ─► OnlineRanker
+//!  events ─► ProductEmbeddings, ColdStartLists;  final user views ─► Segments
+//! ```
+
+use std::time::Instant;
+
+use linfa::prelude::*;
+use ndarray::{Array1, Array2};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256Plus;
+use recstream_features::FeatureConfig;
+use recstream_ingest::Event;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::affinity::{AffinityModel, AffinityParams, OnlineParams, OnlineRanker};
+use crate::artifact::{ModelArtifact, TrainingMeta};
+use crate::candidates::CandidateParams;
+use crate::cold_start::ColdStartLists;
+use crate::embed::{EmbeddingParams, ProductEmbeddings};
+use crate::error::{ModelError, Result};
+use crate::features::{FeatureSchema, NUM_FEATURES, PairFeatures, UserContext};
+use crate::progress::Progress;
+use crate::replay::Replay;
+use crate::segments::{SegmentParams, Segments};
+
+/// Everything a training run can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainParams {
+    /// Must equal the feature pipeline's settings (half-lives, list bounds).
+    pub features: FeatureConfig,
+    pub candidates: CandidateParams,
+    /// Ignored candidates sampled per positive.
+    pub negatives_per_positive: usize,
+    /// Positives used at most (sampled uniformly over time); bounds memory and time.
+    pub max_positives: usize,
+    /// Also learn from positives the candidate sources did not retrieve.
+    pub include_uncovered_positives: bool,
+    pub seed: u64,
+    pub l2: f64,
+    pub max_iterations: u64,
+    pub online: OnlineParams,
+    pub embeddings: EmbeddingParams,
+    /// Skip the embeddings (they cost items² memory).
+    pub skip_embeddings: bool,
+    pub segments: SegmentParams,
+    pub skip_segments: bool,
+    pub cold_start_n: usize,
+    /// Half-life of the cold-start popularity, seconds.
+    pub cold_start_half_life_secs: f64,
+    /// Demographic segments with fewer users get no cold-start list of their own.
+    pub cold_start_min_users: usize,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        TrainParams {
+            features: FeatureConfig::default(),
+            candidates: CandidateParams::default(),
+            negatives_per_positive: 10,
+            max_positives: 10_000,
+            include_uncovered_positives: false,
+            seed: 42,
+            l2: 1.0,
+            max_iterations: 30,
+            online: OnlineParams::default(),
+            embeddings: EmbeddingParams::default(),
+            skip_embeddings: false,
+            segments: SegmentParams::default(),
+            skip_segments: false,
+            cold_start_n: 100,
+            cold_start_half_life_secs: 7.0 * 24.0 * 3600.0,
+            cold_start_min_users: 20,
+        }
+    }
+}
+
+impl TrainParams {
+    pub fn validate(&self) -> Result<()> {
+        self.features
+            .validate()
+            .map_err(ModelError::InvalidParams)?;
+        self.candidates
+            .validate()
+            .map_err(ModelError::InvalidParams)?;
+        if self.negatives_per_positive == 0 || self.negatives_per_positive > 1000 {
+            return Err(ModelError::InvalidParams(
+                "negatives_per_positive must be in 1..=1000".into(),
+            ));
+        }
+        if self.max_positives == 0 {
+            return Err(ModelError::InvalidParams(
+                "max_positives must be at least 1".into(),
+            ));
+        }
+        if !(self.cold_start_half_life_secs.is_finite() && self.cold_start_half_life_secs > 0.0) {
+            return Err(ModelError::InvalidParams(
+                "cold_start_half_life_secs must be positive".into(),
+            ));
+        }
+        self.embeddings.validate()?;
+        self.segments.validate()?;
+        self.affinity_params().check_ref()?;
+        self.online.check_ref()?;
+        Ok(())
+    }
+
+    pub fn affinity_params(&self) -> AffinityParams {
+        AffinityParams::new()
+            .l2(self.l2)
+            .max_iterations(self.max_iterations)
+            .half_lives(
+                self.features.user_half_life_ms(),
+                self.features.trending_half_life_ms(),
+            )
+    }
+
+    pub fn schema(&self) -> FeatureSchema {
+        FeatureSchema::new(
+            self.features.user_half_life_ms(),
+            self.features.trending_half_life_ms(),
+        )
+    }
+}
+
+/// Rows for the ranker: raw features, flat row-major, in time order.
+#[derive(Debug, Clone, Default)]
+pub struct TrainingSet {
+    pub rows: Vec<f64>,
+    pub labels: Vec<bool>,
+    /// Eligible positives in the log (the user's next, different product).
+    pub eligible: u64,
+    /// Positives sampled.
+    pub sampled: u64,
+    /// Sampled positives the candidate sources retrieved.
+    pub covered: u64,
+    /// Mean candidates per sampled positive.
+    pub mean_candidates: f64,
+}
+
+impl TrainingSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn dataset(&self) -> Dataset<f64, bool, ndarray::Ix1> {
+        let x = Array2::from_shape_vec((self.len(), NUM_FEATURES), self.rows.clone())
+            .expect("rows are whole");
+        Dataset::new(x, Array1::from(self.labels.clone()))
+    }
+}
+
+/// Whether `e` is a "next item" positive for its user: a product event of a user with
+/// history, on a product other than the one they touched last.
+pub fn is_next_item(replay: &Replay, e: &Event) -> bool {
+    match (e.product_id.as_deref(), replay.last_product(&e.user_id)) {
+        (Some(p), Some(last)) => p != last,
+        _ => false,
+    }
+}
+
+/// Replays `events` into `replay`, collecting ranker rows along the way.
+pub fn build_training_set(
+    replay: &mut Replay,
+    events: &[Event],
+    params: &TrainParams,
+    progress: &mut dyn Progress,
+) -> Result<TrainingSet> {
+    // Pre-pass: how many positives there are, to sample uniformly over time.
+    let mut last: FxHashMap<&str, &str> = FxHashMap::default();
+    let mut eligible = 0u64;
+    for e in events {
+        if let Some(p) = e.product_id.as_deref() {
+            let prev = last
+                .get(e.user_id.as_str())
+                .copied()
+                .or_else(|| replay.last_product(&e.user_id));
+            if prev.is_some_and(|l| l != p) {
+                eligible += 1;
+            }
+            last.insert(e.user_id.as_str(), p);
+        }
+    }
+    let rate = (params.max_positives as f64 / eligible.max(1) as f64).min(1.0);
+    let mut rng = Xoshiro256Plus::seed_from_u64(params.seed);
+    let schema = params.schema();
+    let mut set = TrainingSet {
+        eligible,
+        ..Default::default()
+    };
+    let mut cand_total = 0usize;
+    let mut x: PairFeatures = [0.0; NUM_FEATURES];
+
+    progress.stage("replay", events.len() as u64);
+    for (i, e) in events.iter().enumerate() {
+        if i % 4096 == 4095 {
+            progress.inc(4096);
+        }
+        if is_next_item(replay, e) && rng.r#gen::<f64>() < rate {
+            sample_rows(
+                replay,
+                e,
+                params,
+                &schema,
+                &mut rng,
+                &mut set,
+                &mut cand_total,
+                &mut x,
+            );
+        }
+        replay.apply(e);
+    }
+    replay.refresh();
+    progress.finish_stage();
+    set.mean_candidates = cand_total as f64 / set.sampled.max(1) as f64;
+    Ok(set)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sample_rows(
+    replay: &mut Replay,
+    e: &Event,
+    params: &TrainParams,
+    schema: &FeatureSchema,
+    rng: &mut Xoshiro256Plus,
+    set: &mut TrainingSet,
+    cand_total: &mut usize,
+    x: &mut PairFeatures,
+) {
+    let target = e
+        .product_id
+        .as_deref()
+        .expect("next-item events have a product");
+    let Some(user) = replay.user(&e.user_id) else {
+        return;
+    };
+    let current = replay.last_product(&e.user_id).map(str::to_string);
+    let exclude: Vec<&str> = current.as_deref().into_iter().collect();
+    let cands = replay.candidates(&user, &params.candidates, &exclude);
+    if (params.candidates.exclude_purchased && user.purchased.iter().any(|p| p == target))
+        || (params.candidates.exclude_in_cart && user.cart.iter().any(|l| l.product_id == target))
+    {
+        // Serving never shows it: nothing to learn about ranking it.
+        return;
+    }
+    set.sampled += 1;
+    *cand_total += cands.len();
+    let pos = cands.iter().position(|(id, _)| id == target);
+    if pos.is_some() {
+        set.covered += 1;
+    } else if !params.include_uncovered_positives {
+        return;
+    }
+    let others: Vec<usize> = (0..cands.len()).filter(|i| Some(*i) != pos).collect();
+    if others.is_empty() {
+        return;
+    }
+    // Sample negatives without replacement (partial Fisher–Yates).
+    let k = params.negatives_per_positive.min(others.len());
+    let mut idx = others;
+    for j in 0..k {
+        let r = rng.gen_range(j..idx.len());
+        idx.swap(j, r);
+    }
+    idx.truncate(k);
+
+    // The user's price reference comes from the candidates they engaged with.
+    let known: Vec<_> = cands
+        .iter()
+        .filter(|(_, s)| s.recent > 0.0)
+        .filter_map(|(id, _)| replay.product(id))
+        .collect();
+    let ctx = UserContext::new(&user, known.iter().map(|p| p.as_ref()), schema);
+    let target_view = replay.product_or_empty(target);
+    let target_signals = pos.map(|p| cands[p].1).unwrap_or_default();
+    ctx.pair(&target_view, &target_signals, x);
+    set.rows.extend_from_slice(x);
+    set.labels.push(true);
+    for i in idx {
+        let (id, s) = &cands[i];
+        let view = replay.product_or_empty(id);
+        ctx.pair(&view, s, x);
+        set.rows.extend_from_slice(x);
+        set.labels.push(false);
+    }
+}
+
+/// Ranking quality on training rows: AUC (probability a positive outranks a negative).
+pub fn auc(scores: &[f64], labels: &[bool]) -> f64 {
+    let mut v: Vec<(f64, bool)> = scores.iter().copied().zip(labels.iter().copied()).collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rank_sum, mut pos, mut i) = (0.0, 0usize, 0usize);
+    while i < v.len() {
+        let mut j = i;
+        while j < v.len() && v[j].0 == v[i].0 {
+            j += 1;
+        }
+        let avg_rank = (i + j + 1) as f64 / 2.0;
+        for x in &v[i..j] {
+            if x.1 {
+                rank_sum += avg_rank;
+                pos += 1;
+            }
+        }
+        i = j;
+    }
+    let neg = v.len() - pos;
+    if pos == 0 || neg == 0 {
+        return f64::NAN;
+    }
+    (rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos as f64 * neg as f64)
+}
+
+/// Fits both rankers on a training set.
+pub fn fit_rankers(
+    set: &TrainingSet,
+    params: &TrainParams,
+) -> Result<(AffinityModel, OnlineRanker, f64)> {
+    if set.is_empty() {
+        return Err(ModelError::NotEnoughData(
+            "no training rows: the log has no repeat users with candidates".into(),
+        ));
+    }
+    let ds = set.dataset();
+    let t = Instant::now();
+    let model = params.affinity_params().fit(&ds)?;
+    let lr_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let online = params
+        .online
+        .check_ref()?
+        .fit_with(Err(model.schema.clone()), &ds)?;
+    tracing::info!(
+        rows = set.len(),
+        lr_secs,
+        ftrl_secs = t.elapsed().as_secs_f64(),
+        "rankers fitted"
+    );
+    let probs = model.predict(ds.records());
+    let train_auc = auc(probs.as_slice().expect("contiguous"), &set.labels);
+    Ok((model, online, train_auc))
+}
+
+/// Trains everything from an event log sorted by time. `dataset` names the source in the
+/// metadata. Returns the artifact and the replay state at the end of the log.
+pub fn train(
+    events: &[Event],
+    dataset: &str,
+    params: &TrainParams,
+    progress: &mut dyn Progress,
+) -> Result<(ModelArtifact, Replay)> {
+    params.validate()?;
+    if events.windows(2).any(|w| w[0].ts > w[1].ts) {
+        return Err(ModelError::InvalidParams(
+            "events must be sorted by time".into(),
+        ));
+    }
+    let started = Instant::now();
+    let mut replay = Replay::new(params.features.clone());
+    let set = build_training_set(&mut replay, events, params, progress)?;
+    let replay_secs = started.elapsed().as_secs_f64();
+
+    progress.stage("fit", 0);
+    let t = Instant::now();
+    let (affinity, online, train_auc) = fit_rankers(&set, params)?;
+    let fit_secs = t.elapsed().as_secs_f64();
+    progress.finish_stage();
+
+    let t = Instant::now();
+    let embeddings = if params.skip_embeddings {
+        None
+    } else {
+        match ProductEmbeddings::fit(events, &params.embeddings, progress) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "embeddings failed; similar products fall back to co-visitation");
+                None
+            }
+        }
+    };
+    let embed_secs = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let segments = if params.skip_segments {
+        None
+    } else {
+        progress.stage("segments", 0);
+        let users: Vec<_> = replay
+            .user_ids()
+            .into_iter()
+            .filter_map(|u| replay.user(u))
+            .collect();
+        let s = Segments::fit(&users, &params.segments)
+            .ok()
+            .map(std::sync::Arc::new);
+        progress.finish_stage();
+        s
+    };
+    let segment_secs = t.elapsed().as_secs_f64();
+    let cold_start = ColdStartLists::compute(
+        events,
+        params.cold_start_n,
+        params.cold_start_half_life_secs * 1000.0,
+        params.cold_start_min_users,
+    );
+
+    let mut metrics = std::collections::BTreeMap::new();
+    metrics.insert("train_auc".to_string(), round(train_auc));
+    metrics.insert(
+        "candidate_recall".to_string(),
+        round(set.covered as f64 / set.sampled.max(1) as f64),
+    );
+    metrics.insert("mean_candidates".to_string(), round(set.mean_candidates));
+    metrics.insert("replay_seconds".to_string(), round(replay_secs));
+    metrics.insert("fit_seconds".to_string(), round(fit_secs));
+    metrics.insert("embedding_seconds".to_string(), round(embed_secs));
+    metrics.insert("segment_seconds".to_string(), round(segment_secs));
+    let meta = TrainingMeta {
+        version: String::new(),
+        dataset: dataset.to_string(),
+        events: events.len() as u64,
+        users: replay.user_ids().len() as u64,
+        products: events
+            .iter()
+            .filter_map(|e| e.product_id.as_deref())
+            .collect::<rustc_hash::FxHashSet<_>>()
+            .len() as u64,
+        eligible_positives: set.eligible,
+        positives: set.sampled,
+        rows: set.len() as u64,
+        first_event_ts: events.first().map_or(0, |e| e.ts.0),
+        last_event_ts: events.last().map_or(0, |e| e.ts.0),
+        trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        train_seconds: round(started.elapsed().as_secs_f64()),
+        metrics,
+        params: params.clone(),
+    };
+    Ok((
+        ModelArtifact {
+            meta,
+            affinity,
+            online,
+            cold_start,
+            embeddings,
+            segments,
+        },
+        replay,
+    ))
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_of_perfect_and_reversed_rankings() {
+        assert_eq!(auc(&[0.1, 0.2, 0.9], &[false, false, true]), 1.0);
+        assert_eq!(auc(&[0.9, 0.2, 0.1], &[true, false, false]), 1.0);
+        assert_eq!(auc(&[0.1, 0.9], &[true, false]), 0.0);
+        assert_eq!(auc(&[0.5, 0.5], &[true, false]), 0.5);
+    }
+}

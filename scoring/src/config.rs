@@ -1,0 +1,74 @@
+//! Scoring settings: candidate budgets, blend weights, filters.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringConfig {
+    /// Default and maximum list length.
+    pub default_n: usize,
+    pub max_n: usize,
+    /// Recent items that seed co-visitation candidates.
+    pub seed_items: usize,
+    /// Co-visited neighbours taken per seed.
+    pub neighbours_per_seed: usize,
+    /// Top categories of the user that contribute their best sellers.
+    pub top_categories: usize,
+    pub per_category: usize,
+    pub trending: usize,
+    /// Blend weights of the candidate sources.
+    pub w_recent: f64,
+    pub w_covisit: f64,
+    pub w_category: f64,
+    pub w_trending: f64,
+    /// Re-show items the user recently looked at (strong e-commerce signal).
+    pub include_recent: bool,
+    pub exclude_purchased: bool,
+    pub exclude_in_cart: bool,
+    /// At most this many items of one category in a list (diversity).
+    pub max_per_category: usize,
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        ScoringConfig {
+            default_n: 10,
+            max_n: 100,
+            seed_items: 5,
+            neighbours_per_seed: 20,
+            top_categories: 3,
+            per_category: 10,
+            trending: 30,
+            w_recent: 0.6,
+            w_covisit: 1.0,
+            w_category: 0.4,
+            w_trending: 0.15,
+            include_recent: true,
+            exclude_purchased: true,
+            exclude_in_cart: true,
+            max_per_category: 4,
+        }
+    }
+}
+
+impl ScoringConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.default_n == 0 || self.default_n > self.max_n || self.max_n > 1000 {
+            return Err("scoring: need 0 < default_n <= max_n <= 1000".into());
+        }
+        for (name, w) in [
+            ("w_recent", self.w_recent),
+            ("w_covisit", self.w_covisit),
+            ("w_category", self.w_category),
+            ("w_trending", self.w_trending),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(format!("scoring.{name} must be a non-negative number"));
+            }
+        }
+        if self.max_per_category == 0 {
+            return Err("scoring.max_per_category must be at least 1".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,18 @@
+//! recstream-scoring: from features to a ranked, filtered, diverse list.
+//!
+//! ```text
+//!  FeatureStore (user, products, top lists) ─┐
+//!  ColdStartCache (segment → top-N) ─────────┼─► Recommender::recommend ─► Recommendations
+//!  request (user, n, context) ───────────────┘
+//! ```
+
+pub mod cold_start;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod recommend;
+
+pub use cold_start::{ColdStartCache, ColdStartList, InProcessCache};
+pub use config::ScoringConfig;
+pub use error::ScoringError;
+pub use recommend::{Item, Reason, Recommendations, Recommender, Request, Strategy};

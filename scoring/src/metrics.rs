@@ -1,0 +1,10 @@
+//! Metrics of the scoring stage, named `recstream_scoring_<what>_<unit>`.
+
+/// Recommendation requests (label: `strategy` = personalized | cold_start | fallback).
+pub const REQUESTS_TOTAL: &str = "recstream_scoring_requests_total";
+/// Requests answered in degraded mode (label: `dependency`).
+pub const DEGRADED_TOTAL: &str = "recstream_scoring_degraded_total";
+/// Candidates considered per request.
+pub const CANDIDATES: &str = "recstream_scoring_candidates";
+/// Time to build one response.
+pub const SECONDS: &str = "recstream_scoring_seconds";

@@ -1,0 +1,272 @@
+//! Ranking candidates with the affinity model.
+//!
+//! ```text
+//!  Recommender: candidates (recent, co-visitation, top categories, trending)
+//!        │ (&ProductFeatures, CandidateSignals) per candidate, signals = each source's
+//!        │ normalised contribution before the blend weights
+//!        ▼
+//!  Ranker::score ─┬─ ModelRanker        batch logistic regression of the current artifact
+//!                 ├─ OnlineModelRanker  FTRL, updated from the live stream
+//!                 ├─ HotRanker          whatever ModelHandle holds now (hot reload),
+//!                 │                     the heuristic blend until a model is loaded
+//!                 └─ HeuristicRanker    the fixed-weight blend (no model)
+//! ```
+//!
+//! Scoring builds each pair's features in a stack array and takes one dot product: no
+//! allocation per candidate (one small set of lookups per request), ~1 µs per candidate.
+
+use std::sync::{Arc, RwLock};
+
+use recstream_features::{ProductFeatures, UserFeatures};
+use recstream_model::{LinearScorer, ModelArtifact, ModelHandle, OnlineRanker, PairFeatures};
+
+pub use recstream_model::CandidateSignals;
+
+/// Scores a user's candidates: higher is better, one score per candidate, in order.
+pub trait Ranker: Send + Sync {
+    /// Scores into `out` (cleared first), reusing its allocation.
+    fn score_into(
+        &self,
+        user: &UserFeatures,
+        candidates: &[(&ProductFeatures, CandidateSignals)],
+        out: &mut Vec<f64>,
+    );
+
+    fn score(
+        &self,
+        user: &UserFeatures,
+        candidates: &[(&ProductFeatures, CandidateSignals)],
+    ) -> Vec<f64> {
+        let mut out = Vec::with_capacity(candidates.len());
+        self.score_into(user, candidates, &mut out);
+        out
+    }
+
+    /// A short name for responses and metrics (bounded: never a version string).
+    fn name(&self) -> &'static str;
+}
+
+/// The fixed-weight blend of the candidate sources (`ScoringConfig`'s `w_*` weights).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeuristicRanker {
+    pub w_recent: f64,
+    pub w_covisit: f64,
+    pub w_category: f64,
+    pub w_trending: f64,
+}
+
+impl Default for HeuristicRanker {
+    fn default() -> Self {
+        HeuristicRanker {
+            w_recent: 0.6,
+            w_covisit: 1.0,
+            w_category: 0.4,
+            w_trending: 0.15,
+        }
+    }
+}
+
+impl Ranker for HeuristicRanker {
+    fn score_into(
+        &self,
+        _user: &UserFeatures,
+        candidates: &[(&ProductFeatures, CandidateSignals)],
+        out: &mut Vec<f64>,
+    ) {
+        out.clear();
+        out.extend(candidates.iter().map(|(_, s)| {
+            self.w_recent * s.recent
+                + self.w_covisit * s.covisit
+                + self.w_category * s.category
+                + self.w_trending * s.trending
+        }));
+    }
+
+    fn name(&self) -> &'static str {
+        "heuristic"
+    }
+}
+
+/// The batch logistic-regression model of one artifact.
+#[derive(Clone)]
+pub struct ModelRanker(pub Arc<ModelArtifact>);
+
+impl Ranker for ModelRanker {
+    fn score_into(
+        &self,
+        user: &UserFeatures,
+        candidates: &[(&ProductFeatures, CandidateSignals)],
+        out: &mut Vec<f64>,
+    ) {
+        self.0.affinity.score_into(user, candidates, out);
+    }
+
+    fn name(&self) -> &'static str {
+        "model"
+    }
+}
+
+/// The FTRL model, shared with the task that feeds it the live stream.
+#[derive(Clone)]
+pub struct OnlineModelRanker(pub Arc<RwLock<OnlineRanker>>);
+
+impl OnlineModelRanker {
+    pub fn new(ranker: OnlineRanker) -> OnlineModelRanker {
+        OnlineModelRanker(Arc::new(RwLock::new(ranker)))
+    }
+
+    /// One online step: `engaged` for the clicked / carted impression, `false` for the
+    /// impressions shown with it and ignored. Features are those computed when the list
+    /// was served (see [`recstream_model::UserContext::pair`]).
+    pub fn update(
+        &self,
+        rows: &[PairFeatures],
+        engaged: &[bool],
+    ) -> Result<(), recstream_model::ModelError> {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .update_rows(rows, engaged)
+    }
+}
+
+impl Ranker for OnlineModelRanker {
+    fn score_into(
+        &self,
+        user: &UserFeatures,
+        candidates: &[(&ProductFeatures, CandidateSignals)],
+        out: &mut Vec<f64>,
+    ) {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .score_into(user, candidates, out);
+    }
+
+    fn name(&self) -> &'static str {
+        "model_online"
+    }
+}
+
+/// Ranks with whatever model the handle holds now, so a new version is picked up without
+/// a restart; falls back to the heuristic blend while none is loaded.
+pub struct HotRanker {
+    pub handle: Arc<ModelHandle>,
+    pub fallback: HeuristicRanker,
+}
+
+impl HotRanker {
+    pub fn new(handle: Arc<ModelHandle>, fallback: HeuristicRanker) -> HotRanker {
+        HotRanker { handle, fallback }
+    }
+
+    /// Whether a model is loaded (else the heuristic answers).
+    pub fn has_model(&self) -> bool {
+        self.handle.get().is_some()
+    }
+}
+
+impl Ranker for HotRanker {
+    fn score_into(
+        &self,
+        user: &UserFeatures,
+        candidates: &[(&ProductFeatures, CandidateSignals)],
+        out: &mut Vec<f64>,
+    ) {
+        match self.handle.get() {
+            Some(m) => m.affinity.score_into(user, candidates, out),
+            None => self.fallback.score_into(user, candidates, out),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        if self.has_model() {
+            "model"
+        } else {
+            "heuristic"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use recstream_ingest::{Event, EventType, Timestamp};
+    use recstream_model::{CandidateParams, NoProgress, TrainParams};
+
+    /// Users who view `a` then `b` (sometimes buying `b`), and a few noise items.
+    fn log() -> Vec<Event> {
+        let mut out = Vec::new();
+        let mut t = 1_569_888_000_000i64;
+        for u in 0..300 {
+            let user = format!("u{u}");
+            let steps: [(&str, EventType); 3] = [
+                ("a", EventType::View),
+                ("b", EventType::View),
+                (["c", "d", "e"][u % 3], EventType::View),
+            ];
+            for (p, ty) in steps {
+                t += 1000;
+                out.push(
+                    Event::new(&format!("e{}", out.len()), Timestamp(t), &user, ty)
+                        .with_product(p, Some("cat"))
+                        .with_session(&format!("s{u}")),
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn model_and_hot_ranker_score_candidates() {
+        let events = log();
+        let params = TrainParams {
+            skip_embeddings: true,
+            skip_segments: true,
+            ..TrainParams::default()
+        };
+        let (artifact, mut replay) =
+            recstream_model::train(&events, "test", &params, &mut NoProgress).unwrap();
+        let user = replay.user("u0").unwrap();
+        let cands = replay.candidates(&user, &CandidateParams::default(), &[]);
+        let views: Vec<_> = cands
+            .iter()
+            .map(|(id, _)| replay.product_or_empty(id))
+            .collect();
+        let batch: Vec<(&ProductFeatures, CandidateSignals)> = views
+            .iter()
+            .zip(&cands)
+            .map(|(v, (_, s))| (v.as_ref(), *s))
+            .collect();
+
+        let model = ModelRanker(Arc::new(artifact));
+        let scores = model.score(&user, &batch);
+        assert_eq!(scores.len(), batch.len());
+        assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
+
+        let handle = Arc::new(ModelHandle::new());
+        let hot = HotRanker::new(handle.clone(), HeuristicRanker::default());
+        assert_eq!(hot.name(), "heuristic");
+        assert_eq!(
+            hot.score(&user, &batch),
+            HeuristicRanker::default().score(&user, &batch)
+        );
+        handle.set(model.0.clone());
+        assert_eq!(hot.name(), "model");
+        assert_eq!(hot.score(&user, &batch), scores);
+
+        let online = OnlineModelRanker::new(model.0.online.clone());
+        let before = online.score(&user, &batch);
+        let mut row = [0.0; recstream_model::NUM_FEATURES];
+        let ctx = recstream_model::UserContext::new(
+            &user,
+            batch.iter().map(|(p, _)| *p),
+            &model.0.online.schema,
+        );
+        ctx.pair(batch[0].0, &batch[0].1, &mut row);
+        for _ in 0..20 {
+            online.update(&[row], &[true]).unwrap();
+        }
+        assert!(online.score(&user, &batch)[0] > before[0]);
+    }
+}

@@ -1,0 +1,230 @@
+//! The router: recommendation endpoints, the collector, health and metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+use recstream_scoring::{Recommender, Request as RecRequest};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::collector::{EventSink, OutRecord, SinkError};
+use crate::error::ApiError;
+use crate::metrics as m;
+
+/// Largest `POST /v1/events` body.
+pub const MAX_EVENTS_BODY: usize = 1024 * 1024;
+/// Most events in one `POST /v1/events`.
+pub const MAX_EVENTS_PER_REQUEST: usize = 500;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub recommender: Arc<Recommender>,
+    pub collector: Arc<dyn EventSink>,
+    pub metrics: Option<PrometheusHandle>,
+    /// Turns true once the initial load (replay, model) is done.
+    pub ready: Arc<AtomicBool>,
+    pub max_record_bytes: usize,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/recommendations/{user_id}", get(recommendations))
+        .route("/v1/products/{product_id}/similar", get(similar))
+        .route(
+            "/v1/events",
+            post(collect).layer(DefaultBodyLimit::max(MAX_EVENTS_BODY)),
+        )
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(middleware::from_fn(track))
+        .with_state(state)
+}
+
+/// Per-request metrics by route pattern (bounded labels; never the user id).
+async fn track(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::histogram!(m::REQUEST_SECONDS, "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(m::REQUESTS_TOTAL, "route" => route, "status" => status).increment(1);
+    resp
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecQuery {
+    n: Option<usize>,
+    /// Comma-separated product ids (the page or the cart).
+    context: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RecResponse {
+    recommendation_id: String,
+    #[serde(flatten)]
+    body: recstream_scoring::Recommendations,
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "{what} must be 1 to 128 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+async fn recommendations(
+    State(st): State<AppState>,
+    user: Result<Path<String>, PathRejection>,
+    q: Result<Query<RecQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(user_id) = user?;
+    let Query(q) = q?;
+    check_id("user_id", &user_id)?;
+    let context: Vec<String> = q
+        .context
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if context.len() > 50 {
+        return Err(ApiError::bad_request(
+            "context takes at most 50 product ids",
+        ));
+    }
+    for c in &context {
+        check_id("context product id", c)?;
+    }
+    let req = RecRequest {
+        user_id,
+        n: q.n,
+        context,
+    };
+    let body = st.recommender.recommend(&req).await?;
+    Ok(Json(RecResponse {
+        recommendation_id: uuid::Uuid::now_v7().to_string(),
+        body,
+    })
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimilarQuery {
+    n: Option<usize>,
+}
+
+async fn similar(
+    State(st): State<AppState>,
+    product: Result<Path<String>, PathRejection>,
+    q: Result<Query<SimilarQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(product_id) = product?;
+    let Query(q) = q?;
+    check_id("product_id", &product_id)?;
+    let max = st.recommender.config().max_n;
+    let n = q.n.unwrap_or(st.recommender.config().default_n);
+    if n == 0 || n > max {
+        return Err(ApiError::bad_request(format!("n must be in 1..={max}")));
+    }
+    match st.recommender.similar(&product_id, n).await? {
+        Some(items) => Ok(Json(json!({"product_id": product_id, "items": items})).into_response()),
+        None => Err(ApiError::not_found(format!(
+            "unknown product `{product_id}`"
+        ))),
+    }
+}
+
+/// `POST /v1/events`: one event object, or an array of them.
+async fn collect(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => "malformed").increment(1);
+        ApiError::bad_request(format!("malformed json: {e}"))
+    })?;
+    let items = match value {
+        serde_json::Value::Array(a) => a,
+        v @ serde_json::Value::Object(_) => vec![v],
+        _ => {
+            return Err(ApiError::bad_request(
+                "expected an event object or an array of events",
+            ));
+        }
+    };
+    if items.is_empty() || items.len() > MAX_EVENTS_PER_REQUEST {
+        return Err(ApiError::bad_request(format!(
+            "send 1 to {MAX_EVENTS_PER_REQUEST} events per request"
+        )));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let data = serde_json::to_vec(item).map_err(|e| ApiError::internal(e.to_string()))?;
+        match recstream_ingest::decode::decode_with_limit(&data, st.max_record_bytes) {
+            Ok(ev) => out.push(OutRecord {
+                partition_key: ev.user_id.to_string(),
+                data: Bytes::from(data),
+            }),
+            Err(e) => {
+                metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => e.kind()).increment(1);
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_event",
+                    format!("event {i}: {e}"),
+                ));
+            }
+        }
+    }
+    let n = out.len();
+    st.collector.send(out).await.map_err(|e| match e {
+        SinkError::Busy(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m),
+        SinkError::Unavailable(m) => ApiError::unavailable(m),
+    })?;
+    metrics::counter!(m::EVENTS_COLLECTED_TOTAL).increment(n as u64);
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": n}))).into_response())
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    if st.ready.load(Ordering::Acquire) {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::unavailable("still loading").into_response()
+    }
+}
+
+async fn metrics_text(State(st): State<AppState>) -> Response {
+    match &st.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => ApiError::not_found("metrics are not enabled").into_response(),
+    }
+}

@@ -1,0 +1,221 @@
+//! Payments on Stripe's PaymentIntent model, behind [`PaymentProvider`].
+//!
+//! ```text
+//!  saga payment service ─► create (manual capture) ─► confirm(payment method) ─► capture
+//!        │  every call carries an Idempotency-Key derived from the order
+//!        │  (`order-<id>-create|confirm|capture|cancel|refund`): a retry after a crash
+//!        │  replays the provider's first answer, so an order is charged at most once
+//!        ├─► SimulatedProvider (default): Stripe's test-card semantics, in process
+//!        └─► StripeClient: HTTPS form API, secret key from STRIPE_SECRET_KEY
+//! ```
+//!
+//! Card numbers never enter the system: checkout accepts a payment method id (what
+//! Stripe.js returns) or one of Stripe's public test card numbers, which
+//! [`normalize_payment_method`] maps to Stripe's matching test payment method
+//! (`4242…` → `pm_card_visa`), so nothing resembling a PAN is stored or logged.
+
+pub mod simulated;
+pub mod stripe;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::error::CommerceError;
+
+pub use simulated::{Fault, FaultKind, Op, SimulatedProvider};
+pub use stripe::StripeClient;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentStatus {
+    RequiresPaymentMethod,
+    RequiresConfirmation,
+    RequiresAction,
+    Processing,
+    RequiresCapture,
+    Canceled,
+    Succeeded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMethod {
+    Automatic,
+    AutomaticAsync,
+    #[default]
+    Manual,
+}
+
+/// Why a payment failed (Stripe's `last_payment_error` / card error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PaymentFailure {
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub decline_code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl PaymentFailure {
+    /// The most specific reason: `insufficient_funds` over `card_declined`.
+    pub fn reason(&self) -> &str {
+        self.decline_code
+            .as_deref()
+            .or(self.code.as_deref())
+            .unwrap_or("payment_failed")
+    }
+}
+
+/// The subset of Stripe's PaymentIntent this service uses; unknown fields are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentIntent {
+    pub id: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Lower-case ISO code, as Stripe writes it.
+    pub currency: String,
+    pub status: IntentStatus,
+    #[serde(default)]
+    pub capture_method: CaptureMethod,
+    #[serde(default)]
+    pub amount_received: i64,
+    #[serde(default)]
+    pub payment_method: Option<String>,
+    #[serde(default)]
+    pub last_payment_error: Option<PaymentFailure>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refund {
+    pub id: String,
+    pub payment_intent: Option<String>,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+}
+
+/// Parameters of a new intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreateIntent {
+    pub amount: i64,
+    /// Upper or lower case; providers send lower case.
+    pub currency: String,
+    pub capture_method: CaptureMethod,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentError {
+    /// The card was declined (Stripe `card_error`, HTTP 402). Final for this order.
+    #[error("payment declined: {}", .0.reason())]
+    Declined(PaymentFailure),
+    /// The request is wrong (bad state, unknown payment method). Final.
+    #[error("payment request rejected: {0}")]
+    Invalid(String),
+    /// The same Idempotency-Key was used with other parameters. Final.
+    #[error("idempotency key reused with other parameters")]
+    IdempotencyMismatch,
+    /// The provider refused our credentials. Final until reconfigured.
+    #[error("payment provider rejected the credentials")]
+    Auth,
+    /// Network trouble, timeouts, 429, 5xx, key in use: retry with the same key.
+    #[error("payment provider unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl PaymentError {
+    pub fn retriable(&self) -> bool {
+        matches!(self, PaymentError::Unavailable(_))
+    }
+}
+
+#[async_trait]
+pub trait PaymentProvider: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Whether raw test card numbers may be mapped to test payment methods.
+    fn test_mode(&self) -> bool;
+    async fn create(&self, req: &CreateIntent, idem: &str) -> Result<PaymentIntent, PaymentError>;
+    /// Confirms with `payment_method`. A decline is `Err(Declined)`.
+    async fn confirm(
+        &self,
+        id: &str,
+        payment_method: &str,
+        idem: &str,
+    ) -> Result<PaymentIntent, PaymentError>;
+    async fn capture(&self, id: &str, idem: &str) -> Result<PaymentIntent, PaymentError>;
+    async fn cancel(&self, id: &str, idem: &str) -> Result<PaymentIntent, PaymentError>;
+    /// Refunds `amount` (all that is left when `None`).
+    async fn refund(
+        &self,
+        id: &str,
+        amount: Option<i64>,
+        idem: &str,
+    ) -> Result<Refund, PaymentError>;
+    async fn retrieve(&self, id: &str) -> Result<PaymentIntent, PaymentError>;
+}
+
+/// Stripe's public test cards and the test payment methods that behave like them.
+pub const TEST_CARDS: &[(&str, &str)] = &[
+    ("4242424242424242", "pm_card_visa"),
+    ("4000000000000002", "pm_card_chargeDeclined"),
+    (
+        "4000000000009995",
+        "pm_card_chargeDeclinedInsufficientFunds",
+    ),
+];
+
+/// What checkout accepts as `payment_method`: a payment method id (`pm_…`) or, against a
+/// test-mode provider, one of [`TEST_CARDS`]' numbers (spaces and dashes allowed). Any
+/// other card-like number is refused without echoing it.
+pub fn normalize_payment_method(input: &str, test_mode: bool) -> Result<String, CommerceError> {
+    let compact: String = input.chars().filter(|c| *c != ' ' && *c != '-').collect();
+    if !compact.is_empty() && compact.chars().all(|c| c.is_ascii_digit()) {
+        if test_mode && let Some((_, pm)) = TEST_CARDS.iter().find(|(n, _)| *n == compact) {
+            return Ok((*pm).to_string());
+        }
+        return Err(CommerceError::BadRequest(
+            "raw card numbers are not accepted; send a payment method id (pm_…) from Stripe.js"
+                .into(),
+        ));
+    }
+    let ok = (4..=128).contains(&input.len())
+        && input.starts_with("pm_")
+        && input.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        return Err(CommerceError::BadRequest(
+            "payment_method must be a payment method id like pm_card_visa".into(),
+        ));
+    }
+    Ok(input.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_cards_map_to_test_payment_methods_and_pans_are_refused() {
+        assert_eq!(
+            normalize_payment_method("4242 4242 4242 4242", true).unwrap(),
+            "pm_card_visa"
+        );
+        assert_eq!(
+            normalize_payment_method("4000000000009995", true).unwrap(),
+            "pm_card_chargeDeclinedInsufficientFunds"
+        );
+        let e = normalize_payment_method("5555555555554444", true).unwrap_err();
+        assert!(!e.to_string().contains("5555"));
+        assert!(normalize_payment_method("4242424242424242", false).is_err());
+        assert_eq!(
+            normalize_payment_method("pm_1NXabc", false).unwrap(),
+            "pm_1NXabc"
+        );
+        assert!(normalize_payment_method("pm_<script>", true).is_err());
+        assert!(normalize_payment_method("", true).is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! Payment: charges prepared orders, refunds them when a failure follows billing.
+//!
+//! ```text
+//!  ORDER_CREATED  ─► payment#<order> = Pending{amount, payment method}
+//!  ORDER_PREPARED ─► create (manual capture) ─► confirm ─► capture      keys order-<id>-<step>
+//!                    ├─ succeeded ─► Captured ─► ORDER_BILLED
+//!                    ├─ declined / invalid ─► Failed ─► PAYMENT_FAIL{reason}
+//!                    └─ provider unavailable ─► error: the consumer retries the event later
+//!  STOCK_LOST / DELIVERY_FAILED ─► Captured ─► refund (key order-<id>-refund) ─► ORDER_REFUNDED
+//! ```
+//!
+//! Every provider call is idempotent under its key, and the record is written only with
+//! the outcome, in the consumer's transaction: a crash between capture and commit re-runs
+//! the handler, the provider replays its answers, and the order is charged once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use recstream_ingest::Money;
+use serde::{Deserialize, Serialize};
+
+use super::outbox::OutboxMessage;
+use super::{Effects, SagaEvent, SagaKind, Service};
+use crate::commerce::Ctx;
+use crate::commerce::error::CommerceError;
+use crate::commerce::payment::{CaptureMethod, CreateIntent, IntentStatus, PaymentError};
+use crate::commerce::store::{Cond, Key, Write, get_json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    Pending,
+    Captured,
+    Failed,
+    Refunded,
+    Canceled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    pub order_id: String,
+    pub user_id: String,
+    pub amount: Money,
+    pub payment_method: String,
+    pub status: PaymentStatus,
+    #[serde(default)]
+    pub intent_id: Option<String>,
+    #[serde(default)]
+    pub failure: Option<String>,
+    #[serde(default)]
+    pub refund_id: Option<String>,
+}
+
+pub fn payment_key(order_id: &str) -> Key {
+    Key::new(format!("payment#{order_id}"), "-")
+}
+
+pub struct Payments {
+    ctx: Arc<Ctx>,
+}
+
+enum Outcome {
+    Captured(String),
+    Failed(String, Option<String>),
+}
+
+impl Payments {
+    pub(crate) fn new(ctx: Arc<Ctx>) -> Payments {
+        Payments { ctx }
+    }
+
+    async fn charge(&self, rec: &PaymentRecord) -> Result<Outcome, CommerceError> {
+        let p = &self.ctx.provider;
+        let key = |step: &str| format!("order-{}-{step}", rec.order_id);
+        let req = CreateIntent {
+            amount: rec.amount.amount,
+            currency: rec.amount.currency.to_string(),
+            capture_method: CaptureMethod::Manual,
+            metadata: BTreeMap::from([
+                ("order_id".to_string(), rec.order_id.clone()),
+                ("user_id".to_string(), rec.user_id.clone()),
+            ]),
+        };
+        let settle = |e: PaymentError, intent: Option<String>| -> Result<Outcome, CommerceError> {
+            match e {
+                PaymentError::Declined(f) => Ok(Outcome::Failed(f.reason().to_string(), intent)),
+                PaymentError::Invalid(m) => {
+                    tracing::warn!(order_id = %rec.order_id, error = %m, "payment request rejected");
+                    Ok(Outcome::Failed("payment_error".into(), intent))
+                }
+                PaymentError::IdempotencyMismatch => {
+                    Ok(Outcome::Failed("payment_error".into(), intent))
+                }
+                // Our credentials: keep the order waiting (alerting on the log) rather than fail it.
+                PaymentError::Auth => Err(CommerceError::Unavailable(
+                    "payment provider rejected our credentials".into(),
+                )),
+                e @ PaymentError::Unavailable(_) => Err(e.into()),
+            }
+        };
+        let pi = match p.create(&req, &key("create")).await {
+            Ok(pi) => pi,
+            Err(e) => return settle(e, None),
+        };
+        let id = pi.id.clone();
+        let pi = match p.confirm(&id, &rec.payment_method, &key("confirm")).await {
+            Ok(pi) => pi,
+            Err(e) => return settle(e, Some(id)),
+        };
+        match pi.status {
+            IntentStatus::RequiresCapture => {}
+            IntentStatus::Succeeded => return Ok(Outcome::Captured(id)),
+            IntentStatus::RequiresAction | IntentStatus::RequiresPaymentMethod => {
+                // No customer is present to authenticate: give the authorisation back.
+                if let Err(e) = p.cancel(&id, &key("cancel")).await
+                    && e.retriable()
+                {
+                    return Err(e.into());
+                }
+                return Ok(Outcome::Failed("authentication_required".into(), Some(id)));
+            }
+            other => {
+                return Err(CommerceError::Unavailable(format!(
+                    "payment intent in state {other:?}; retrying"
+                )));
+            }
+        }
+        match p.capture(&id, &key("capture")).await {
+            Ok(pi) if pi.status == IntentStatus::Succeeded => Ok(Outcome::Captured(id)),
+            Ok(pi) => Err(CommerceError::Unavailable(format!(
+                "capture left the intent {:?}",
+                pi.status
+            ))),
+            Err(e) => settle(e, Some(id)),
+        }
+    }
+
+    async fn on_prepared(&self, ev: &SagaEvent) -> Result<Effects, CommerceError> {
+        let Some((mut rec, v)) = get_json::<PaymentRecord>(
+            self.ctx.store.as_ref(),
+            "payment",
+            &payment_key(&ev.order_id),
+        )
+        .await?
+        else {
+            return Err(CommerceError::Internal(format!(
+                "no payment record for {}",
+                ev.order_id
+            )));
+        };
+        if rec.status != PaymentStatus::Pending {
+            return Ok(Effects::none());
+        }
+        let now = self.ctx.clock.now_ms();
+        let kind = match self.charge(&rec).await? {
+            Outcome::Captured(intent) => {
+                rec.status = PaymentStatus::Captured;
+                rec.intent_id = Some(intent.clone());
+                SagaKind::OrderBilled {
+                    payment_intent_id: intent,
+                    amount: rec.amount.clone(),
+                }
+            }
+            Outcome::Failed(reason, intent) => {
+                rec.status = PaymentStatus::Failed;
+                rec.intent_id = intent;
+                rec.failure = Some(reason.clone());
+                SagaKind::PaymentFail { reason }
+            }
+        };
+        Ok(Effects {
+            writes: vec![Write::put_json(
+                payment_key(&ev.order_id),
+                &rec,
+                Cond::Version(v),
+            )?],
+            emit: vec![OutboxMessage::saga(SagaEvent::new(&ev.order_id, now, kind))],
+        })
+    }
+
+    async fn refund(&self, ev: &SagaEvent) -> Result<Effects, CommerceError> {
+        let Some((mut rec, v)) = get_json::<PaymentRecord>(
+            self.ctx.store.as_ref(),
+            "payment",
+            &payment_key(&ev.order_id),
+        )
+        .await?
+        else {
+            return Ok(Effects::none());
+        };
+        let (PaymentStatus::Captured, Some(intent)) = (rec.status, rec.intent_id.clone()) else {
+            return Ok(Effects::none());
+        };
+        let key = format!("order-{}-refund", ev.order_id);
+        let r = match self.ctx.provider.refund(&intent, None, &key).await {
+            Ok(r) => r,
+            Err(PaymentError::Auth) => {
+                return Err(CommerceError::Unavailable(
+                    "payment provider rejected our credentials".into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        rec.status = PaymentStatus::Refunded;
+        rec.refund_id = Some(r.id.clone());
+        let amount = Money::new(r.amount, &rec.amount.currency);
+        Ok(Effects {
+            writes: vec![Write::put_json(
+                payment_key(&ev.order_id),
+                &rec,
+                Cond::Version(v),
+            )?],
+            emit: vec![OutboxMessage::saga(SagaEvent::new(
+                &ev.order_id,
+                self.ctx.clock.now_ms(),
+                SagaKind::OrderRefunded {
+                    refund_id: r.id,
+                    amount,
+                },
+            ))],
+        })
+    }
+}
+
+#[async_trait]
+impl Service for Payments {
+    fn name(&self) -> &'static str {
+        "payment"
+    }
+
+    async fn handle(&self, ev: &SagaEvent) -> Result<Effects, CommerceError> {
+        match &ev.kind {
+            SagaKind::OrderCreated {
+                user_id,
+                total,
+                payment_method,
+                ..
+            } => {
+                let rec = PaymentRecord {
+                    order_id: ev.order_id.clone(),
+                    user_id: user_id.clone(),
+                    amount: total.clone(),
+                    payment_method: payment_method.clone(),
+                    status: PaymentStatus::Pending,
+                    intent_id: None,
+                    failure: None,
+                    refund_id: None,
+                };
+                if self
+                    .ctx
+                    .store
+                    .get(&payment_key(&ev.order_id))
+                    .await?
+                    .is_some()
+                {
+                    return Ok(Effects::none());
+                }
+                Ok(Effects {
+                    writes: vec![Write::put_json(
+                        payment_key(&ev.order_id),
+                        &rec,
+                        Cond::Absent,
+                    )?],
+                    emit: vec![],
+                })
+            }
+            SagaKind::OrderPrepared { .. } => self.on_prepared(ev).await,
+            SagaKind::OrderRejected { .. } => {
+                let Some((mut rec, v)) = get_json::<PaymentRecord>(
+                    self.ctx.store.as_ref(),
+                    "payment",
+                    &payment_key(&ev.order_id),
+                )
+                .await?
+                else {
+                    return Ok(Effects::none());
+                };
+                if rec.status != PaymentStatus::Pending {
+                    return Ok(Effects::none());
+                }
+                rec.status = PaymentStatus::Canceled;
+                Ok(Effects {
+                    writes: vec![Write::put_json(
+                        payment_key(&ev.order_id),
+                        &rec,
+                        Cond::Version(v),
+                    )?],
+                    emit: vec![],
+                })
+            }
+            SagaKind::StockLost { .. } | SagaKind::DeliveryFailed { .. } => self.refund(ev).await,
+            _ => Ok(Effects::none()),
+        }
+    }
+}

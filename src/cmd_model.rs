@@ -1,0 +1,420 @@
+//! `recstream train`, `recstream eval`, `recstream segments export`: plain functions the
+//! CLI calls, each with explicit arguments and progress bars.
+//!
+//! ```text
+//!  train   archive (ObjectStore, events/…) | dataset file ─► events ─► model::train (blocking pool)
+//!          ─► models/<version>/… + models/CURRENT in the output store ─► cold-start cache
+//!  eval    dataset (YooChoose: train_full / test files; others: 80 / 20 split by time)
+//!          ─► model::evaluate ─► table or JSON on stdout
+//!  segments export   models/CURRENT (or a version) ─► segments.{csv,parquet}, segment_members.{csv,parquet}
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use recstream_ingest::datasets::{self, Dataset, YooChooseSplit};
+use recstream_ingest::{Event, LocalObjectStore, ObjectStore};
+use recstream_model::{
+    EvalParams, EvalReport, ModelArtifact, Progress, TrainParams, TrainingMeta, evaluate,
+    temporal_split,
+};
+use serde::Serialize;
+
+/// Where training events come from.
+#[derive(Clone)]
+pub enum TrainSource {
+    /// A Parquet archive (`events/dt=…/hour=…/….parquet`) in an object store, read from
+    /// `prefix` (normally `events/`).
+    Archive {
+        store: Arc<dyn ObjectStore>,
+        prefix: String,
+    },
+    /// One of the public datasets, from a file or directory.
+    Dataset { dataset: Dataset, path: PathBuf },
+}
+
+impl TrainSource {
+    /// A local archive directory (the embedded object store's root, which holds `events/`).
+    pub fn local_archive(dir: impl Into<PathBuf>) -> TrainSource {
+        TrainSource::Archive {
+            store: Arc::new(LocalObjectStore::new(dir)),
+            prefix: "events/".into(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            TrainSource::Archive { store, prefix } => format!("{}/{prefix}", store.describe()),
+            TrainSource::Dataset { dataset, path } => format!("{dataset}:{}", path.display()),
+        }
+    }
+}
+
+/// What `train` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub version: String,
+    pub output: String,
+    pub meta: TrainingMeta,
+    pub similar_products: usize,
+    pub segments: usize,
+    pub cold_start_lists: usize,
+    pub wall_seconds: f64,
+}
+
+/// Reads training parameters from a JSON file (every field optional), or the defaults.
+pub fn load_train_params(path: Option<&Path>) -> anyhow::Result<TrainParams> {
+    let Some(path) = path else {
+        return Ok(TrainParams::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading training parameters {}", path.display()))?;
+    let p: TrainParams = serde_json::from_str(&text)
+        .with_context(|| format!("parsing training parameters {}", path.display()))?;
+    p.validate()?;
+    Ok(p)
+}
+
+/// Trains on `source` and writes a new version to `out` (pointing `models/CURRENT` at it).
+pub async fn train(
+    source: TrainSource,
+    out: Arc<dyn ObjectStore>,
+    params: TrainParams,
+    show_progress: bool,
+) -> anyhow::Result<(TrainSummary, Arc<ModelArtifact>)> {
+    params.validate()?;
+    let started = Instant::now();
+    let name = source.describe();
+    let events = load_events(&source).await?;
+    if events.is_empty() {
+        bail!("no events in {name}");
+    }
+    eprintln!("training on {} events from {name}", events.len());
+    let label = match &source {
+        TrainSource::Dataset { dataset, .. } => dataset.name().to_string(),
+        TrainSource::Archive { .. } => name.clone(),
+    };
+    let mut artifact = tokio::task::spawn_blocking(move || {
+        let mut bars = Bars::new(show_progress);
+        recstream_model::train(&events, &label, &params, &mut bars).map(|(a, _)| a)
+    })
+    .await
+    .context("training task failed")??;
+    let version = artifact.save(out.as_ref()).await?;
+    let summary = TrainSummary {
+        version: version.clone(),
+        output: out.describe(),
+        similar_products: artifact.embeddings.as_ref().map_or(0, |e| e.items.len()),
+        segments: artifact.segments.as_ref().map_or(0, |s| s.profiles.len()),
+        cold_start_lists: artifact.cold_start.lists().count(),
+        meta: artifact.meta.clone(),
+        wall_seconds: (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
+    };
+    Ok((summary, Arc::new(artifact)))
+}
+
+/// Writes the artifact's cold-start lists (overall and per demographic segment) to the
+/// cold-start cache (Redis in AWS mode). Returns the number of lists written.
+pub async fn publish_cold_start(
+    artifact: &ModelArtifact,
+    cache: &dyn recstream_scoring::ColdStartCache,
+) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for (key, items) in artifact.cold_start.lists() {
+        let list = recstream_scoring::ColdStartList {
+            items: items.to_vec(),
+            source: artifact.meta.version.clone(),
+        };
+        cache.put(key, &list).await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Evaluates one dataset: YooChoose with its given `train_full` / `test` files, the others
+/// with an 80 / 20 split by time. Prints a table (or the JSON report) on stdout.
+pub async fn eval(dataset: Dataset, path: &Path, json: bool) -> anyhow::Result<EvalReport> {
+    eval_with(dataset, path, EvalParams::default(), json, true).await
+}
+
+/// [`eval`] with explicit parameters.
+pub async fn eval_with(
+    dataset: Dataset,
+    path: &Path,
+    params: EvalParams,
+    json: bool,
+    show_progress: bool,
+) -> anyhow::Result<EvalReport> {
+    let path = path.to_path_buf();
+    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<EvalReport> {
+        let (train, test) = load_split(dataset, &path, params.train_fraction)?;
+        let mut bars = Bars::new(show_progress);
+        Ok(evaluate(dataset.name(), &train, &test, &params, &mut bars)?)
+    })
+    .await
+    .context("evaluation task failed")??;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.table());
+    }
+    Ok(report)
+}
+
+/// Evaluates every dataset under `data_dir` (the layout of `shared/data`).
+pub async fn eval_all(data_dir: &Path, json: bool) -> anyhow::Result<Vec<EvalReport>> {
+    let mut out = Vec::new();
+    for d in Dataset::ALL {
+        let path = data_dir.join(dataset_dir(d));
+        if !path.exists() {
+            eprintln!("skipping {d}: {} does not exist", path.display());
+            continue;
+        }
+        out.push(eval_with(d, &path, EvalParams::default(), json, true).await?);
+    }
+    Ok(out)
+}
+
+/// The directory of a dataset inside `shared/data`.
+pub fn dataset_dir(d: Dataset) -> &'static str {
+    match d {
+        Dataset::Rees46 => "rees46_multicat",
+        Dataset::Diginetica => "diginetica",
+        Dataset::YooChoose => "yoochoose_rsc15",
+        Dataset::Otto => "otto_sample",
+    }
+}
+
+/// A Markdown section with the tables of several reports and the command that made them.
+pub fn eval_markdown(reports: &[EvalReport], command: &str) -> String {
+    let mut s = format!("Produced by `{command}`.\n\n");
+    for r in reports {
+        s.push_str(&r.markdown());
+    }
+    s
+}
+
+/// Exports the segments of `version` (default: `models/CURRENT`) from `models` to `out`
+/// under `prefix`: `segments.csv`, `segment_members.csv`, and the same as Parquet.
+pub async fn export_segments(
+    models: Arc<dyn ObjectStore>,
+    version: Option<&str>,
+    out: Arc<dyn ObjectStore>,
+    prefix: &str,
+) -> anyhow::Result<Vec<String>> {
+    let version = match version {
+        Some(v) => v.to_string(),
+        None => recstream_model::current_version(models.as_ref())
+            .await?
+            .with_context(|| {
+                format!("no model in {} (run `recstream train`)", models.describe())
+            })?,
+    };
+    let artifact = ModelArtifact::load(models.as_ref(), &version).await?;
+    let segments = artifact
+        .segments
+        .with_context(|| format!("model {version} has no segments"))?;
+    let keys = segments.export(out.as_ref(), prefix).await?;
+    for k in &keys {
+        eprintln!("wrote {}/{k}", out.describe());
+    }
+    Ok(keys)
+}
+
+async fn load_events(source: &TrainSource) -> anyhow::Result<Vec<Event>> {
+    match source {
+        TrainSource::Archive { store, prefix } => {
+            let rows = recstream_ingest::archive::read_archive(store.as_ref(), prefix).await?;
+            let mut seen = std::collections::HashSet::with_capacity(rows.len());
+            let mut events: Vec<Event> = rows
+                .into_iter()
+                .map(|r| r.event)
+                .filter(|e| seen.insert(e.event_id.clone()))
+                .collect();
+            events.sort_by_key(|e| e.ts);
+            Ok(events)
+        }
+        TrainSource::Dataset { dataset, path } => {
+            let (d, p) = (*dataset, path.clone());
+            tokio::task::spawn_blocking(move || load_dataset(d, &p))
+                .await
+                .context("loading task failed")?
+        }
+    }
+}
+
+fn events_of(rows: Vec<datasets::LoadedRow>) -> Vec<Event> {
+    datasets::sort_by_time(rows)
+        .into_iter()
+        .filter_map(|r| r.event.ok())
+        .collect()
+}
+
+fn load_dataset(d: Dataset, path: &Path) -> anyhow::Result<Vec<Event>> {
+    let rows =
+        datasets::load(d, path).with_context(|| format!("loading {d} from {}", path.display()))?;
+    Ok(events_of(rows))
+}
+
+/// Train and test events of a dataset, each sorted by time.
+pub fn load_split(
+    d: Dataset,
+    path: &Path,
+    train_fraction: f64,
+) -> anyhow::Result<(Vec<Event>, Vec<Event>)> {
+    if d == Dataset::YooChoose {
+        let train = events_of(datasets::load_yoochoose_split(
+            path,
+            YooChooseSplit::TrainFull,
+        )?);
+        let test = events_of(datasets::load_yoochoose_split(path, YooChooseSplit::Test)?);
+        return Ok((train, test));
+    }
+    Ok(temporal_split(load_dataset(d, path)?, train_fraction))
+}
+
+/// Progress bars for the model crate's stages.
+struct Bars {
+    enabled: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Bars {
+    fn new(enabled: bool) -> Bars {
+        Bars { enabled, bar: None }
+    }
+}
+
+impl Progress for Bars {
+    fn stage(&mut self, name: &str, total: u64) {
+        if !self.enabled {
+            return;
+        }
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        let bar = if total > 0 {
+            let b = ProgressBar::new(total);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{msg:>14} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b
+        } else {
+            let b = ProgressBar::new_spinner();
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        };
+        bar.set_message(name.to_string());
+        self.bar = Some(bar);
+    }
+
+    fn inc(&mut self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+
+    fn finish_stage(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use recstream_ingest::archive::{ArchivedRow, encode_events};
+    use recstream_ingest::{SeqNo, ShardId, Timestamp};
+    use recstream_scoring::ColdStartCache;
+
+    fn data_dir() -> PathBuf {
+        if let Some(d) = std::env::var_os("RECSTREAM_DATA_DIR") {
+            return PathBuf::from(d);
+        }
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        [root.join("../shared/data"), root.join("../../shared/data")]
+            .into_iter()
+            .find(|p| p.is_dir())
+            .expect("real datasets missing: set RECSTREAM_DATA_DIR")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn train_from_an_archive_publish_and_export_segments() {
+        let events = load_dataset(Dataset::Rees46, &data_dir().join("rees46_multicat")).unwrap();
+        let rows: Vec<ArchivedRow> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ArchivedRow {
+                shard: ShardId::new("shardId-000000000000"),
+                seq: SeqNo::from_u64(i as u64 + 1),
+                sub_seq: 0,
+                arrival: Timestamp(e.ts.0 + 250),
+                raw: Bytes::from(e.to_json()),
+                event: e.clone(),
+            })
+            .collect();
+        let archive = tempfile::tempdir().unwrap();
+        let store = LocalObjectStore::new(archive.path());
+        let half = rows.len() / 2;
+        for (k, part) in [
+            ("events/dt=2019-10-01/hour=00/a.parquet", &rows[..half]),
+            ("events/dt=2019-10-01/hour=01/b.parquet", &rows[half..]),
+        ] {
+            store.put(k, encode_events(part).unwrap()).await.unwrap();
+        }
+        let models_dir = tempfile::tempdir().unwrap();
+        let models: Arc<dyn ObjectStore> = Arc::new(LocalObjectStore::new(models_dir.path()));
+        let (summary, artifact) = train(
+            TrainSource::local_archive(archive.path()),
+            models.clone(),
+            TrainParams::default(),
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(summary.meta.events, events.len() as u64);
+        assert!(summary.segments >= 2 && summary.similar_products > 0);
+        assert_eq!(
+            recstream_model::current_version(models.as_ref())
+                .await
+                .unwrap(),
+            Some(summary.version.clone())
+        );
+
+        let cache = recstream_scoring::InProcessCache::new();
+        assert!(publish_cold_start(&artifact, &cache).await.unwrap() >= 1);
+        let overall = cache.top("overall").await.unwrap().unwrap();
+        assert_eq!(overall.source, summary.version);
+        assert!(!overall.items.is_empty());
+
+        let out_dir = tempfile::tempdir().unwrap();
+        let out: Arc<dyn ObjectStore> = Arc::new(LocalObjectStore::new(out_dir.path()));
+        let keys = export_segments(models, None, out, "exports").await.unwrap();
+        assert_eq!(keys.len(), 4);
+        assert!(
+            out_dir
+                .path()
+                .join("exports/segment_members.parquet")
+                .is_file()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn eval_on_the_otto_sample() {
+        let report = eval(Dataset::Otto, &data_dir().join("otto_sample"), true)
+            .await
+            .unwrap();
+        assert_eq!(report.dataset, "otto");
+        assert_eq!(report.rows.len(), 5 * 2 * 2);
+        assert!(eval_markdown(&[report], "recstream eval otto").contains("| model |"));
+    }
+}

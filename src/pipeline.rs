@@ -1,0 +1,402 @@
+//! The shard processor: the loop that joins the stages for one shard.
+//!
+//! ```text
+//!  Source::next_batch ─► decode ─┬─ Ok  ─► Aggregator::apply ─► (every flush interval) FeatureStore::write
+//!                                │        └► ArchiveWriter::push
+//!                                └─ Err ─► ArchiveWriter::push_dead (reason kept)
+//!
+//!  checkpoint (every checkpoint interval, at a pending roll, at the end):
+//!    1. save intent {pending_end}      (a restart rolls at exactly this sequence number)
+//!    2. archive roll → Parquet + dead letters (names per shard and sequence range)
+//!    3. feature flush                   (absolute values: replays overwrite)
+//!    4. state snapshot → object store
+//!    5. save {committed = end, snapshot}; Source::on_checkpoint(end)
+//! ```
+//!
+//! After a crash anywhere, the restart restores the snapshot at `committed` and replays
+//! the records after it. Archive objects and feature values come out exactly as one
+//! clean run would have written them: nothing is lost and nothing is counted twice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use recstream_features::{Aggregator, CheckpointStore, FeatureConfig, FeatureStore};
+use recstream_ingest::archive::{ArchiveWriter, ArchivedRow};
+use recstream_ingest::{
+    DecodeError, ObjectStore, RawRecord, SeqNo, ShardCheckpoint, ShardId, Source, metrics as im,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// How a processor batches, flushes and checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessorConfig {
+    /// Records asked of the source per batch.
+    pub batch_size: usize,
+    /// Largest record accepted, in bytes; larger ones are dead-lettered.
+    pub max_record_bytes: usize,
+    /// Features are written to the store at least this often (ms) while events arrive.
+    pub flush_interval_ms: u64,
+    /// Archive roll + snapshot + checkpoint at least this often (ms).
+    pub checkpoint_interval_ms: u64,
+    /// Roll the archive early when this many rows are buffered.
+    pub archive_max_rows: usize,
+    /// Roll the archive early when this many raw bytes are buffered.
+    pub archive_max_bytes: usize,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            batch_size: 500,
+            max_record_bytes: recstream_ingest::decode::DEFAULT_MAX_RECORD_BYTES,
+            flush_interval_ms: 25,
+            checkpoint_interval_ms: 10_000,
+            archive_max_rows: 250_000,
+            archive_max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl ProcessorConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err("processor.batch_size must be in 1..=10000".into());
+        }
+        if !(256..=1024 * 1024).contains(&self.max_record_bytes) {
+            return Err(
+                "processor.max_record_bytes must be in 256..=1048576 (Kinesis' limit)".into(),
+            );
+        }
+        if self.flush_interval_ms == 0 || self.checkpoint_interval_ms < self.flush_interval_ms {
+            return Err(
+                "processor.flush_interval_ms must be positive and at most checkpoint_interval_ms"
+                    .into(),
+            );
+        }
+        if self.archive_max_rows == 0 || self.archive_max_bytes == 0 {
+            return Err("processor.archive_max_rows and archive_max_bytes must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Live counters of one processor, readable while it runs.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    pub records: AtomicU64,
+    pub accepted: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub unknown_types: AtomicU64,
+    pub flushes: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub archived_rows: AtomicU64,
+}
+
+/// What a processor did, when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ShardSummary {
+    pub shard: String,
+    pub records: u64,
+    pub accepted: u64,
+    pub dead_letters: u64,
+    pub archived_rows: u64,
+    pub checkpoints: u64,
+    pub finished: bool,
+}
+
+/// The stores a processor writes to.
+#[derive(Clone)]
+pub struct Sinks {
+    pub features: Arc<dyn FeatureStore>,
+    pub checkpoints: Arc<dyn CheckpointStore>,
+    pub objects: Arc<dyn ObjectStore>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error(transparent)]
+    Ingest(#[from] recstream_ingest::IngestError),
+    #[error(transparent)]
+    Store(#[from] recstream_features::StoreError),
+}
+
+/// Where a shard stands when its processor starts.
+pub struct Resume {
+    pub checkpoint: ShardCheckpoint,
+    pub aggregator: Aggregator,
+}
+
+/// Loads the checkpoint of `shard` and the aggregation state it points to.
+pub async fn resume(
+    sinks: &Sinks,
+    shard: &ShardId,
+    cfg: &FeatureConfig,
+) -> Result<Resume, ProcessorError> {
+    let checkpoint = sinks
+        .checkpoints
+        .load_checkpoint(shard)
+        .await?
+        .unwrap_or_default();
+    let aggregator = match &checkpoint.snapshot {
+        Some(key) => {
+            let bytes = sinks.objects.get(key).await?.ok_or_else(|| {
+                recstream_features::StoreError::Corrupt {
+                    what: "checkpoint",
+                    message: format!("snapshot {key} named by the checkpoint is missing"),
+                }
+            })?;
+            Aggregator::restore(cfg.clone(), &bytes)?
+        }
+        None => Aggregator::new(cfg.clone()),
+    };
+    Ok(Resume {
+        checkpoint,
+        aggregator,
+    })
+}
+
+pub struct ShardProcessor {
+    shard: ShardId,
+    source: Box<dyn Source>,
+    agg: Aggregator,
+    archive: ArchiveWriter,
+    sinks: Sinks,
+    cfg: ProcessorConfig,
+    cp: ShardCheckpoint,
+    last_seq: Option<SeqNo>,
+    last_flush: Instant,
+    last_checkpoint: Instant,
+    dirty: bool,
+    stats: Arc<ShardStats>,
+}
+
+impl ShardProcessor {
+    pub fn new(
+        source: Box<dyn Source>,
+        resume: Resume,
+        sinks: Sinks,
+        cfg: ProcessorConfig,
+    ) -> ShardProcessor {
+        let shard = source.shard().clone();
+        ShardProcessor {
+            archive: ArchiveWriter::new(sinks.objects.clone(), shard.clone()),
+            last_seq: resume.checkpoint.committed.clone(),
+            cp: resume.checkpoint,
+            agg: resume.aggregator,
+            shard,
+            source,
+            sinks,
+            cfg,
+            last_flush: Instant::now(),
+            last_checkpoint: Instant::now(),
+            dirty: false,
+            stats: Arc::new(ShardStats::default()),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<ShardStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until the source is finished or `shutdown` turns true; on shutdown the last
+    /// batch is completed and checkpointed before returning.
+    #[tracing::instrument(skip_all, fields(shard = %self.shard))]
+    pub async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<ShardSummary, ProcessorError> {
+        let mut finished = false;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let batch = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                b = self.source.next_batch(self.cfg.batch_size) => b?,
+            };
+            match batch {
+                None => {
+                    finished = true;
+                    break;
+                }
+                Some(records) => self.process(records).await?,
+            }
+            if self.dirty
+                && self.last_flush.elapsed() >= Duration::from_millis(self.cfg.flush_interval_ms)
+            {
+                self.flush().await?;
+            }
+            let roll_due = self.archive.buffered_rows() >= self.cfg.archive_max_rows
+                || self.archive.buffered_bytes() >= self.cfg.archive_max_bytes;
+            if roll_due
+                || self.last_checkpoint.elapsed()
+                    >= Duration::from_millis(self.cfg.checkpoint_interval_ms)
+            {
+                self.checkpoint(false).await?;
+            }
+        }
+        self.checkpoint(finished).await?;
+        self.source.close().await?;
+        let s = &self.stats;
+        Ok(ShardSummary {
+            shard: self.shard.to_string(),
+            records: s.records.load(Ordering::Relaxed),
+            accepted: s.accepted.load(Ordering::Relaxed),
+            dead_letters: s.dead_letters.load(Ordering::Relaxed),
+            archived_rows: s.archived_rows.load(Ordering::Relaxed),
+            checkpoints: s.checkpoints.load(Ordering::Relaxed),
+            finished,
+        })
+    }
+
+    async fn process(&mut self, records: Vec<RawRecord>) -> Result<(), ProcessorError> {
+        let (mut accepted, mut dead, mut unknown) = (0u64, 0u64, 0u64);
+        let n = records.len() as u64;
+        let mut lag = None;
+        let mut records = records.into_iter().peekable();
+        while let Some(rec) = records.next() {
+            // Records at or before the checkpoint are already durable (a source may
+            // redeliver them after an iterator renewal): skip, never count twice. A
+            // checkpoint always covers whole Kinesis records, with all their sub-records.
+            if self.cp.committed.as_ref().is_some_and(|c| rec.seq <= *c) {
+                continue;
+            }
+            let decoded = match &rec.rejected {
+                Some(err) => Err(err.clone()),
+                None => recstream_ingest::decode::decode_with_limit(
+                    &rec.data,
+                    self.cfg.max_record_bytes,
+                ),
+            };
+            match decoded {
+                Ok(event) => {
+                    accepted += 1;
+                    if matches!(event.event_type, recstream_ingest::EventType::Other(_)) {
+                        unknown += 1;
+                    }
+                    self.agg.apply(&event);
+                    lag = Some(rec.arrival);
+                    self.archive.push(ArchivedRow {
+                        shard: rec.shard.clone(),
+                        seq: rec.seq.clone(),
+                        sub_seq: rec.sub_seq,
+                        arrival: rec.arrival,
+                        event,
+                        raw: rec.data.clone(),
+                    });
+                }
+                Err(err) => {
+                    dead += 1;
+                    self.count_dead(&err);
+                    self.archive.push_dead(&rec, &err);
+                }
+            }
+            let at_pending = self.cp.pending_end.as_ref() == Some(&rec.seq)
+                && records.peek().is_none_or(|next| next.seq != rec.seq);
+            self.last_seq = Some(rec.seq);
+            self.dirty = true;
+            if at_pending {
+                // A previous run wrote an archive object ending exactly here.
+                self.checkpoint(false).await?;
+            }
+        }
+        let shard = self.shard.to_string();
+        metrics::counter!(im::RECORDS_READ_TOTAL, "shard" => shard.clone()).increment(n);
+        metrics::counter!(im::EVENTS_ACCEPTED_TOTAL, "shard" => shard.clone()).increment(accepted);
+        metrics::counter!(im::UNKNOWN_TYPES_TOTAL, "shard" => shard.clone()).increment(unknown);
+        if let Some(arrival) = lag {
+            let now = chrono::Utc::now().timestamp_millis();
+            metrics::gauge!(im::LAG_MILLISECONDS, "shard" => shard).set((now - arrival.0) as f64);
+        }
+        self.stats.records.fetch_add(n, Ordering::Relaxed);
+        self.stats.accepted.fetch_add(accepted, Ordering::Relaxed);
+        self.stats.dead_letters.fetch_add(dead, Ordering::Relaxed);
+        self.stats
+            .unknown_types
+            .fetch_add(unknown, Ordering::Relaxed);
+        metrics::counter!(recstream_features::metrics::EVENTS_APPLIED_TOTAL, "shard" => self.shard.to_string())
+            .increment(accepted);
+        Ok(())
+    }
+
+    fn count_dead(&self, err: &DecodeError) {
+        metrics::counter!(im::DEAD_LETTERS_TOTAL, "shard" => self.shard.to_string(), "reason" => err.kind())
+            .increment(1);
+    }
+
+    async fn flush(&mut self) -> Result<(), ProcessorError> {
+        let started = Instant::now();
+        let batch = self.agg.drain();
+        let items = batch.users.len() + batch.products.len();
+        self.sinks.features.write(&self.shard, &batch).await?;
+        self.last_flush = Instant::now();
+        self.dirty = false;
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        use recstream_features::metrics as fm;
+        metrics::histogram!(fm::FLUSH_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(fm::FLUSH_ITEMS).record(items as f64);
+        metrics::gauge!(fm::STATE_KEYS, "kind" => "user").set(self.agg.user_count() as f64);
+        metrics::gauge!(fm::STATE_KEYS, "kind" => "product").set(self.agg.product_count() as f64);
+        Ok(())
+    }
+
+    /// Makes everything read so far durable, in the order the module doc gives.
+    async fn checkpoint(&mut self, finished: bool) -> Result<(), ProcessorError> {
+        self.last_checkpoint = Instant::now();
+        let Some(end) = self.last_seq.clone() else {
+            return Ok(());
+        };
+        if self.cp.pending_end.as_ref().is_some_and(|p| end < *p) {
+            // A previous run already wrote an archive object ending at `pending_end`:
+            // roll there and nowhere earlier, so the replay overwrites that object.
+            return Ok(());
+        }
+        if self.cp.committed.as_ref() == Some(&end) {
+            if finished && !self.cp.finished {
+                self.cp.finished = true;
+                self.sinks
+                    .checkpoints
+                    .save_checkpoint(&self.shard, &self.cp)
+                    .await?;
+            }
+            return Ok(());
+        }
+        if self.cp.pending_end.as_ref() != Some(&end) {
+            self.cp.pending_end = Some(end.clone());
+            self.sinks
+                .checkpoints
+                .save_checkpoint(&self.shard, &self.cp)
+                .await?;
+        }
+        let summary = self.archive.roll().await?;
+        self.stats
+            .archived_rows
+            .fetch_add(summary.rows as u64, Ordering::Relaxed);
+        self.flush().await?;
+        let key = format!("state/{}/{}.bin", self.shard.file_safe(), end);
+        self.sinks
+            .objects
+            .put(&key, Bytes::from(self.agg.snapshot()))
+            .await?;
+        let previous = self.cp.snapshot.replace(key.clone());
+        self.cp.committed = Some(end.clone());
+        self.cp.pending_end = None;
+        self.cp.finished = finished;
+        self.sinks
+            .checkpoints
+            .save_checkpoint(&self.shard, &self.cp)
+            .await?;
+        if let Some(old) = previous.filter(|old| *old != key) {
+            self.sinks.objects.delete(&old).await?;
+        }
+        self.source.on_checkpoint(&end).await?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(seq = %end, rows = summary.rows, "checkpoint committed");
+        Ok(())
+    }
+}
