@@ -10,7 +10,7 @@ Output (stdout): one JSON line per Kinesis record put:
 Endpoint, region and credentials come from the standard AWS environment
 (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...), as for every recstream client.
 
-  kpl_put.py --stream NAME [--per-aggregate K] [--explicit-hash-keys]
+  kpl_put.py --stream NAME [--per-aggregate K] [--explicit-hash-keys] [--flush-on-key-change]
 """
 
 import argparse
@@ -29,6 +29,9 @@ def main() -> int:
                     help="user records per aggregated Kinesis record (at most)")
     ap.add_argument("--explicit-hash-keys", action="store_true",
                     help="give every user record an explicit hash key (fills that table too)")
+    ap.add_argument("--flush-on-key-change", action="store_true",
+                    help="start a new aggregate when the partition key changes (as the KPL, "
+                         "which aggregates per shard, does for keys of different shards)")
     args = ap.parse_args()
     if args.per_aggregate < 1:
         ap.error("--per-aggregate must be at least 1")
@@ -55,7 +58,12 @@ def main() -> int:
 
     aggregator = RecordAggregator()
     in_current = 0
+    last_pk = None
     for i, u in enumerate(users):
+        if args.flush_on_key_change and last_pk is not None and u["pk"] != last_pk and in_current:
+            put(aggregator.clear_and_get(), in_current)
+            in_current = 0
+        last_pk = u["pk"]
         ehk = str(10 ** 20 + i) if args.explicit_hash_keys else None
         full = aggregator.add_user_record(u["pk"], u["data"].encode("utf-8"), ehk)
         if full is not None:

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use recstream_features::FeatureConfig;
+use recstream_ingest::aws::AwsConfig;
+use recstream_ingest::source::kinesis::KinesisConfig;
 use recstream_scoring::ScoringConfig;
+use recstream_serving::commerce::CommerceConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::ProcessorConfig;
@@ -67,6 +70,31 @@ pub struct Config {
     pub processor: ProcessorConfig,
     pub features: FeatureConfig,
     pub scoring: ScoringConfig,
+    /// AWS resource names, retry policy, Redis (used when `mode = "aws"`).
+    pub aws: AwsConfig,
+    /// Kinesis consumer, producer and lease settings (used when `mode = "aws"`).
+    pub kinesis: KinesisConfig,
+    /// Cart, checkout, payments, the order saga.
+    pub commerce: CommerceConfig,
+    /// Model loading for serving.
+    pub model: ModelConfig,
+}
+
+/// How the server finds and reloads the trained model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Check `models/CURRENT` in the object store this often (ms) and load a new version
+    /// without a restart; 0 = load once at start.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            reload_interval_ms: 10_000,
+        }
+    }
 }
 
 impl Config {
@@ -95,10 +123,10 @@ impl Config {
         if self.server.collector_queue == 0 {
             return Err("server.collector_queue must be positive".into());
         }
+        self.commerce.validate()?;
         if self.mode == Mode::Aws {
-            return Err(
-                "mode = \"aws\" is not available in this build yet; use \"embedded\"".into(),
-            );
+            self.aws.validate()?;
+            self.kinesis.validate(&self.aws)?;
         }
         Ok(())
     }
@@ -111,6 +139,17 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn aws_mode_is_validated() {
+        let mut cfg = Config {
+            mode: Mode::Aws,
+            ..Config::default()
+        };
+        cfg.validate().unwrap();
+        cfg.aws.bucket = "Not_A_Bucket".into();
+        assert!(cfg.validate().unwrap_err().contains("bucket"));
     }
 
     #[test]

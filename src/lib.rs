@@ -6,6 +6,8 @@
 //!  runtime::Runtime builds the stores behind the seams (embedded or AWS) and serves HTTP.
 //! ```
 
+pub mod cmd_model;
 pub mod config;
+pub mod kinesis;
 pub mod pipeline;
 pub mod runtime;

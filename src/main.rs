@@ -1,19 +1,23 @@
 //! The `recstream` command line: wires the crates together, nothing more.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use recstream::config::Config;
+use recstream::cmd_model::{self, TrainSource};
+use recstream::config::{Config, Mode};
 use recstream::runtime::{Runtime, install_metrics, reset_dir, shutdown_signal};
 use recstream_ingest::datasets::{self, Dataset};
+use recstream_ingest::object_store::s3::S3ObjectStore;
 use recstream_ingest::source::file::FileReplaySource;
-use recstream_ingest::{ShardId, Source};
+use recstream_ingest::{LocalObjectStore, ObjectStore, ShardId, Source};
 use recstream_scoring::Request;
+use recstream_serving::commerce::{CommerceState, Secret, Secrets};
 
 /// The demo's bundled sample: the first rows of REES46 2019-Oct (see data/README.md).
 const SAMPLE: &str = "data/sample/rees46-2019-10-01-head.csv.gz";
@@ -35,6 +39,24 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReplayTarget {
+    /// Through the pipeline in this process (the configured stores).
+    Pipeline,
+    /// Into the configured Kinesis stream with PutRecords (a producer).
+    Kinesis,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Role {
+    /// The API and, in AWS mode, the shard processors.
+    All,
+    /// Only the HTTP API (and the collector).
+    Serve,
+    /// Only the shard processors (AWS mode).
+    Process,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Replay the bundled real sample through the whole pipeline and serve recommendations.
@@ -52,14 +74,23 @@ enum Command {
         #[arg(long, default_value = SAMPLE)]
         sample: PathBuf,
     },
-    /// Run the processor and the API with a configuration file.
+    /// Create the stream, tables and bucket of AWS mode if missing (idempotent).
+    Init {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the API and the processors with a configuration file.
     Run {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// What this process does.
+        #[arg(long, value_enum, default_value = "all")]
+        role: Role,
         #[arg(long)]
         exit_after: Option<f64>,
     },
-    /// Replay a dataset (rees46, diginetica, yoochoose, otto) through the pipeline.
+    /// Replay a dataset (rees46, diginetica, yoochoose, otto) through the pipeline or
+    /// into Kinesis.
     Replay {
         /// Dataset name.
         dataset: Dataset,
@@ -68,12 +99,83 @@ enum Command {
         path: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Where the events go.
+        #[arg(long, value_enum, default_value = "pipeline")]
+        to: ReplayTarget,
         /// Replay at N times real time (event time); default: as fast as possible.
         #[arg(long)]
         speed: Option<f64>,
+        /// Only the first N rows.
+        #[arg(long)]
+        limit: Option<usize>,
         /// Print the run summary as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Train the models from the Parquet archive (or a dataset) and publish a new version.
+    Train {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Archive root holding `events/`: a directory or s3://bucket[/prefix]
+        /// (default: the configured object store).
+        #[arg(long, conflicts_with = "dataset")]
+        archive: Option<String>,
+        /// Train on a public dataset instead of the archive.
+        #[arg(long)]
+        dataset: Option<Dataset>,
+        /// The dataset's file or directory (default: ../shared/data/<dataset dir>).
+        #[arg(long, requires = "dataset")]
+        path: Option<PathBuf>,
+        /// Where `models/` is written: a directory or s3://bucket[/prefix]
+        /// (default: the configured object store, where servers reload it).
+        #[arg(long)]
+        out: Option<String>,
+        /// Training parameters (JSON, every field optional).
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offline evaluation: HR, NDCG, MRR, coverage @10/@20 against the baselines.
+    Eval {
+        /// One dataset; default: every dataset under --data-dir.
+        dataset: Option<Dataset>,
+        /// The dataset's file or directory.
+        #[arg(long, requires = "dataset")]
+        path: Option<PathBuf>,
+        /// Where the datasets live (the layout of shared/data).
+        #[arg(long, default_value = "../shared/data")]
+        data_dir: PathBuf,
+        /// Print JSON reports.
+        #[arg(long)]
+        json: bool,
+        /// Also write the tables as Markdown to this file.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
+    /// Marketing segments of the current model.
+    Segments {
+        #[command(subcommand)]
+        command: SegmentsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SegmentsCommand {
+    /// Write segments and members as CSV and Parquet.
+    Export {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Model store holding `models/` (default: the configured object store).
+        #[arg(long)]
+        models: Option<String>,
+        /// The model version (default: models/CURRENT).
+        #[arg(long)]
+        version: Option<String>,
+        /// Output: a directory or s3://bucket[/prefix].
+        #[arg(long)]
+        out: String,
     },
 }
 
@@ -90,6 +192,10 @@ fn init_tracing(filter: &str, json: bool) {
     }
 }
 
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("configuration: {e}"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -104,35 +210,120 @@ async fn main() -> anyhow::Result<()> {
             let mut cfg = Config::default();
             cfg.server.listen = listen;
             cfg.embedded.data_dir = data_dir.clone();
+            cfg.commerce.data_dir = data_dir.join("commerce");
             reset_dir(&data_dir)?;
             demo(cfg, &sample, exit_after.map(Duration::from_secs_f64)).await
         }
-        Command::Run { config, exit_after } => {
-            let cfg = Config::load(config.as_deref()).map_err(anyhow::Error::msg)?;
-            serve_only(cfg, exit_after.map(Duration::from_secs_f64)).await
+        Command::Init { config } => {
+            let cfg = load_config(config.as_deref())?;
+            let rt = Runtime::open(cfg).await?;
+            for line in recstream::kinesis::init(&rt).await? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Run {
+            config,
+            role,
+            exit_after,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            run(cfg, role, exit_after.map(Duration::from_secs_f64)).await
         }
         Command::Replay {
             dataset,
             path,
             config,
+            to,
             speed,
+            limit,
             json,
         } => {
-            let cfg = Config::load(config.as_deref()).map_err(anyhow::Error::msg)?;
+            let cfg = load_config(config.as_deref())?;
             let path = path.unwrap_or_else(|| default_dataset_path(dataset));
-            replay(cfg, dataset, &path, speed, json).await
+            replay(cfg, dataset, &path, to, speed, limit, json).await
+        }
+        Command::Train {
+            config,
+            archive,
+            dataset,
+            path,
+            out,
+            params,
+            json,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            train(cfg, archive, dataset, path, out, params, json).await
+        }
+        Command::Eval {
+            dataset,
+            path,
+            data_dir,
+            json,
+            markdown,
+        } => {
+            let reports = match dataset {
+                Some(d) => {
+                    let p = path.unwrap_or_else(|| data_dir.join(cmd_model::dataset_dir(d)));
+                    vec![cmd_model::eval(d, &p, json).await?]
+                }
+                None => cmd_model::eval_all(&data_dir, json).await?,
+            };
+            if let Some(f) = markdown {
+                let cmd = std::env::args().collect::<Vec<_>>().join(" ");
+                std::fs::write(&f, cmd_model::eval_markdown(&reports, &cmd))
+                    .with_context(|| format!("writing {}", f.display()))?;
+                eprintln!("wrote {}", f.display());
+            }
+            Ok(())
+        }
+        Command::Segments {
+            command:
+                SegmentsCommand::Export {
+                    config,
+                    models,
+                    version,
+                    out,
+                },
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let models = match models {
+                Some(spec) => store_at(&cfg, &spec).await?,
+                None => configured_store(&cfg).await?,
+            };
+            let out = store_at(&cfg, &out).await?;
+            cmd_model::export_segments(models, version.as_deref(), out, "").await?;
+            Ok(())
         }
     }
 }
 
 fn default_dataset_path(d: Dataset) -> PathBuf {
-    let dir = match d {
-        Dataset::Rees46 => "rees46_multicat",
-        Dataset::Diginetica => "diginetica",
-        Dataset::YooChoose => "yoochoose_rsc15",
-        Dataset::Otto => "otto_sample",
-    };
-    PathBuf::from("../shared/data").join(dir)
+    PathBuf::from("../shared/data").join(cmd_model::dataset_dir(d))
+}
+
+/// An object store from a location: `s3://bucket[/prefix]` or a local directory.
+async fn store_at(cfg: &Config, spec: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    if let Some(rest) = spec.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let aws = recstream_ingest::aws::AwsConfig {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_end_matches('/').to_string(),
+            ..cfg.aws.clone()
+        };
+        aws.validate().map_err(anyhow::Error::msg)?;
+        Ok(Arc::new(S3ObjectStore::from_env(&aws).await))
+    } else {
+        Ok(Arc::new(LocalObjectStore::new(spec)))
+    }
+}
+
+/// The object store of the configured mode (the archive, snapshots and models).
+async fn configured_store(cfg: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    Ok(match cfg.mode {
+        Mode::Embedded => Arc::new(LocalObjectStore::new(cfg.embedded.data_dir.join("bucket"))),
+        Mode::Aws => Arc::new(S3ObjectStore::from_env(&cfg.aws).await),
+    })
 }
 
 fn progress(total: u64, what: &str) -> ProgressBar {
@@ -186,15 +377,23 @@ async fn replay_rows(
 async fn replay(
     cfg: Config,
     dataset: Dataset,
-    path: &std::path::Path,
+    path: &Path,
+    to: ReplayTarget,
     speed: Option<f64>,
+    limit: Option<usize>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let rt = Runtime::embedded(cfg)?;
     let t0 = Instant::now();
-    let rows = datasets::load(dataset, path)
+    let mut rows = datasets::load(dataset, path)
         .with_context(|| format!("loading {dataset} from {}", path.display()))?;
+    if let Some(n) = limit {
+        rows.truncate(n);
+    }
     let load_time = t0.elapsed();
+    if to == ReplayTarget::Kinesis {
+        return produce(cfg, dataset, rows, json).await;
+    }
+    let rt = Runtime::open(cfg).await?;
     let (_tx, rx) = shutdown_signal(None);
     let (summary, elapsed) = replay_rows(&rt, dataset, rows, speed, rx).await?;
     let eps = summary.records as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -223,11 +422,132 @@ async fn replay(
     Ok(())
 }
 
-async fn demo(
+/// `replay --to kinesis`: a producer. Every row that maps onto an event is put as its
+/// JSON with the user id as partition key; rows that do not are reported, not sent.
+async fn produce(
     cfg: Config,
-    sample: &std::path::Path,
-    exit_after: Option<Duration>,
+    dataset: Dataset,
+    rows: Vec<datasets::LoadedRow>,
+    json: bool,
 ) -> anyhow::Result<()> {
+    if cfg.mode != Mode::Aws {
+        bail!("--to kinesis needs mode = \"aws\" in the configuration");
+    }
+    let rt = Runtime::open(cfg).await?;
+    let aws = rt.aws.as_ref().expect("aws mode");
+    let mut skipped = 0u64;
+    let records: Vec<(String, Bytes)> = rows
+        .into_iter()
+        .filter_map(|r| match r.event {
+            Ok(e) => Some((e.user_id.to_string(), Bytes::from(e.to_json()))),
+            Err(err) => {
+                skipped += 1;
+                tracing::debug!(line = r.line, error = %err, "row not sent");
+                None
+            }
+        })
+        .collect();
+    let pb = progress(records.len() as u64, &format!("putting {dataset}"));
+    let started = Instant::now();
+    let sent = recstream::kinesis::put_events(&aws.producer, records, |n| pb.set_position(n))
+        .await?;
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "dataset": dataset.to_string(),
+                "stream": rt.cfg.aws.stream,
+                "sent": sent,
+                "skipped": skipped,
+                "seconds": secs,
+            })
+        );
+    } else {
+        println!(
+            "put {sent} events of {dataset} into {} in {secs:.2}s ({skipped} rows that are not events skipped)",
+            rt.cfg.aws.stream
+        );
+    }
+    Ok(())
+}
+
+async fn train(
+    cfg: Config,
+    archive: Option<String>,
+    dataset: Option<Dataset>,
+    path: Option<PathBuf>,
+    out: Option<String>,
+    params: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let source = match (dataset, archive) {
+        (Some(d), _) => TrainSource::Dataset {
+            dataset: d,
+            path: path.unwrap_or_else(|| default_dataset_path(d)),
+        },
+        (None, Some(spec)) => TrainSource::Archive {
+            store: store_at(&cfg, &spec).await?,
+            prefix: "events/".into(),
+        },
+        (None, None) => TrainSource::Archive {
+            store: configured_store(&cfg).await?,
+            prefix: "events/".into(),
+        },
+    };
+    let out = match out {
+        Some(spec) => store_at(&cfg, &spec).await?,
+        None => configured_store(&cfg).await?,
+    };
+    let params = cmd_model::load_train_params(params.as_deref())?;
+    let (summary, artifact) = cmd_model::train(source, out, params, !json).await?;
+    if cfg.mode == Mode::Aws {
+        // Servers also publish on reload; doing it here makes the lists current at once.
+        let cache = recstream_scoring::cold_start::redis::RedisColdStartCache::connect(
+            &cfg.aws.redis_url,
+        )
+        .await?;
+        let n = cmd_model::publish_cold_start(&artifact, &cache).await?;
+        eprintln!("published {n} cold-start lists to redis");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "trained model {} in {:.2}s: {} similar-product lists, {} segments, {} cold-start lists → {}",
+            summary.version,
+            summary.wall_seconds,
+            summary.similar_products,
+            summary.segments,
+            summary.cold_start_lists,
+            summary.output
+        );
+    }
+    Ok(())
+}
+
+/// A random HS256 secret for the demo's commerce endpoints (when none is configured), and
+/// a token for `user` signed with it, so the cart can be tried with curl.
+fn demo_secrets(user: &str) -> (Secrets, Option<String>) {
+    let mut secrets = Secrets::from_env();
+    if secrets.jwt_hs256.is_some() {
+        return (secrets, None);
+    }
+    use recstream_serving::commerce::auth::jsonwebtoken;
+    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let exp = jsonwebtoken::get_current_timestamp() + 24 * 3600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": user, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .ok();
+    secrets.jwt_hs256 = Some(Secret::new(secret));
+    (secrets, token)
+}
+
+async fn demo(cfg: Config, sample: &Path, exit_after: Option<Duration>) -> anyhow::Result<()> {
     if !sample.exists() {
         bail!(
             "the demo sample {} is missing: run the demo from the repository root",
@@ -235,11 +555,21 @@ async fn demo(
         );
     }
     let metrics = install_metrics();
-    let rt = Runtime::embedded(cfg.clone())?;
+    let rt = Runtime::open(cfg.clone()).await?;
     let (shutdown_tx, shutdown) = shutdown_signal(None);
     let ready = Arc::new(AtomicBool::new(false));
 
+    let rows = datasets::load(Dataset::Rees46, sample)
+        .with_context(|| format!("loading {}", sample.display()))?;
+    let top_users = busiest_users(&rows, 3);
+    let demo_user = top_users.first().cloned().unwrap_or_else(|| "u1".into());
+
     let (collector, collector_task) = rt.spawn_collector(shutdown.clone()).await?;
+    let (secrets, token) = demo_secrets(&demo_user);
+    let commerce = CommerceState::open(cfg.commerce.clone(), secrets, collector.clone(), None)
+        .await
+        .context("opening the commerce state")?;
+    let workers = commerce.spawn_workers();
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("binding {}", cfg.server.listen))?;
@@ -248,19 +578,22 @@ async fn demo(
         let rt = rt.clone();
         let ready = ready.clone();
         let shutdown = shutdown.clone();
+        let collector = collector.clone();
         tokio::spawn(async move {
-            rt.serve(listener, Arc::new(collector), metrics, ready, shutdown)
-                .await
+            rt.serve(
+                listener,
+                collector,
+                Some(commerce),
+                metrics,
+                ready,
+                shutdown,
+            )
+            .await
         })
     };
 
-    let rows = datasets::load(Dataset::Rees46, sample)
-        .with_context(|| format!("loading {}", sample.display()))?;
-    let top_users = busiest_users(&rows, 3);
     let (summary, elapsed) =
         replay_rows(&rt, Dataset::Rees46, rows, None, shutdown.clone()).await?;
-    rt.refresh_cold_start().await?;
-    ready.store(true, Ordering::Release);
     println!(
         "\nreplayed {} REES46 events in {:.2}s ({:.0} events/s): {} accepted, {} dead-lettered, {} archived as Parquet under {}",
         summary.records,
@@ -270,6 +603,25 @@ async fn demo(
         summary.dead_letters,
         summary.archived_rows,
         rt.sinks.objects.describe()
+    );
+    // Train on the archive just written, as `recstream train` would, and load the model.
+    let (trained, _) = cmd_model::train(
+        TrainSource::Archive {
+            store: rt.sinks.objects.clone(),
+            prefix: "events/".into(),
+        },
+        rt.sinks.objects.clone(),
+        recstream_model::TrainParams::default(),
+        false,
+    )
+    .await?;
+    rt.reload_model().await?;
+    rt.refresh_cold_start().await?;
+    let reloader = rt.spawn_model_reloader(shutdown.clone());
+    ready.store(true, Ordering::Release);
+    println!(
+        "trained model {} on the archive ({} segments, {} similar-product lists)",
+        trained.version, trained.segments, trained.similar_products
     );
     for user in top_users
         .iter()
@@ -294,37 +646,84 @@ async fn demo(
     if let Some(u) = top_users.first() {
         println!("  try: curl -s http://{addr}/v1/recommendations/{u}?n=5");
     }
+    println!("  segments: curl -s http://{addr}/v1/segments");
+    if let Some(t) = token {
+        println!(
+            "  cart (demo token for user {demo_user}): curl -s -H 'authorization: Bearer {t}' http://{addr}/v1/carts/{demo_user}"
+        );
+    }
     println!("  metrics: http://{addr}/metrics  (Ctrl-C to stop)");
 
     if let Some(d) = exit_after {
-        tokio::time::sleep(d).await;
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = async { let mut s = shutdown.clone(); let _ = s.wait_for(|s| *s).await; } => {}
+        }
         let _ = shutdown_tx.send(true);
     }
     server.await.context("server task")??;
-    collector_task.await.context("collector task")??;
+    workers.shutdown(Duration::from_secs(5)).await;
+    reloader.abort();
+    if let Some(t) = collector_task {
+        t.await.context("collector task")??;
+    }
     Ok(())
 }
 
-/// Serves the API and runs the collector shard with the configured stores.
-async fn serve_only(cfg: Config, exit_after: Option<Duration>) -> anyhow::Result<()> {
+/// `recstream run`: the API (collector, recommendations, segments, commerce) and, in AWS
+/// mode, the Kinesis shard processors, until Ctrl-C / SIGTERM / `--exit-after`.
+async fn run(cfg: Config, role: Role, exit_after: Option<Duration>) -> anyhow::Result<()> {
+    if role == Role::Process && cfg.mode != Mode::Aws {
+        bail!("--role process needs mode = \"aws\" (embedded mode processes in the server)");
+    }
     let metrics = install_metrics();
-    let rt = Runtime::embedded(cfg.clone())?;
+    let rt = Runtime::open(cfg.clone()).await?;
     let (_tx, shutdown) = shutdown_signal(exit_after);
-    let (collector, collector_task) = rt.spawn_collector(shutdown.clone()).await?;
-    rt.refresh_cold_start().await?;
-    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.server.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving");
-    rt.serve(
-        listener,
-        Arc::new(collector),
-        metrics,
-        Arc::new(AtomicBool::new(true)),
-        shutdown,
-    )
-    .await?;
-    collector_task.await.context("collector task")??;
+    if let Err(e) = rt.reload_model().await {
+        tracing::warn!(error = %e, "no model loaded; ranking by the blend until one is trained");
+    }
+    let reloader = rt.spawn_model_reloader(shutdown.clone());
+    let workers = match (cfg.mode, role) {
+        (Mode::Aws, Role::All | Role::Process) => Some(tokio::spawn(
+            recstream::kinesis::run_workers(rt.clone(), shutdown.clone()),
+        )),
+        _ => None,
+    };
+    let mut collector_task = None;
+    if role != Role::Process {
+        let (collector, task) = rt.spawn_collector(shutdown.clone()).await?;
+        collector_task = task;
+        if let Err(e) = rt.refresh_cold_start().await {
+            tracing::warn!(error = %e, "cold-start lists not refreshed");
+        }
+        let commerce = rt.commerce(collector.clone()).await?;
+        let commerce_workers = commerce.spawn_workers();
+        let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.server.listen))?;
+        // Scripts read the bound address (the port may be 0) from this line.
+        println!("serving on http://{}", listener.local_addr()?);
+        rt.serve(
+            listener,
+            collector,
+            Some(commerce),
+            metrics,
+            Arc::new(AtomicBool::new(true)),
+            shutdown.clone(),
+        )
+        .await?;
+        commerce_workers.shutdown(Duration::from_secs(5)).await;
+    } else {
+        let mut s = shutdown.clone();
+        let _ = s.wait_for(|s| *s).await;
+    }
+    if let Some(w) = workers {
+        w.await.context("kinesis workers")??;
+    }
+    if let Some(t) = collector_task {
+        t.await.context("collector task")??;
+    }
+    reloader.abort();
     Ok(())
 }
 

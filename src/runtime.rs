@@ -1,4 +1,14 @@
-//! Wiring: builds the stores behind the seams, runs shard processors and the HTTP server.
+//! Wiring: builds the stores behind the seams (embedded or AWS), runs shard processors
+//! and serves HTTP.
+//!
+//! ```text
+//!  mode = embedded   redb (features, checkpoints) · local bucket dir · in-process cold start
+//!                    collector ─► in-process channel shard
+//!  mode = aws        DynamoDB (features) · lease table (checkpoints) · S3 · Redis
+//!                    collector ─► Kinesis PutRecords; shards ◄─ LeaseCoordinator (kinesis.rs)
+//!  both              models/CURRENT in the object store ─► ModelHandle (hot reload)
+//!                    ─► ranking, similar products, segments, cold-start lists
+//! ```
 
 use std::path::Path;
 use std::sync::Arc;
@@ -6,15 +16,36 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
+use recstream_features::store::dynamodb::DynamoFeatureStore;
 use recstream_features::{CheckpointStore, EmbeddedStore, FeatureStore};
+use recstream_ingest::object_store::s3::S3ObjectStore;
 use recstream_ingest::source::channel::{ChannelSender, ChannelSource};
+use recstream_ingest::source::kinesis::{
+    KinesisApi, KinesisProducer, LeaseCoordinator, SdkKinesis,
+};
 use recstream_ingest::{LocalObjectStore, ObjectStore, ShardId, Source};
+use recstream_model::{ModelArtifact, ModelHandle};
+use recstream_scoring::cold_start::redis::RedisColdStartCache;
 use recstream_scoring::{ColdStartCache, ColdStartList, InProcessCache, Recommender};
+use recstream_serving::EventSink;
+use recstream_serving::commerce::{CommerceState, Secrets, StoreKind};
+use recstream_serving::segments::SegmentsState;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
+use crate::kinesis::{KinesisSink, LeaseCheckpoints};
 use crate::pipeline::{ShardProcessor, ShardStats, ShardSummary, Sinks, resume};
+
+/// The AWS clients of a process in `mode = "aws"`.
+#[derive(Clone)]
+pub struct AwsParts {
+    pub kinesis: Arc<dyn KinesisApi>,
+    pub coordinator: LeaseCoordinator,
+    pub producer: Arc<KinesisProducer>,
+    pub dynamo: Arc<DynamoFeatureStore>,
+    pub s3: Arc<S3ObjectStore>,
+}
 
 /// The stores of one process, behind their traits.
 #[derive(Clone)]
@@ -23,9 +54,22 @@ pub struct Runtime {
     pub sinks: Sinks,
     pub cold: Arc<dyn ColdStartCache>,
     pub recommender: Arc<Recommender>,
+    /// The model in use (none until `recstream train` wrote one); hot-reloaded.
+    pub model: Arc<ModelHandle>,
+    pub segments: SegmentsState,
+    /// Set in AWS mode.
+    pub aws: Option<AwsParts>,
 }
 
 impl Runtime {
+    /// The implementations `cfg.mode` names.
+    pub async fn open(cfg: Config) -> anyhow::Result<Runtime> {
+        match cfg.mode {
+            Mode::Embedded => Runtime::embedded(cfg),
+            Mode::Aws => Runtime::aws(cfg).await,
+        }
+    }
+
     /// The embedded set: redb feature store and checkpoints, a local object store, an
     /// in-process cold-start cache — all under `embedded.data_dir`.
     pub fn embedded(cfg: Config) -> anyhow::Result<Runtime> {
@@ -39,21 +83,73 @@ impl Runtime {
         let cold: Arc<dyn ColdStartCache> = Arc::new(InProcessCache::new());
         let features: Arc<dyn FeatureStore> = store.clone();
         let checkpoints: Arc<dyn CheckpointStore> = store;
-        let recommender = Arc::new(Recommender::new(
-            features.clone(),
-            cold.clone(),
-            cfg.scoring.clone(),
-        ));
-        Ok(Runtime {
+        Ok(Runtime::assemble(
             cfg,
-            sinks: Sinks {
+            Sinks {
                 features,
                 checkpoints,
                 objects,
             },
             cold,
+            None,
+        ))
+    }
+
+    /// The AWS set: DynamoDB features, checkpoints in the Kinesis lease table, S3 for the
+    /// archive, snapshots and models, Redis for cold start. Endpoints and credentials come
+    /// from the SDK's environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, …).
+    pub async fn aws(cfg: Config) -> anyhow::Result<Runtime> {
+        let aws = &cfg.aws;
+        let kinesis: Arc<dyn KinesisApi> = Arc::new(SdkKinesis::from_env(aws).await);
+        let coordinator = LeaseCoordinator::from_env(aws, &cfg.kinesis.lease).await;
+        let producer = Arc::new(KinesisProducer::new(
+            kinesis.clone(),
+            aws.stream.clone(),
+            aws.retry_policy(),
+            cfg.kinesis.producer.clone(),
+        ));
+        let dynamo = Arc::new(DynamoFeatureStore::from_env(aws, cfg.features.clone()).await);
+        let s3 = Arc::new(S3ObjectStore::from_env(aws).await);
+        let cold: Arc<dyn ColdStartCache> = Arc::new(
+            RedisColdStartCache::connect(&aws.redis_url)
+                .await
+                .context("setting up the redis cold-start cache")?,
+        );
+        let sinks = Sinks {
+            features: dynamo.clone(),
+            checkpoints: Arc::new(LeaseCheckpoints(coordinator.clone())),
+            objects: s3.clone(),
+        };
+        let parts = AwsParts {
+            kinesis,
+            coordinator,
+            producer,
+            dynamo,
+            s3,
+        };
+        Ok(Runtime::assemble(cfg, sinks, cold, Some(parts)))
+    }
+
+    fn assemble(
+        cfg: Config,
+        sinks: Sinks,
+        cold: Arc<dyn ColdStartCache>,
+        aws: Option<AwsParts>,
+    ) -> Runtime {
+        let model = Arc::new(ModelHandle::new());
+        let recommender = Arc::new(
+            Recommender::new(sinks.features.clone(), cold.clone(), cfg.scoring.clone())
+                .with_model(model.clone()),
+        );
+        Runtime {
+            cfg,
+            sinks,
+            cold,
             recommender,
-        })
+            model,
+            segments: SegmentsState::default(),
+            aws,
+        }
     }
 
     /// Starts a processor for one shard; `make_source` gets the position to resume after.
@@ -82,8 +178,24 @@ impl Runtime {
         Ok((stats, handle))
     }
 
-    /// Starts the in-process collector shard and returns its sender.
+    /// Where `POST /v1/events` (and the commerce flows) put events: the in-process
+    /// collector shard (embedded; its task is returned) or Kinesis (AWS).
     pub async fn spawn_collector(
+        &self,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<(
+        Arc<dyn EventSink>,
+        Option<JoinHandle<anyhow::Result<ShardSummary>>>,
+    )> {
+        if let Some(aws) = &self.aws {
+            return Ok((Arc::new(KinesisSink::new(aws.producer.clone())), None));
+        }
+        let (tx, handle) = self.spawn_channel_collector(shutdown).await?;
+        Ok((Arc::new(tx), Some(handle)))
+    }
+
+    /// Starts the in-process collector shard and returns its sender.
+    pub async fn spawn_channel_collector(
         &self,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<(ChannelSender, JoinHandle<anyhow::Result<ShardSummary>>)> {
@@ -103,8 +215,13 @@ impl Runtime {
         Ok((sender.expect("set by the factory"), handle))
     }
 
-    /// Recomputes the cold-start lists (popular overall) from the feature store.
+    /// Publishes cold-start lists: the current model's (overall and per demographic
+    /// segment) when one is loaded, else popularity from the feature store.
     pub async fn refresh_cold_start(&self) -> anyhow::Result<()> {
+        if let Some(m) = self.model.get() {
+            crate::cmd_model::publish_cold_start(&m, self.cold.as_ref()).await?;
+            return Ok(());
+        }
         let trending = self.sinks.features.trending().await?;
         let list = ColdStartList {
             items: trending.items.clone(),
@@ -116,11 +233,61 @@ impl Runtime {
         Ok(())
     }
 
-    /// Serves the HTTP API on `listener` until `shutdown` turns true.
+    /// Loads `models/CURRENT` if it changed; publishes the new model's segments and
+    /// cold-start lists. Returns the new model, if any.
+    pub async fn reload_model(&self) -> anyhow::Result<Option<Arc<ModelArtifact>>> {
+        let Some(m) = self.model.refresh(self.sinks.objects.as_ref()).await? else {
+            return Ok(None);
+        };
+        self.segments.set(m.segments.clone());
+        crate::cmd_model::publish_cold_start(&m, self.cold.as_ref()).await?;
+        Ok(Some(m))
+    }
+
+    /// Checks for a new model every `model.reload_interval_ms` until `shutdown`.
+    pub fn spawn_model_reloader(&self, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+        let rt = self.clone();
+        let every = Duration::from_millis(self.cfg.model.reload_interval_ms);
+        tokio::spawn(async move {
+            if every.is_zero() {
+                return;
+            }
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = rt.reload_model().await {
+                    tracing::warn!(error = %e, "model reload failed; keeping the current model");
+                }
+            }
+        })
+    }
+
+    /// The commerce handlers' state over the configured store (embedded redb under
+    /// `commerce.data_dir`, or DynamoDB), with secrets from the environment.
+    pub async fn commerce(&self, sink: Arc<dyn EventSink>) -> anyhow::Result<CommerceState> {
+        let mut cfg = self.cfg.commerce.clone();
+        if self.cfg.mode == Mode::Aws && cfg.store == StoreKind::Embedded {
+            tracing::info!("mode = aws: commerce state in DynamoDB");
+            cfg.store = StoreKind::Dynamodb;
+        }
+        let aws = (cfg.store == StoreKind::Dynamodb).then(|| self.cfg.aws.clone());
+        CommerceState::open(cfg, Secrets::from_env(), sink, aws)
+            .await
+            .context("opening the commerce state")
+    }
+
+    /// Serves the HTTP API on `listener` until `shutdown` turns true: recommendations,
+    /// the collector, segments and, when given, the commerce handlers.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
-        collector: Arc<dyn recstream_serving::EventSink>,
+        collector: Arc<dyn EventSink>,
+        commerce: Option<CommerceState>,
         metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
         ready: Arc<AtomicBool>,
         mut shutdown: watch::Receiver<bool>,
@@ -132,7 +299,12 @@ impl Runtime {
             ready,
             max_record_bytes: self.cfg.processor.max_record_bytes,
         };
-        axum::serve(listener, recstream_serving::router(state))
+        let mut app = recstream_serving::router(state)
+            .merge(recstream_serving::segments::routes(self.segments.clone()));
+        if let Some(c) = commerce {
+            app = app.merge(recstream_serving::commerce::routes(c));
+        }
+        axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|s| *s).await;
             })

@@ -144,6 +144,9 @@ pub struct Aggregator {
     applied: u64,
 }
 
+/// A product in a snapshot: id, state, co-visitation list sorted by id.
+type SnapshotProduct = (String, ProductState<String>, Vec<(String, f32)>);
+
 /// Serializable form of the whole state, with string ids (intern order is not stable).
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
@@ -152,7 +155,7 @@ struct Snapshot {
     applied: u64,
     users: Vec<(String, UserState<String>)>,
     /// Each product with its co-visitation list sorted by id (hash order is not stable).
-    products: Vec<(String, ProductState<String>, Vec<(String, f32)>)>,
+    products: Vec<SnapshotProduct>,
     trending: Vec<String>,
     category_top: Vec<(String, Vec<String>)>,
 }
@@ -582,7 +585,7 @@ impl Aggregator {
             })
             .collect();
         users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut products: Vec<(String, ProductState<String>, Vec<(String, f32)>)> = self
+        let mut products: Vec<SnapshotProduct> = self
             .products
             .iter()
             .map(|(k, p)| {

@@ -27,6 +27,8 @@ pub struct ScoringConfig {
     pub exclude_in_cart: bool,
     /// At most this many items of one category in a list (diversity).
     pub max_per_category: usize,
+    /// The best candidates by the blend that the ranker (model) re-scores.
+    pub rerank_depth: usize,
 }
 
 impl Default for ScoringConfig {
@@ -47,6 +49,7 @@ impl Default for ScoringConfig {
             exclude_purchased: true,
             exclude_in_cart: true,
             max_per_category: 4,
+            rerank_depth: 100,
         }
     }
 }
@@ -65,6 +68,9 @@ impl ScoringConfig {
             if !(w.is_finite() && w >= 0.0) {
                 return Err(format!("scoring.{name} must be a non-negative number"));
             }
+        }
+        if self.rerank_depth == 0 || self.rerank_depth > 1000 {
+            return Err("scoring.rerank_depth must be in 1..=1000".into());
         }
         if self.max_per_category == 0 {
             return Err("scoring.max_per_category must be at least 1".into());

@@ -10,9 +10,11 @@ pub mod cold_start;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod rank;
 pub mod recommend;
 
 pub use cold_start::{ColdStartCache, ColdStartList, InProcessCache};
 pub use config::ScoringConfig;
 pub use error::ScoringError;
+pub use rank::{HeuristicRanker, HotRanker, ModelRanker, Ranker};
 pub use recommend::{Item, Reason, Recommendations, Recommender, Request, Strategy};

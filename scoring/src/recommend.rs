@@ -6,7 +6,9 @@
 //!                 ├─ best sellers of the user's top categories          (w_category)
 //!                 └─ trending                                           (w_trending)
 //!                        ▼ blend (each source normalised to [0,1]) ─► filter (bought, in cart,
-//!                          context) ─► diversify (≤ k per category) ─► top n
+//!                          context) ─► best `rerank_depth` by the blend ─► Ranker (the
+//!                          affinity model when one is loaded) ─► diversify (≤ k per category)
+//!                          ─► top n
 //!  no history ─► cold-start list of the user's segment, else overall, else trending
 //! ```
 //!
@@ -24,6 +26,8 @@ use crate::cold_start::{ColdStartCache, OVERALL};
 use crate::config::ScoringConfig;
 use crate::error::ScoringError;
 use crate::metrics as m;
+use crate::rank::{CandidateSignals, HeuristicRanker, HotRanker, Ranker};
+use recstream_model::ModelHandle;
 
 /// Why an item is in the list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,6 +38,8 @@ pub enum Reason {
     TopCategory,
     Trending,
     ColdStart,
+    /// Close in the product embedding of the current model.
+    Similar,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -78,13 +84,18 @@ pub struct Recommender {
     store: Arc<dyn FeatureStore>,
     cold: Arc<dyn ColdStartCache>,
     cfg: ScoringConfig,
+    ranker: Arc<dyn Ranker>,
+    model: Option<Arc<ModelHandle>>,
 }
 
+/// One candidate: its blend score, the strongest source (the reason) and the raw signals
+/// the ranker sees (computed exactly as `recstream_model::candidates` does for training).
 #[derive(Default)]
 struct Cand {
     score: f64,
     best: f64,
     reason: Option<(Reason, Option<String>)>,
+    sig: CandidateSignals,
 }
 
 impl Cand {
@@ -103,7 +114,45 @@ impl Recommender {
         cold: Arc<dyn ColdStartCache>,
         cfg: ScoringConfig,
     ) -> Recommender {
-        Recommender { store, cold, cfg }
+        let ranker = Arc::new(HeuristicRanker {
+            w_recent: cfg.w_recent,
+            w_covisit: cfg.w_covisit,
+            w_category: cfg.w_category,
+            w_trending: cfg.w_trending,
+        });
+        Recommender {
+            store,
+            cold,
+            cfg,
+            ranker,
+            model: None,
+        }
+    }
+
+    /// Ranks with whatever model `handle` holds (hot reload; the blend until one is
+    /// loaded) and answers `similar` from its product embedding.
+    pub fn with_model(self, handle: Arc<ModelHandle>) -> Recommender {
+        let fallback = HeuristicRanker {
+            w_recent: self.cfg.w_recent,
+            w_covisit: self.cfg.w_covisit,
+            w_category: self.cfg.w_category,
+            w_trending: self.cfg.w_trending,
+        };
+        let mut r = self.with_ranker(Arc::new(HotRanker::new(handle.clone(), fallback)));
+        r.model = Some(handle);
+        r
+    }
+
+    /// Ranks the blended candidates with `ranker` (e.g. a `HotRanker` over the current
+    /// model) instead of the fixed-weight blend.
+    pub fn with_ranker(mut self, ranker: Arc<dyn Ranker>) -> Recommender {
+        self.ranker = ranker;
+        self
+    }
+
+    /// The ranker's name (`model`, `heuristic`, …).
+    pub fn ranker_name(&self) -> &'static str {
+        self.ranker.name()
     }
 
     pub fn config(&self) -> &ScoringConfig {
@@ -180,6 +229,8 @@ impl Recommender {
         for (i, r) in user.recent.iter().take(cfg.seed_items).enumerate() {
             seeds.push((r.product_id.clone(), 1.0 / (1.0 + i as f64)));
         }
+        // The user's most recent item: its list alone gives `covisit_last`.
+        let last_seed = (!user.recent.is_empty()).then_some(req.context.len());
         let seed_ids: Vec<&str> = seeds.iter().map(|(s, _)| s.as_str()).collect();
         let seed_features = match self.store.products(&seed_ids).await {
             Ok(p) => p,
@@ -188,26 +239,28 @@ impl Recommender {
                 vec![None; seed_ids.len()]
             }
         };
-        for ((seed, sw), pf) in seeds.iter().zip(&seed_features) {
+        for (si, ((seed, sw), pf)) in seeds.iter().zip(&seed_features).enumerate() {
             let Some(pf) = pf else { continue };
             let max = pf.covisit.first().map(|(_, w)| *w).unwrap_or(1.0).max(1.0) as f64;
             for (nb, w) in pf.covisit.iter().take(cfg.neighbours_per_seed) {
-                cands.entry(nb.clone()).or_default().add(
-                    cfg.w_covisit * sw * (*w as f64) / max,
-                    Reason::CoVisited,
-                    Some(seed),
-                );
+                let w = *w as f64;
+                let c = cands.entry(nb.clone()).or_default();
+                c.add(cfg.w_covisit * sw * w / max, Reason::CoVisited, Some(seed));
+                c.sig.covisit += sw * w / max;
+                c.sig.covisit_raw += sw * w;
+                if Some(si) == last_seed {
+                    c.sig.covisit_last = w / max;
+                }
             }
         }
 
         if cfg.include_recent && !user.items.is_empty() {
             let max = user.items[0].weight.value.max(f64::MIN_POSITIVE);
             for it in &user.items {
-                cands.entry(it.id.clone()).or_default().add(
-                    cfg.w_recent * (it.weight.value / max).min(1.0),
-                    Reason::RecentlyViewed,
-                    None,
-                );
+                let r = (it.weight.value / max).min(1.0);
+                let c = cands.entry(it.id.clone()).or_default();
+                c.add(cfg.w_recent * r, Reason::RecentlyViewed, None);
+                c.sig.recent = c.sig.recent.max(r);
             }
         }
 
@@ -228,11 +281,10 @@ impl Recommender {
                         .unwrap_or(1.0)
                         .max(f64::MIN_POSITIVE);
                     for (p, w) in top.items.iter().take(cfg.per_category) {
-                        cands.entry(p.clone()).or_default().add(
-                            cfg.w_category * (c.weight.value / cat_total) * (w / max),
-                            Reason::TopCategory,
-                            Some(&c.id),
-                        );
+                        let v = (c.weight.value / cat_total) * (w / max);
+                        let cand = cands.entry(p.clone()).or_default();
+                        cand.add(cfg.w_category * v, Reason::TopCategory, Some(&c.id));
+                        cand.sig.category += v;
                     }
                 }
                 Ok(None) => {}
@@ -249,11 +301,9 @@ impl Recommender {
                     .unwrap_or(1.0)
                     .max(f64::MIN_POSITIVE);
                 for (p, w) in t.items.iter().take(cfg.trending) {
-                    cands.entry(p.clone()).or_default().add(
-                        cfg.w_trending * w / max,
-                        Reason::Trending,
-                        None,
-                    );
+                    let c = cands.entry(p.clone()).or_default();
+                    c.add(cfg.w_trending * w / max, Reason::Trending, None);
+                    c.sig.trending = c.sig.trending.max(w / max);
                 }
             }
             Err(_) => degraded.push("feature_store"),
@@ -263,31 +313,42 @@ impl Recommender {
         metrics::histogram!(m::CANDIDATES).record(cands.len() as f64);
         let mut ranked: Vec<(String, Cand)> = cands.into_iter().collect();
         ranked.sort_unstable_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.cmp(&b.0)));
-        let ids: Vec<&str> = ranked
+        ranked.truncate(cfg.rerank_depth.max(n));
+        let ids: Vec<&str> = ranked.iter().map(|(id, _)| id.as_str()).collect();
+        let features = match self.store.products(&ids).await {
+            Ok(f) => f,
+            Err(_) => {
+                degraded.push("feature_store");
+                vec![None; ids.len()]
+            }
+        };
+        // The ranker sees every candidate's product view; unknown products get an empty one.
+        let empty = ProductFeatures::default();
+        let pairs: Vec<(&ProductFeatures, CandidateSignals)> = ranked
             .iter()
-            .take(n * 4)
-            .map(|(id, _)| id.as_str())
+            .zip(&features)
+            .map(|((_, c), f)| (f.as_deref().unwrap_or(&empty), c.sig))
             .collect();
-        let features = self.store.products(&ids).await.unwrap_or_default();
+        let scores = self.ranker.score(user, &pairs);
+        drop(pairs);
+        let mut scored: Vec<(f64, String, Cand, Option<String>)> = ranked
+            .into_iter()
+            .zip(features)
+            .zip(scores)
+            .map(|(((id, c), f), s)| (s, id, c, f.as_ref().and_then(category_of)))
+            .collect();
+        scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         let items = diversify(
-            ranked
-                .into_iter()
-                .take(n * 4)
-                .enumerate()
-                .map(|(i, (id, c))| {
-                    let (reason, because) = c.reason.unwrap_or((Reason::Trending, None));
-                    let category = features
-                        .get(i)
-                        .and_then(|f| f.as_ref())
-                        .and_then(category_of);
-                    Item {
-                        product_id: id,
-                        score: round(c.score),
-                        reason,
-                        because,
-                        category,
-                    }
-                }),
+            scored.into_iter().map(|(score, id, c, category)| {
+                let (reason, because) = c.reason.unwrap_or((Reason::Trending, None));
+                Item {
+                    product_id: id,
+                    score: round(score),
+                    reason,
+                    because,
+                    category,
+                }
+            }),
             n,
             cfg.max_per_category,
         );
@@ -358,12 +419,34 @@ impl Recommender {
         (items, Strategy::ColdStart)
     }
 
-    /// Products most often visited together with `product_id`.
+    /// Products similar to `product_id`: its neighbours in the current model's embedding
+    /// of the co-visitation graph, else (no model, or a product newer than it) the
+    /// products most often visited together with it.
     pub async fn similar(
         &self,
         product_id: &str,
         n: usize,
     ) -> Result<Option<Vec<Item>>, ScoringError> {
+        let model = self.model.as_ref().and_then(|h| h.get());
+        if let Some(found) = model
+            .as_ref()
+            .and_then(|m| m.embeddings.as_ref())
+            .and_then(|e| e.similar(product_id, n))
+            && !found.is_empty()
+        {
+            return Ok(Some(
+                found
+                    .into_iter()
+                    .map(|(id, s)| Item {
+                        product_id: id.to_string(),
+                        score: round(s as f64),
+                        reason: Reason::Similar,
+                        because: Some(product_id.to_string()),
+                        category: None,
+                    })
+                    .collect(),
+            ));
+        }
         let Some(p) = self.store.products(&[product_id]).await?.pop().flatten() else {
             return Ok(None);
         };

@@ -13,6 +13,7 @@ pub mod app;
 pub mod collector;
 pub mod error;
 pub mod metrics;
+pub mod segments;
 
 pub use app::{AppState, router};
 pub use collector::{EventSink, OutRecord, SinkError};
