@@ -697,7 +697,7 @@ async fn run(cfg: Config, role: Role, exit_after: Option<Duration>) -> anyhow::R
             tracing::warn!(error = %e, "cold-start lists not refreshed");
         }
         let commerce = rt.commerce(collector.clone()).await?;
-        let commerce_workers = commerce.spawn_workers();
+        let commerce_workers = commerce.as_ref().map(CommerceState::spawn_workers);
         let listener = tokio::net::TcpListener::bind(cfg.server.listen)
             .await
             .with_context(|| format!("binding {}", cfg.server.listen))?;
@@ -706,13 +706,15 @@ async fn run(cfg: Config, role: Role, exit_after: Option<Duration>) -> anyhow::R
         rt.serve(
             listener,
             collector,
-            Some(commerce),
+            commerce,
             metrics,
             Arc::new(AtomicBool::new(true)),
             shutdown.clone(),
         )
         .await?;
-        commerce_workers.shutdown(Duration::from_secs(5)).await;
+        if let Some(w) = commerce_workers {
+            w.shutdown(Duration::from_secs(5)).await;
+        }
     } else {
         let mut s = shutdown.clone();
         let _ = s.wait_for(|s| *s).await;

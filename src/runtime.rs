@@ -239,6 +239,7 @@ impl Runtime {
         let Some(m) = self.model.refresh(self.sinks.objects.as_ref()).await? else {
             return Ok(None);
         };
+        self.recommender.sync_model();
         self.segments.set(m.segments.clone());
         crate::cmd_model::publish_cold_start(&m, self.cold.as_ref()).await?;
         Ok(Some(m))
@@ -268,16 +269,30 @@ impl Runtime {
     }
 
     /// The commerce handlers' state over the configured store (embedded redb under
-    /// `commerce.data_dir`, or DynamoDB), with secrets from the environment.
-    pub async fn commerce(&self, sink: Arc<dyn EventSink>) -> anyhow::Result<CommerceState> {
+    /// `commerce.data_dir`, or DynamoDB), with secrets from the environment. `None` (with
+    /// a warning) when no way to authenticate callers is configured: the commerce
+    /// endpoints are then not served, everything else is.
+    pub async fn commerce(
+        &self,
+        sink: Arc<dyn EventSink>,
+    ) -> anyhow::Result<Option<CommerceState>> {
+        let secrets = Secrets::from_env();
+        if secrets.jwt_hs256.is_none() && self.cfg.commerce.auth.jwks_path.is_none() {
+            tracing::warn!(
+                "commerce endpoints disabled: set commerce.auth.jwks_path (RS256, e.g. Cognito) or {} (HS256)",
+                Secrets::JWT_HS256_ENV
+            );
+            return Ok(None);
+        }
         let mut cfg = self.cfg.commerce.clone();
         if self.cfg.mode == Mode::Aws && cfg.store == StoreKind::Embedded {
             tracing::info!("mode = aws: commerce state in DynamoDB");
             cfg.store = StoreKind::Dynamodb;
         }
         let aws = (cfg.store == StoreKind::Dynamodb).then(|| self.cfg.aws.clone());
-        CommerceState::open(cfg, Secrets::from_env(), sink, aws)
+        CommerceState::open(cfg, secrets, sink, aws)
             .await
+            .map(Some)
             .context("opening the commerce state")
     }
 

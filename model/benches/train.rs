@@ -65,15 +65,30 @@ fn tiled(base: &[Event], n: usize) -> Vec<Event> {
     out
 }
 
+/// Under `cargo test` (no `--bench` flag) criterion runs each benchmark once as a smoke
+/// test, in the unoptimised test profile: a small log keeps that quick.
+fn event_count() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        1_000_000
+    } else {
+        20_000
+    }
+}
+
 fn bench_train(c: &mut Criterion) {
     let base = rees46();
-    let events = tiled(&base, 1_000_000);
+    let events = tiled(&base, event_count());
+    let size = if events.len() == 1_000_000 {
+        "1M events".to_string()
+    } else {
+        format!("{} events", events.len())
+    };
     let mut g = c.benchmark_group("train");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(60))
         .warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements(events.len() as u64));
-    g.bench_with_input(BenchmarkId::new("replay", "1M events"), &events, |b, ev| {
+    g.bench_with_input(BenchmarkId::new("replay", &size), &events, |b, ev| {
         b.iter(|| {
             let mut r = Replay::new(Default::default());
             for e in ev {
@@ -83,7 +98,7 @@ fn bench_train(c: &mut Criterion) {
         })
     });
     g.bench_with_input(
-        BenchmarkId::new("aggregator_only", "1M events"),
+        BenchmarkId::new("aggregator_only", &size),
         &events,
         |b, ev| {
             b.iter(|| {
@@ -101,7 +116,7 @@ fn bench_train(c: &mut Criterion) {
         ..TrainParams::default()
     };
     g.bench_with_input(
-        BenchmarkId::new("rankers", "1M events"),
+        BenchmarkId::new("rankers", &size),
         &events,
         |b, ev| {
             b.iter(|| {
@@ -116,7 +131,7 @@ fn bench_train(c: &mut Criterion) {
         },
     );
     g.bench_with_input(
-        BenchmarkId::new("everything", "1M events"),
+        BenchmarkId::new("everything", &size),
         &events,
         |b, ev| {
             b.iter(|| {

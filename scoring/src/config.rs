@@ -29,6 +29,12 @@ pub struct ScoringConfig {
     pub max_per_category: usize,
     /// The best candidates by the blend that the ranker (model) re-scores.
     pub rerank_depth: usize,
+    /// Keep learning (FTRL) from feedback on served lists between retrainings, and rank
+    /// with that live model.
+    pub online_learning: bool,
+    /// Served lists kept for feedback, and for how long.
+    pub feedback_capacity: usize,
+    pub feedback_ttl_secs: u64,
 }
 
 impl Default for ScoringConfig {
@@ -50,6 +56,9 @@ impl Default for ScoringConfig {
             exclude_in_cart: true,
             max_per_category: 4,
             rerank_depth: 100,
+            online_learning: true,
+            feedback_capacity: 100_000,
+            feedback_ttl_secs: 1800,
         }
     }
 }
@@ -68,6 +77,9 @@ impl ScoringConfig {
             if !(w.is_finite() && w >= 0.0) {
                 return Err(format!("scoring.{name} must be a non-negative number"));
             }
+        }
+        if self.feedback_capacity == 0 || self.feedback_ttl_secs == 0 {
+            return Err("scoring.feedback_capacity and feedback_ttl_secs must be positive".into());
         }
         if self.rerank_depth == 0 || self.rerank_depth > 1000 {
             return Err("scoring.rerank_depth must be in 1..=1000".into());

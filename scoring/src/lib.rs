@@ -3,12 +3,14 @@
 //! ```text
 //!  FeatureStore (user, products, top lists) ─┐
 //!  ColdStartCache (segment → top-N) ─────────┼─► Recommender::recommend ─► Recommendations
-//!  request (user, n, context) ───────────────┘
+//!  request (user, n, context) ───────────────┘        │ served features
+//!  feedback events (recommendation_id) ─► feedback::OnlineLearner ─► FTRL ranks the next
 //! ```
 
 pub mod cold_start;
 pub mod config;
 pub mod error;
+pub mod feedback;
 pub mod metrics;
 pub mod rank;
 pub mod recommend;
@@ -16,5 +18,6 @@ pub mod recommend;
 pub use cold_start::{ColdStartCache, ColdStartList, InProcessCache};
 pub use config::ScoringConfig;
 pub use error::ScoringError;
+pub use feedback::{Learned, OnlineLearner};
 pub use rank::{HeuristicRanker, HotRanker, ModelRanker, Ranker};
 pub use recommend::{Item, Reason, Recommendations, Recommender, Request, Strategy};

@@ -8,3 +8,7 @@ pub const DEGRADED_TOTAL: &str = "recstream_scoring_degraded_total";
 pub const CANDIDATES: &str = "recstream_scoring_candidates";
 /// Time to build one response.
 pub const SECONDS: &str = "recstream_scoring_seconds";
+/// Feedback events on served lists (label: `outcome` = learned | unmatched | expired).
+pub const FEEDBACK_TOTAL: &str = "recstream_scoring_feedback_total";
+/// Rows (impressions) the online model learned from.
+pub const ONLINE_ROWS_TOTAL: &str = "recstream_scoring_online_rows_total";

@@ -7,8 +7,9 @@
 //!        ▼
 //!  Ranker::score ─┬─ ModelRanker        batch logistic regression of the current artifact
 //!                 ├─ OnlineModelRanker  FTRL, updated from the live stream
-//!                 ├─ HotRanker          whatever ModelHandle holds now (hot reload),
-//!                 │                     the heuristic blend until a model is loaded
+//!                 ├─ HotRanker          whatever ModelHandle holds now (hot reload): its
+//!                 │                     live FTRL model (feedback::OnlineLearner) or its
+//!                 │                     logistic regression; the blend until one is loaded
 //!                 └─ HeuristicRanker    the fixed-weight blend (no model)
 //! ```
 //!
@@ -19,6 +20,8 @@ use std::sync::{Arc, RwLock};
 
 use recstream_features::{ProductFeatures, UserFeatures};
 use recstream_model::{LinearScorer, ModelArtifact, ModelHandle, OnlineRanker, PairFeatures};
+
+use crate::feedback::OnlineLearner;
 
 pub use recstream_model::CandidateSignals;
 
@@ -153,11 +156,24 @@ impl Ranker for OnlineModelRanker {
 pub struct HotRanker {
     pub handle: Arc<ModelHandle>,
     pub fallback: HeuristicRanker,
+    /// When set, the live FTRL model of the current version ranks (it keeps learning from
+    /// feedback); else the version's batch logistic regression.
+    pub online: Option<Arc<OnlineLearner>>,
 }
 
 impl HotRanker {
     pub fn new(handle: Arc<ModelHandle>, fallback: HeuristicRanker) -> HotRanker {
-        HotRanker { handle, fallback }
+        HotRanker {
+            handle,
+            fallback,
+            online: None,
+        }
+    }
+
+    /// Ranks with `learner`'s live model whenever it belongs to the current version.
+    pub fn with_online(mut self, learner: Arc<OnlineLearner>) -> HotRanker {
+        self.online = Some(learner);
+        self
     }
 
     /// Whether a model is loaded (else the heuristic answers).
@@ -174,16 +190,24 @@ impl Ranker for HotRanker {
         out: &mut Vec<f64>,
     ) {
         match self.handle.get() {
-            Some(m) => m.affinity.score_into(user, candidates, out),
+            Some(m) => {
+                let live = self
+                    .online
+                    .as_ref()
+                    .is_some_and(|l| l.score_into(m.version(), user, candidates, out));
+                if !live {
+                    m.affinity.score_into(user, candidates, out);
+                }
+            }
             None => self.fallback.score_into(user, candidates, out),
         }
     }
 
     fn name(&self) -> &'static str {
-        if self.has_model() {
-            "model"
-        } else {
-            "heuristic"
+        match (self.handle.get(), &self.online) {
+            (Some(m), Some(l)) if l.version().as_deref() == Some(m.version()) => "model_online",
+            (Some(_), _) => "model",
+            (None, _) => "heuristic",
         }
     }
 }

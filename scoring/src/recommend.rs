@@ -26,6 +26,7 @@ use crate::cold_start::{ColdStartCache, OVERALL};
 use crate::config::ScoringConfig;
 use crate::error::ScoringError;
 use crate::metrics as m;
+use crate::feedback::OnlineLearner;
 use crate::rank::{CandidateSignals, HeuristicRanker, HotRanker, Ranker};
 use recstream_model::ModelHandle;
 
@@ -86,6 +87,7 @@ pub struct Recommender {
     cfg: ScoringConfig,
     ranker: Arc<dyn Ranker>,
     model: Option<Arc<ModelHandle>>,
+    learner: Option<Arc<OnlineLearner>>,
 }
 
 /// One candidate: its blend score, the strongest source (the reason) and the raw signals
@@ -126,6 +128,7 @@ impl Recommender {
             cfg,
             ranker,
             model: None,
+            learner: None,
         }
     }
 
@@ -138,9 +141,40 @@ impl Recommender {
             w_category: self.cfg.w_category,
             w_trending: self.cfg.w_trending,
         };
-        let mut r = self.with_ranker(Arc::new(HotRanker::new(handle.clone(), fallback)));
+        let mut hot = HotRanker::new(handle.clone(), fallback);
+        let learner = self.cfg.online_learning.then(|| {
+            Arc::new(OnlineLearner::new(
+                self.cfg.feedback_capacity,
+                std::time::Duration::from_secs(self.cfg.feedback_ttl_secs),
+            ))
+        });
+        if let Some(l) = &learner {
+            hot = hot.with_online(l.clone());
+        }
+        let mut r = self.with_ranker(Arc::new(hot));
         r.model = Some(handle);
+        r.learner = learner;
         r
+    }
+
+    /// The online learner (with a model and `scoring.online_learning`).
+    pub fn learner(&self) -> Option<&Arc<OnlineLearner>> {
+        self.learner.as_ref()
+    }
+
+    /// Points the online learner at the model the handle holds now (call after a reload).
+    pub fn sync_model(&self) {
+        if let (Some(l), Some(m)) = (&self.learner, self.model.as_ref().and_then(|h| h.get())) {
+            l.sync(&m);
+        }
+    }
+
+    /// Feeds an incoming event to the online learner (feedback on a served list).
+    pub fn observe(&self, e: &recstream_ingest::Event) -> crate::feedback::Learned {
+        match &self.learner {
+            Some(l) => l.observe(e),
+            None => Default::default(),
+        }
     }
 
     /// Ranks the blended candidates with `ranker` (e.g. a `HotRanker` over the current
@@ -169,6 +203,16 @@ impl Recommender {
 
     /// Recommendations for one user.
     pub async fn recommend(&self, req: &Request) -> Result<Recommendations, ScoringError> {
+        self.recommend_for(req, None).await
+    }
+
+    /// [`Recommender::recommend`], keeping the served items' features under
+    /// `recommendation_id` for the online learner (feedback events name that id).
+    pub async fn recommend_for(
+        &self,
+        req: &Request,
+        recommendation_id: Option<&str>,
+    ) -> Result<Recommendations, ScoringError> {
         let started = Instant::now();
         let n = req.n.unwrap_or(self.cfg.default_n);
         if n == 0 || n > self.cfg.max_n {
@@ -191,7 +235,8 @@ impl Recommender {
             .is_some_and(|u| !u.recent.is_empty() || !u.categories.is_empty());
         let out = if history || !req.context.is_empty() {
             let u = user.clone().unwrap_or_default();
-            self.personalized(req, &u, n, &mut degraded).await
+            self.personalized(req, &u, n, recommendation_id, &mut degraded)
+                .await
         } else {
             let segment = user.as_ref().and_then(|u| u.segment.clone());
             self.cold(req, segment.as_deref(), n, &mut degraded).await
@@ -218,6 +263,7 @@ impl Recommender {
         req: &Request,
         user: &UserFeatures,
         n: usize,
+        recommendation_id: Option<&str>,
         degraded: &mut Vec<&'static str>,
     ) -> (Vec<Item>, Strategy) {
         let cfg = &self.cfg;
@@ -330,19 +376,22 @@ impl Recommender {
             .map(|((_, c), f)| (f.as_deref().unwrap_or(&empty), c.sig))
             .collect();
         let scores = self.ranker.score(user, &pairs);
-        drop(pairs);
-        let mut scored: Vec<(f64, String, Cand, Option<String>)> = ranked
+        let mut scored: Vec<(f64, usize, Option<String>)> = scores
             .into_iter()
-            .zip(features)
-            .zip(scores)
-            .map(|(((id, c), f), s)| (s, id, c, f.as_ref().and_then(category_of)))
+            .enumerate()
+            .map(|(i, s)| (s, i, features[i].as_ref().and_then(category_of)))
             .collect();
-        scored.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        scored.sort_unstable_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| ranked[a.1].0.cmp(&ranked[b.1].0))
+        });
+        let mut chosen: Vec<(String, usize)> = Vec::new();
         let items = diversify(
-            scored.into_iter().map(|(score, id, c, category)| {
-                let (reason, because) = c.reason.unwrap_or((Reason::Trending, None));
+            scored.into_iter().map(|(score, i, category)| {
+                let (id, c) = &ranked[i];
+                let (reason, because) = c.reason.clone().unwrap_or((Reason::Trending, None));
                 Item {
-                    product_id: id,
+                    product_id: id.clone(),
                     score: round(score),
                     reason,
                     because,
@@ -352,6 +401,19 @@ impl Recommender {
             n,
             cfg.max_per_category,
         );
+        if let (Some(l), Some(rec)) = (&self.learner, recommendation_id) {
+            let index: FxHashMap<&str, usize> = ranked
+                .iter()
+                .enumerate()
+                .map(|(i, (id, _))| (id.as_str(), i))
+                .collect();
+            chosen.extend(
+                items
+                    .iter()
+                    .filter_map(|it| index.get(it.product_id.as_str()).map(|i| (it.product_id.clone(), *i))),
+            );
+            l.record(rec, user, &pairs, &chosen);
+        }
         (items, Strategy::Personalized)
     }
 

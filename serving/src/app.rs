@@ -128,9 +128,13 @@ async fn recommendations(
         n: q.n,
         context,
     };
-    let body = st.recommender.recommend(&req).await?;
+    let recommendation_id = uuid::Uuid::now_v7().to_string();
+    let body = st
+        .recommender
+        .recommend_for(&req, Some(&recommendation_id))
+        .await?;
     Ok(Json(RecResponse {
-        recommendation_id: uuid::Uuid::now_v7().to_string(),
+        recommendation_id,
         body,
     })
     .into_response())
@@ -184,13 +188,19 @@ async fn collect(State(st): State<AppState>, body: Bytes) -> Result<Response, Ap
         )));
     }
     let mut out = Vec::with_capacity(items.len());
+    let mut feedback = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let data = serde_json::to_vec(item).map_err(|e| ApiError::internal(e.to_string()))?;
         match recstream_ingest::decode::decode_with_limit(&data, st.max_record_bytes) {
-            Ok(ev) => out.push(OutRecord {
-                partition_key: ev.user_id.to_string(),
-                data: Bytes::from(data),
-            }),
+            Ok(ev) => {
+                out.push(OutRecord {
+                    partition_key: ev.user_id.to_string(),
+                    data: Bytes::from(data),
+                });
+                if ev.recommendation_id.is_some() {
+                    feedback.push(ev);
+                }
+            }
             Err(e) => {
                 metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => e.kind()).increment(1);
                 return Err(ApiError::new(
@@ -207,6 +217,10 @@ async fn collect(State(st): State<AppState>, body: Bytes) -> Result<Response, Ap
         SinkError::Unavailable(m) => ApiError::unavailable(m),
     })?;
     metrics::counter!(m::EVENTS_COLLECTED_TOTAL).increment(n as u64);
+    // Feedback on a list this server served teaches the online ranker (once accepted).
+    for ev in &feedback {
+        st.recommender.observe(ev);
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({"accepted": n}))).into_response())
 }
 
