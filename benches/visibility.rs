@@ -38,8 +38,15 @@ async fn measure(rt: Runtime, samples: usize, label: &str) {
         let rt = rt.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            rt.serve(listener, collector, None, None, Arc::new(AtomicBool::new(true)), stop)
-                .await
+            rt.serve(
+                listener,
+                collector,
+                None,
+                None,
+                Arc::new(AtomicBool::new(true)),
+                stop,
+            )
+            .await
         })
     };
     let http = reqwest::Client::new();
@@ -72,7 +79,10 @@ async fn measure(rt: Runtime, samples: usize, label: &str) {
             if body["strategy"] == "personalized" {
                 break;
             }
-            assert!(Instant::now() < deadline, "{label}: event not visible in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "{label}: event not visible in 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         if i > 0 {

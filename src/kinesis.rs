@@ -10,7 +10,7 @@
 //!  `recstream init` ─► init(): stream, tables, lease table, bucket (idempotent)
 //! ```
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -160,10 +160,14 @@ pub async fn run_workers(rt: Runtime, shutdown: watch::Receiver<bool>) -> anyhow
         .create_table_if_missing()
         .await
         .context("lease table")?;
-    tracing::info!(worker = coordinator.worker_id(), stream = coordinator.stream(), "kinesis worker started");
+    tracing::info!(
+        worker = coordinator.worker_id(),
+        stream = coordinator.stream(),
+        "kinesis worker started"
+    );
     let (mut leases, background) = coordinator.spawn(shutdown.clone());
     let mut tasks: JoinSet<(ShardId, anyhow::Result<()>)> = JoinSet::new();
-    let mut running: HashMap<ShardId, ()> = HashMap::new();
+    let mut running: HashSet<ShardId> = HashSet::new();
     let mut stop = shutdown.clone();
     loop {
         tokio::select! {
@@ -171,10 +175,9 @@ pub async fn run_workers(rt: Runtime, shutdown: watch::Receiver<bool>) -> anyhow
             lease = leases.recv() => {
                 let Some(lease) = lease else { break };
                 let shard = lease.shard().clone();
-                if running.contains_key(&shard) {
+                if !running.insert(shard.clone()) {
                     continue;
                 }
-                running.insert(shard.clone(), ());
                 let (rt, aws, shutdown) = (rt.clone(), aws.clone(), shutdown.clone());
                 tasks.spawn(async move {
                     let r = process_lease(&rt, &aws, lease, shutdown).await;
@@ -197,26 +200,17 @@ pub async fn run_workers(rt: Runtime, shutdown: watch::Receiver<bool>) -> anyhow
 
 fn finished(
     done: Result<(ShardId, anyhow::Result<()>), tokio::task::JoinError>,
-    running: &mut HashMap<ShardId, ()>,
+    running: &mut HashSet<ShardId>,
 ) {
     match done {
         Ok((shard, Ok(()))) => {
             running.remove(&shard);
         }
         Ok((shard, Err(e))) => {
-            let lost = e.chain().any(|c| {
-                matches!(
-                    c.downcast_ref::<StoreError>(),
-                    Some(StoreError::LeaseLost { .. })
-                ) || matches!(
-                    c.downcast_ref::<IngestError>(),
-                    Some(IngestError::LeaseLost { .. })
-                )
-            });
-            if lost {
+            if is_lease_lost(&e) {
                 tracing::info!(%shard, "lease lost; another worker carries on from the checkpoint");
             } else {
-                tracing::error!(%shard, error = format!("{e:#}"), "shard processor failed; the lease is retaken on a later round");
+                tracing::error!(%shard, error = format!("{e:#}"), "shard processor failed; its lease was released and is retaken on a later round");
             }
             running.remove(&shard);
         }
@@ -267,6 +261,29 @@ async fn process_lease(
     }
     .await;
     watcher.abort();
+    if let Err(e) = &result
+        && !is_lease_lost(e)
+        && !lease.is_lost()
+    {
+        // Give the shard back so that a later acquisition round (here or in another
+        // worker) restarts it from its checkpoint, after a pause against a hot loop.
+        tracing::warn!(%shard, error = format!("{e:#}"), "releasing the lease of a failed shard processor");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if let Err(r) = lease.release().await {
+            tracing::warn!(%shard, error = %r, "could not release the lease; it expires instead");
+        }
+    }
     result
 }
 
+fn is_lease_lost(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<StoreError>(),
+            Some(StoreError::LeaseLost { .. })
+        ) || matches!(
+            c.downcast_ref::<IngestError>(),
+            Some(IngestError::LeaseLost { .. })
+        )
+    })
+}

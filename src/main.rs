@@ -449,8 +449,8 @@ async fn produce(
         .collect();
     let pb = progress(records.len() as u64, &format!("putting {dataset}"));
     let started = Instant::now();
-    let sent = recstream::kinesis::put_events(&aws.producer, records, |n| pb.set_position(n))
-        .await?;
+    let sent =
+        recstream::kinesis::put_events(&aws.producer, records, |n| pb.set_position(n)).await?;
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if json {
@@ -504,10 +504,9 @@ async fn train(
     let (summary, artifact) = cmd_model::train(source, out, params, !json).await?;
     if cfg.mode == Mode::Aws {
         // Servers also publish on reload; doing it here makes the lists current at once.
-        let cache = recstream_scoring::cold_start::redis::RedisColdStartCache::connect(
-            &cfg.aws.redis_url,
-        )
-        .await?;
+        let cache =
+            recstream_scoring::cold_start::redis::RedisColdStartCache::connect(&cfg.aws.redis_url)
+                .await?;
         let n = cmd_model::publish_cold_start(&artifact, &cache).await?;
         eprintln!("published {n} cold-start lists to redis");
     }
@@ -535,7 +534,11 @@ fn demo_secrets(user: &str) -> (Secrets, Option<String>) {
         return (secrets, None);
     }
     use recstream_serving::commerce::auth::jsonwebtoken;
-    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     let exp = jsonwebtoken::get_current_timestamp() + 24 * 3600;
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

@@ -172,14 +172,16 @@ impl Drop for Proc {
 }
 
 fn processor(config: &Path, log: &Path) -> Proc {
-    Proc(Command::new(env!("CARGO_BIN_EXE_recstream"))
-        .args(["run", "--role", "process", "--config"])
-        .arg(config)
-        .env("RECSTREAM_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start recstream run"))
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_recstream"))
+            .args(["run", "--role", "process", "--config"])
+            .arg(config)
+            .env("RECSTREAM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start recstream run"),
+    )
 }
 
 /// The embedded pipeline over the same rows: the reference.
@@ -192,7 +194,11 @@ async fn embedded_reference(s: &Setup) -> (Vec<UserFeatures>, EmbeddedStore) {
         .env("RECSTREAM_LOG", "warn")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let store = EmbeddedStore::open(data.join("features.redb"), FeatureConfig::default()).unwrap();
     let mut users = store.scan_users().await.unwrap();
     users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
@@ -223,13 +229,15 @@ async fn aws_users(store: &DynamoFeatureStore) -> Vec<UserFeatures> {
 /// Product views agree: counts and buyers exactly, decayed popularity to 1e-9 (the sum
 /// over shard partials adds the same terms in another order).
 fn products_agree(want: &ProductFeatures, got: &ProductFeatures) -> Result<(), String> {
-    let hl = FeatureConfig::default().trending_half_life_secs as f64 * 1000.0;
+    let hl = FeatureConfig::default().trending_half_life_secs * 1000.0;
     let at = want.popularity.at.max(got.popularity.at);
     let (a, b) = (
         want.popularity.value_at(at, hl),
         got.popularity.value_at(at, hl),
     );
-    if want.counts != got.counts || want.buyers != got.buyers || (a - b).abs() > 1e-9 * a.abs().max(1.0)
+    if want.counts != got.counts
+        || want.buyers != got.buyers
+        || (a - b).abs() > 1e-9 * a.abs().max(1.0)
     {
         return Err(format!(
             "product {}: want {:?} buyers {} popularity {a}, got {:?} buyers {} popularity {b}",
@@ -260,7 +268,11 @@ async fn assert_features_converge(
     loop {
         let got = aws_users(&store).await;
         last_problem = if got.len() != want_users.len() {
-            Some(format!("{} users in DynamoDB, {} expected", got.len(), want_users.len()))
+            Some(format!(
+                "{} users in DynamoDB, {} expected",
+                got.len(),
+                want_users.len()
+            ))
         } else {
             want_users
                 .iter()
@@ -270,14 +282,15 @@ async fn assert_features_converge(
         };
         if last_problem.is_none() {
             let got_products = store.products(&id_refs).await.unwrap();
-            last_problem = want_products
-                .iter()
-                .zip(&got_products)
-                .find_map(|(w, g)| match (w, g) {
-                    (Some(w), Some(g)) => products_agree(w, g).err(),
-                    (Some(w), None) => Some(format!("product {} missing", w.product_id)),
-                    _ => None,
-                });
+            last_problem =
+                want_products
+                    .iter()
+                    .zip(&got_products)
+                    .find_map(|(w, g)| match (w, g) {
+                        (Some(w), Some(g)) => products_agree(w, g).err(),
+                        (Some(w), None) => Some(format!("product {} missing", w.product_id)),
+                        _ => None,
+                    });
         }
         if last_problem.is_none() {
             return;
@@ -288,7 +301,10 @@ async fn assert_features_converge(
             }
         }
         if Instant::now() > deadline {
-            panic!("features did not converge within {timeout:?}: {}", last_problem.unwrap());
+            panic!(
+                "features did not converge within {timeout:?}: {}",
+                last_problem.unwrap()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -326,7 +342,11 @@ print(json.dumps({
         .args(["-c", script, &endpoint, bucket])
         .output()
         .unwrap();
-    assert!(out.status.success(), "pyarrow failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pyarrow failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -339,7 +359,10 @@ fn stop(mut p: Proc) {
     loop {
         match p.0.try_wait().unwrap() {
             Some(status) => {
-                assert!(status.success(), "the processor exited with {status} on SIGTERM");
+                assert!(
+                    status.success(),
+                    "the processor exited with {status} on SIGTERM"
+                );
                 return;
             }
             None if Instant::now() > deadline => {
@@ -362,7 +385,15 @@ async fn kinesis_pipeline_matches_the_embedded_run_and_pyarrow_reads_the_s3_arch
     assert!(again.contains("exists"), "init is idempotent: {again}");
 
     let put = recstream(
-        &["replay", "rees46", "--to", "kinesis", "--json", "--path", s.csv.to_str().unwrap()],
+        &[
+            "replay",
+            "rees46",
+            "--to",
+            "kinesis",
+            "--json",
+            "--path",
+            s.csv.to_str().unwrap(),
+        ],
         &s.config,
     );
     let put: serde_json::Value =
@@ -371,23 +402,42 @@ async fn kinesis_pipeline_matches_the_embedded_run_and_pyarrow_reads_the_s3_arch
 
     let (want_users, reference) = embedded_reference(&s).await;
     let mut child = processor(&s.config, &s.dir.path().join("processor.log"));
-    assert_features_converge(&s, &want_users, &reference, Duration::from_secs(120), std::slice::from_mut(&mut child))
-        .await;
+    assert_features_converge(
+        &s,
+        &want_users,
+        &reference,
+        Duration::from_secs(120),
+        std::slice::from_mut(&mut child),
+    )
+    .await;
     stop(child);
     // Stopping flushed and checkpointed; nothing moved.
     assert_features_converge(&s, &want_users, &reference, Duration::from_secs(5), &mut []).await;
 
     let archive = read_archive_with_pyarrow(&s.aws.bucket);
-    assert_eq!(archive["rows"].as_u64().unwrap() as usize, ROWS, "{archive}");
-    assert_eq!(archive["distinct_ids"], archive["rows"], "each event archived once");
+    assert_eq!(
+        archive["rows"].as_u64().unwrap() as usize,
+        ROWS,
+        "{archive}"
+    );
+    assert_eq!(
+        archive["distinct_ids"], archive["rows"],
+        "each event archived once"
+    );
     let cols = &archive["columns"];
     assert_eq!(cols["price_amount"], "int64", "{cols}");
     assert_eq!(cols["ts"], "timestamp[ms, tz=UTC]", "{cols}");
     assert!(
-        cols["impressions"].as_str().unwrap().starts_with("list<element: string"),
+        cols["impressions"]
+            .as_str()
+            .unwrap()
+            .starts_with("list<element: string"),
         "{cols}"
     );
-    assert!(cols.get("dt").is_some() && cols.get("hour").is_some(), "hive partitions: {cols}");
+    assert!(
+        cols.get("dt").is_some() && cols.get("hour").is_some(),
+        "hive partitions: {cols}"
+    );
 
     // Checkpoints are in the lease table, released on shutdown.
     let observer = LeaseCoordinator::from_env(
@@ -402,7 +452,10 @@ async fn kinesis_pipeline_matches_the_embedded_run_and_pyarrow_reads_the_s3_arch
     assert_eq!(leases.len(), 2);
     for l in &leases {
         assert!(l.owner.is_none(), "released on SIGTERM: {l:?}");
-        assert!(l.checkpoint.as_ref().is_some_and(|c| c.committed.is_some()), "{l:?}");
+        assert!(
+            l.checkpoint.as_ref().is_some_and(|c| c.committed.is_some()),
+            "{l:?}"
+        );
     }
 }
 
@@ -416,8 +469,9 @@ async fn kpl_aggregated_records_from_aws_kinesis_agg_give_the_same_features() {
     // The events as JSON, grouped by user (the KPL aggregates per shard: records of one
     // user share a partition key and so a shard), each user's events in time order.
     let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let rows = recstream_ingest::datasets::load(recstream_ingest::datasets::Dataset::Rees46, &s.csv)
-        .unwrap();
+    let rows =
+        recstream_ingest::datasets::load(recstream_ingest::datasets::Dataset::Rees46, &s.csv)
+            .unwrap();
     for r in rows {
         let e = r.event.unwrap();
         by_user
@@ -434,20 +488,38 @@ async fn kpl_aggregated_records_from_aws_kinesis_agg_give_the_same_features() {
     }
     let mut child = Command::new(python())
         .arg(root().join("scripts/kpl_put.py"))
-        .args(["--stream", &s.aws.stream, "--per-aggregate", "20", "--flush-on-key-change"])
+        .args([
+            "--stream",
+            &s.aws.stream,
+            "--per-aggregate",
+            "20",
+            "--flush-on-key-change",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kpl_put.py: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kpl_put.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let puts: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let user_records: u64 = puts.iter().map(|p| p["user_records"].as_u64().unwrap()).sum();
+    let user_records: u64 = puts
+        .iter()
+        .map(|p| p["user_records"].as_u64().unwrap())
+        .sum();
     assert_eq!(user_records as usize, ROWS);
     assert!(
         puts.len() < ROWS && puts.iter().any(|p| p["user_records"].as_u64().unwrap() > 1),
@@ -457,17 +529,29 @@ async fn kpl_aggregated_records_from_aws_kinesis_agg_give_the_same_features() {
 
     let (want_users, reference) = embedded_reference(&s).await;
     let mut child = processor(&s.config, &s.dir.path().join("processor.log"));
-    assert_features_converge(&s, &want_users, &reference, Duration::from_secs(120), std::slice::from_mut(&mut child))
-        .await;
+    assert_features_converge(
+        &s,
+        &want_users,
+        &reference,
+        Duration::from_secs(120),
+        std::slice::from_mut(&mut child),
+    )
+    .await;
     stop(child);
     let archive = read_archive_with_pyarrow(&s.aws.bucket);
-    assert_eq!(archive["rows"].as_u64().unwrap() as usize, ROWS, "{archive}");
+    assert_eq!(
+        archive["rows"].as_u64().unwrap() as usize,
+        ROWS,
+        "{archive}"
+    );
     assert_eq!(archive["distinct_ids"], archive["rows"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothing() {
-    if !services_available("two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothing") {
+    if !services_available(
+        "two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothing",
+    ) {
         return;
     }
     let s = setup("sigkill", 4);
@@ -484,7 +568,14 @@ async fn two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothin
         let f = s.dir.path().join(format!("part-{from}.csv"));
         std::fs::write(&f, format!("{header}\n{}\n", part.join("\n"))).unwrap();
         recstream(
-            &["replay", "rees46", "--to", "kinesis", "--path", f.to_str().unwrap()],
+            &[
+                "replay",
+                "rees46",
+                "--to",
+                "kinesis",
+                "--path",
+                f.to_str().unwrap(),
+            ],
             &s.config,
         );
     };
@@ -517,7 +608,10 @@ async fn two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothin
         if owners.len() == 2 && owners.values().all(|n| *n == 2) && checkpointed == 4 {
             break;
         }
-        assert!(Instant::now() < deadline, "no 2 + 2 split with checkpoints: {leases:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no 2 + 2 split with checkpoints: {leases:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -531,7 +625,17 @@ async fn two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothin
             let part: Vec<&str> = lines.skip(half).collect();
             let f = dir.join("rest.csv");
             std::fs::write(&f, format!("{header}\n{}\n", part.join("\n"))).unwrap();
-            recstream(&["replay", "rees46", "--to", "kinesis", "--path", f.to_str().unwrap()], &config);
+            recstream(
+                &[
+                    "replay",
+                    "rees46",
+                    "--to",
+                    "kinesis",
+                    "--path",
+                    f.to_str().unwrap(),
+                ],
+                &config,
+            );
         }
     });
     std::thread::sleep(Duration::from_millis(700));
@@ -541,16 +645,34 @@ async fn two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothin
     rest.join().unwrap();
 
     let mut survivors = [b];
-    assert_features_converge(&s, &want_users, &reference, Duration::from_secs(150), &mut survivors).await;
+    assert_features_converge(
+        &s,
+        &want_users,
+        &reference,
+        Duration::from_secs(150),
+        &mut survivors,
+    )
+    .await;
     let [b] = survivors;
     let leases = observer.leases().await.unwrap();
     let owners: std::collections::BTreeSet<Option<String>> =
         leases.iter().map(|l| l.owner.clone()).collect();
-    assert_eq!(owners.len(), 1, "the survivor holds every shard: {leases:?}");
+    assert_eq!(
+        owners.len(),
+        1,
+        "the survivor holds every shard: {leases:?}"
+    );
     stop(b);
     let archive = read_archive_with_pyarrow(&s.aws.bucket);
-    assert_eq!(archive["rows"].as_u64().unwrap() as usize, ROWS, "{archive}");
+    assert_eq!(
+        archive["rows"].as_u64().unwrap() as usize,
+        ROWS,
+        "{archive}"
+    );
     // (The two files put above number their rows, and so their event ids, from 1 each:
     // a record is identified by its shard and sequence number.)
-    assert_eq!(archive["distinct_records"], archive["rows"], "each record archived once");
+    assert_eq!(
+        archive["distinct_records"], archive["rows"],
+        "each record archived once"
+    );
 }

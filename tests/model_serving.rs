@@ -52,7 +52,12 @@ async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
     )
     .unwrap();
     cli(
-        &["replay", "rees46", "--path", common::sample().to_str().unwrap()],
+        &[
+            "replay",
+            "rees46",
+            "--path",
+            common::sample().to_str().unwrap(),
+        ],
         &config,
     );
 
@@ -79,7 +84,10 @@ async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
         let (http, url) = (http.clone(), format!("{base}{path}"));
         async move {
             let r = http.get(url).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
         }
     };
 
@@ -90,7 +98,10 @@ async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
     let user = common::busiest(&users, 1, |e| e.views >= 5)[0].clone();
     let (status, body) = get(format!("/v1/recommendations/{user}?n=5")).await;
     assert_eq!(status, 200);
-    assert_eq!(body["strategy"], "personalized", "the blend ranks before any model: {body}");
+    assert_eq!(
+        body["strategy"], "personalized",
+        "the blend ranks before any model: {body}"
+    );
 
     // Train on the archive the replay wrote, into the store the server watches.
     let summary: Value = serde_json::from_str(&cli(&["train", "--json"], &config)).unwrap();
@@ -103,14 +114,21 @@ async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
         if status == 200 {
             break body;
         }
-        assert!(Instant::now() < deadline, "model not picked up: {status} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "model not picked up: {status} {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(segments["version"], version, "{segments}");
     let profiles = segments["segments"].as_array().unwrap();
     assert!(profiles.len() >= 2);
     let total: u64 = profiles.iter().map(|p| p["size"].as_u64().unwrap()).sum();
-    assert_eq!(total as usize, users.len(), "every user in exactly one segment");
+    assert_eq!(
+        total as usize,
+        users.len(),
+        "every user in exactly one segment"
+    );
 
     // Paging through a segment returns each member once.
     let id = profiles[0]["id"].as_str().unwrap().to_string();
@@ -124,7 +142,10 @@ async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
         let (status, page) = get(q).await;
         assert_eq!(status, 200, "{page}");
         for u in page["users"].as_array().unwrap() {
-            assert!(seen.insert(u["user_id"].as_str().unwrap().to_string()), "{u} twice");
+            assert!(
+                seen.insert(u["user_id"].as_str().unwrap().to_string()),
+                "{u} twice"
+            );
         }
         match page["next_page_token"].as_str() {
             Some(t) => token = Some(t.to_string()),
@@ -141,10 +162,49 @@ async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
     assert!(!items.is_empty(), "{body}");
     assert!(items.iter().all(|i| i["reason"] == "similar"), "{body}");
 
-    // Recommendations are still served (now ranked by the model).
+    // Recommendations are still served (now ranked by the model), and feedback on a served
+    // list (a click naming its recommendation_id) teaches the live FTRL model.
     let (status, body) = get(format!("/v1/recommendations/{user}?n=5")).await;
     assert_eq!(status, 200);
-    assert_eq!(body["items"].as_array().unwrap().len(), 5, "{body}");
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 5, "{body}");
+    let shown: Vec<&str> = items
+        .iter()
+        .map(|i| i["product_id"].as_str().unwrap())
+        .collect();
+    let click = serde_json::json!({
+        "event_id": "fb-1", "ts": "2019-10-01T04:00:00Z", "user_id": user, "type": "click",
+        "product_id": shown[2], "recommendation_id": body["recommendation_id"],
+        "impressions": shown,
+    });
+    let r = http
+        .post(format!("{base}/v1/events"))
+        .json(&click)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let learned = metrics
+        .lines()
+        .find(|l| l.starts_with("recstream_scoring_feedback_total{outcome=\"learned\"}"))
+        .unwrap_or_else(|| panic!("no learned feedback in /metrics:\n{metrics}"));
+    assert!(learned.ends_with(" 1"), "{learned}");
+    let rows = metrics
+        .lines()
+        .find(|l| l.starts_with("recstream_scoring_online_rows_total"))
+        .unwrap();
+    assert!(
+        rows.ends_with(" 5"),
+        "one positive and four shown-but-ignored: {rows}"
+    );
 
     // Marketing export, read back.
     let out = dir.path().join("export");

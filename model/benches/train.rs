@@ -115,36 +115,28 @@ fn bench_train(c: &mut Criterion) {
         skip_segments: true,
         ..TrainParams::default()
     };
-    g.bench_with_input(
-        BenchmarkId::new("rankers", &size),
-        &events,
-        |b, ev| {
-            b.iter(|| {
-                black_box(
-                    train(ev, "bench", &rankers, &mut NoProgress)
-                        .unwrap()
-                        .0
-                        .meta
-                        .rows,
-                )
-            })
-        },
-    );
-    g.bench_with_input(
-        BenchmarkId::new("everything", &size),
-        &events,
-        |b, ev| {
-            b.iter(|| {
-                black_box(
-                    train(ev, "bench", &TrainParams::default(), &mut NoProgress)
-                        .unwrap()
-                        .0
-                        .meta
-                        .rows,
-                )
-            })
-        },
-    );
+    g.bench_with_input(BenchmarkId::new("rankers", &size), &events, |b, ev| {
+        b.iter(|| {
+            black_box(
+                train(ev, "bench", &rankers, &mut NoProgress)
+                    .unwrap()
+                    .0
+                    .meta
+                    .rows,
+            )
+        })
+    });
+    g.bench_with_input(BenchmarkId::new("everything", &size), &events, |b, ev| {
+        b.iter(|| {
+            black_box(
+                train(ev, "bench", &TrainParams::default(), &mut NoProgress)
+                    .unwrap()
+                    .0
+                    .meta
+                    .rows,
+            )
+        })
+    });
     g.finish();
 }
 

@@ -76,7 +76,10 @@ impl OnlineLearner {
     /// model; the same version keeps what was learned since it loaded).
     pub fn sync(&self, model: &ModelArtifact) {
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
-        if live.as_ref().is_some_and(|l| l.version == model.meta.version) {
+        if live
+            .as_ref()
+            .is_some_and(|l| l.version == model.meta.version)
+        {
             return;
         }
         *live = Some(Live {
@@ -84,7 +87,11 @@ impl OnlineLearner {
             ranker: model.online.clone(),
         });
         drop(live);
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).lists.clear();
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lists
+            .clear();
     }
 
     /// The live model's version, if any.
@@ -243,9 +250,14 @@ mod tests {
             for p in ["a", "b", ["c", "d", "e"][u % 3]] {
                 t += 1000;
                 out.push(
-                    Event::new(&format!("e{}", out.len()), Timestamp(t), &user, EventType::View)
-                        .with_product(p, Some("cat"))
-                        .with_session(&format!("s{u}")),
+                    Event::new(
+                        &format!("e{}", out.len()),
+                        Timestamp(t),
+                        &user,
+                        EventType::View,
+                    )
+                    .with_product(p, Some("cat"))
+                    .with_session(&format!("s{u}")),
                 );
             }
         }
@@ -272,27 +284,38 @@ mod tests {
         artifact.meta.version = "v1".into();
         let user = replay.user("u0").unwrap();
         let cands = replay.candidates(&user, &CandidateParams::default(), &[]);
-        let views: Vec<Arc<ProductFeatures>> =
-            cands.iter().map(|(id, _)| replay.product_or_empty(id)).collect();
+        let views: Vec<Arc<ProductFeatures>> = cands
+            .iter()
+            .map(|(id, _)| replay.product_or_empty(id))
+            .collect();
         let batch: Vec<(&ProductFeatures, CandidateSignals)> = views
             .iter()
             .zip(&cands)
             .map(|(v, (_, s))| (v.as_ref(), *s))
             .collect();
         assert!(batch.len() >= 3, "candidates: {}", batch.len());
-        let chosen: Vec<(String, usize)> =
-            cands.iter().enumerate().map(|(i, (id, _))| (id.to_string(), i)).collect();
+        let chosen: Vec<(String, usize)> = cands
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (id.to_string(), i))
+            .collect();
         let target = chosen[chosen.len() - 1].0.clone();
 
         let learner = OnlineLearner::new(10, Duration::from_secs(60));
         let mut before = Vec::new();
-        assert!(!learner.score_into("v1", &user, &batch, &mut before), "no live model yet");
+        assert!(
+            !learner.score_into("v1", &user, &batch, &mut before),
+            "no live model yet"
+        );
         learner.sync(&artifact);
         assert!(learner.score_into("v1", &user, &batch, &mut before));
         assert!(!learner.score_into("v0", &user, &batch, &mut before.clone()));
 
         // Unknown list, or an event without a list: nothing learned.
-        assert_eq!(learner.observe(&click("nope", &target, &[])), Learned::default());
+        assert_eq!(
+            learner.observe(&click("nope", &target, &[])),
+            Learned::default()
+        );
         let mut plain = click("x", &target, &[]);
         plain.recommendation_id = None;
         assert_eq!(learner.observe(&plain), Learned::default());
@@ -304,24 +327,41 @@ mod tests {
             assert_eq!(learned.positives, 1);
             assert_eq!(learned.negatives, chosen.len() - 1);
             // A second event on the same list teaches nothing new.
-            assert_eq!(learner.observe(&click(&rec, &target, &[])), Learned::default());
+            assert_eq!(
+                learner.observe(&click(&rec, &target, &[])),
+                Learned::default()
+            );
         }
         let mut after = Vec::new();
         learner.score_into("v1", &user, &batch, &mut after);
         let t = chosen.len() - 1;
-        assert!(after[t] > before[t], "clicked item rises: {} → {}", before[t], after[t]);
+        assert!(
+            after[t] > before[t],
+            "clicked item rises: {} → {}",
+            before[t],
+            after[t]
+        );
 
         // Impressions restrict the negatives to what was shown.
         learner.record("imp", &user, &batch, &chosen);
         let shown = [chosen[0].0.as_str(), target.as_str()];
         let learned = learner.observe(&click("imp", &target, &shown));
-        assert_eq!(learned, Learned { positives: 1, negatives: 1 });
+        assert_eq!(
+            learned,
+            Learned {
+                positives: 1,
+                negatives: 1
+            }
+        );
 
         // A new version starts from its own state and forgets lists served before it.
         learner.record("old", &user, &batch, &chosen);
         artifact.meta.version = "v2".into();
         learner.sync(&artifact);
-        assert_eq!(learner.observe(&click("old", &target, &[])), Learned::default());
+        assert_eq!(
+            learner.observe(&click("old", &target, &[])),
+            Learned::default()
+        );
         let mut fresh = Vec::new();
         learner.score_into("v2", &user, &batch, &mut fresh);
         assert_eq!(fresh, before, "v2 starts from the artifact's FTRL state");

@@ -25,8 +25,8 @@ use serde::Serialize;
 use crate::cold_start::{ColdStartCache, OVERALL};
 use crate::config::ScoringConfig;
 use crate::error::ScoringError;
-use crate::metrics as m;
 use crate::feedback::OnlineLearner;
+use crate::metrics as m;
 use crate::rank::{CandidateSignals, HeuristicRanker, HotRanker, Ranker};
 use recstream_model::ModelHandle;
 
@@ -407,11 +407,11 @@ impl Recommender {
                 .enumerate()
                 .map(|(i, (id, _))| (id.as_str(), i))
                 .collect();
-            chosen.extend(
-                items
-                    .iter()
-                    .filter_map(|it| index.get(it.product_id.as_str()).map(|i| (it.product_id.clone(), *i))),
-            );
+            chosen.extend(items.iter().filter_map(|it| {
+                index
+                    .get(it.product_id.as_str())
+                    .map(|i| (it.product_id.clone(), *i))
+            }));
             l.record(rec, user, &pairs, &chosen);
         }
         (items, Strategy::Personalized)
