@@ -31,33 +31,7 @@ use recstream_ingest::source::kinesis::{LeaseConfig, LeaseCoordinator};
 /// Rows of the bundled sample used here (keeps the emulator runs short).
 const ROWS: usize = 4_000;
 
-fn services_available(test: &str) -> bool {
-    let missing: Vec<&str> = ["AWS_ENDPOINT_URL", "RECSTREAM_PYTHON"]
-        .into_iter()
-        .filter(|v| std::env::var(v).is_err())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
-        "{test}: {} not set, so this AWS emulator test cannot run; run the suite with \
-         `scripts/test`, which starts moto_server and sets them",
-        missing.join(" and ")
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!!!! NOT RUN: {msg}\n");
-    false
-}
-
-fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("rs-{tag}-{}-{}", std::process::id(), nanos % 1_000_000_000)
-}
+const SERVICES: &[&str] = &["AWS_ENDPOINT_URL", "RECSTREAM_PYTHON"];
 
 /// One isolated AWS setup: its own stream, tables and bucket, and a config file for it.
 struct Setup {
@@ -142,23 +116,6 @@ data_dir = "{commerce}"
         aws,
         csv,
     }
-}
-
-fn recstream(args: &[&str], config: &Path) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_recstream"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env("RECSTREAM_LOG", "warn")
-        .output()
-        .expect("run recstream");
-    assert!(
-        out.status.success(),
-        "recstream {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// A processor process, killed when dropped (a failing test leaves nothing running).
@@ -314,6 +271,24 @@ fn python() -> String {
     std::env::var("RECSTREAM_PYTHON").unwrap()
 }
 
+/// Runs one processor over what is in the stream until the features in DynamoDB equal
+/// the embedded run's, then stops it with SIGTERM.
+async fn process_and_compare(s: &Setup) {
+    let (want_users, reference) = embedded_reference(s).await;
+    let mut child = processor(&s.config, &s.dir.path().join("processor.log"));
+    assert_features_converge(
+        s,
+        &want_users,
+        &reference,
+        Duration::from_secs(120),
+        std::slice::from_mut(&mut child),
+    )
+    .await;
+    stop(child);
+    // Stopping flushed and checkpointed; nothing moved.
+    assert_features_converge(s, &want_users, &reference, Duration::from_secs(5), &mut []).await;
+}
+
 /// Reads `events/` of the bucket with pyarrow's own S3 filesystem and Hive partitioning.
 fn read_archive_with_pyarrow(bucket: &str) -> serde_json::Value {
     let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
@@ -375,16 +350,16 @@ fn stop(mut p: Proc) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kinesis_pipeline_matches_the_embedded_run_and_pyarrow_reads_the_s3_archive() {
-    if !services_available("kinesis_pipeline_matches_the_embedded_run") {
+    if !services_available("kinesis_pipeline_matches_the_embedded_run", SERVICES) {
         return;
     }
     let s = setup("pipeline", 2);
-    let first = String::from_utf8(recstream(&["init"], &s.config).stdout).unwrap();
+    let first = String::from_utf8(cli(&["init"], &s.config).stdout).unwrap();
     assert!(first.contains("created"), "{first}");
-    let again = String::from_utf8(recstream(&["init"], &s.config).stdout).unwrap();
+    let again = String::from_utf8(cli(&["init"], &s.config).stdout).unwrap();
     assert!(again.contains("exists"), "init is idempotent: {again}");
 
-    let put = recstream(
+    let put = cli(
         &[
             "replay",
             "rees46",
@@ -400,19 +375,7 @@ async fn kinesis_pipeline_matches_the_embedded_run_and_pyarrow_reads_the_s3_arch
         serde_json::from_slice(put.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
     assert_eq!(put["sent"].as_u64().unwrap() as usize, ROWS, "{put}");
 
-    let (want_users, reference) = embedded_reference(&s).await;
-    let mut child = processor(&s.config, &s.dir.path().join("processor.log"));
-    assert_features_converge(
-        &s,
-        &want_users,
-        &reference,
-        Duration::from_secs(120),
-        std::slice::from_mut(&mut child),
-    )
-    .await;
-    stop(child);
-    // Stopping flushed and checkpointed; nothing moved.
-    assert_features_converge(&s, &want_users, &reference, Duration::from_secs(5), &mut []).await;
+    process_and_compare(&s).await;
 
     let archive = read_archive_with_pyarrow(&s.aws.bucket);
     assert_eq!(
@@ -461,11 +424,14 @@ async fn kinesis_pipeline_matches_the_embedded_run_and_pyarrow_reads_the_s3_arch
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kpl_aggregated_records_from_aws_kinesis_agg_give_the_same_features() {
-    if !services_available("kpl_aggregated_records_from_aws_kinesis_agg_give_the_same_features") {
+    if !services_available(
+        "kpl_aggregated_records_from_aws_kinesis_agg_give_the_same_features",
+        SERVICES,
+    ) {
         return;
     }
     let s = setup("kpl", 2);
-    recstream(&["init"], &s.config);
+    cli(&["init"], &s.config);
     // The events as JSON, grouped by user (the KPL aggregates per shard: records of one
     // user share a partition key and so a shard), each user's events in time order.
     let mut by_user: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -527,17 +493,7 @@ async fn kpl_aggregated_records_from_aws_kinesis_agg_give_the_same_features() {
         puts.len()
     );
 
-    let (want_users, reference) = embedded_reference(&s).await;
-    let mut child = processor(&s.config, &s.dir.path().join("processor.log"));
-    assert_features_converge(
-        &s,
-        &want_users,
-        &reference,
-        Duration::from_secs(120),
-        std::slice::from_mut(&mut child),
-    )
-    .await;
-    stop(child);
+    process_and_compare(&s).await;
     let archive = read_archive_with_pyarrow(&s.aws.bucket);
     assert_eq!(
         archive["rows"].as_u64().unwrap() as usize,
@@ -551,11 +507,12 @@ async fn kpl_aggregated_records_from_aws_kinesis_agg_give_the_same_features() {
 async fn two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothing() {
     if !services_available(
         "two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothing",
+        SERVICES,
     ) {
         return;
     }
     let s = setup("sigkill", 4);
-    recstream(&["init"], &s.config);
+    cli(&["init"], &s.config);
     let (want_users, reference) = embedded_reference(&s).await;
 
     // The first half of the events, two processors, then the rest while one dies.
@@ -567,7 +524,7 @@ async fn two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothin
         let part: Vec<&str> = lines.skip(from).take(n).collect();
         let f = s.dir.path().join(format!("part-{from}.csv"));
         std::fs::write(&f, format!("{header}\n{}\n", part.join("\n"))).unwrap();
-        recstream(
+        cli(
             &[
                 "replay",
                 "rees46",
@@ -625,7 +582,7 @@ async fn two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothin
             let part: Vec<&str> = lines.skip(half).collect();
             let f = dir.join("rest.csv");
             std::fs::write(&f, format!("{header}\n{}\n", part.join("\n"))).unwrap();
-            recstream(
+            cli(
                 &[
                     "replay",
                     "rees46",

@@ -23,19 +23,7 @@ impl Drop for Server {
 }
 
 fn cli(args: &[&str], config: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_recstream"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env("RECSTREAM_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "recstream {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(common::cli(args, config).stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

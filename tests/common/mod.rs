@@ -88,3 +88,55 @@ pub fn busiest(
     });
     v.into_iter().take(n).map(|(k, _)| k.clone()).collect()
 }
+
+/// Whether the environment variables a service test needs are set (scripts/test sets
+/// them after starting the services). Under `CI=true` a missing one fails the test;
+/// otherwise the test says loudly that it did not run.
+pub fn services_available(test: &str, vars: &[&str]) -> bool {
+    let missing: Vec<&str> = vars
+        .iter()
+        .copied()
+        .filter(|v| std::env::var(v).is_err())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "{test}: {} not set, so this test cannot run; run the suite with `scripts/test`, \
+         which starts the services (moto_server, Redis) and sets them",
+        missing.join(" and ")
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!!!!!!!!! NOT RUN: {msg}\n");
+    false
+}
+
+/// A name no other test run uses (streams, tables, buckets).
+pub fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("rs-{tag}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Runs `recstream <args> --config <config>` to completion; fails the test with its
+/// output if it fails.
+pub fn cli(args: &[&str], config: &Path) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recstream"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("RECSTREAM_LOG", "warn")
+        .output()
+        .expect("run recstream");
+    assert!(
+        out.status.success(),
+        "recstream {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
