@@ -142,9 +142,20 @@ impl Serialize for EventType {
 }
 
 impl<'de> Deserialize<'de> for EventType {
+    /// Parses the type from the borrowed text: no allocation for the known types (serde's
+    /// `Cow<str>` would always allocate).
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Ok(EventType::parse(&s))
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = EventType;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an event type string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EventType, E> {
+                Ok(EventType::parse(v))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
