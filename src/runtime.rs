@@ -277,9 +277,10 @@ impl Runtime {
         sink: Arc<dyn EventSink>,
     ) -> anyhow::Result<Option<CommerceState>> {
         let secrets = Secrets::from_env();
-        if secrets.jwt_hs256.is_none() && self.cfg.commerce.auth.jwks_path.is_none() {
+        let auth = &self.cfg.commerce.auth;
+        if secrets.jwt_hs256.is_none() && auth.jwks_path.is_none() && auth.jwks_url.is_none() {
             tracing::warn!(
-                "commerce endpoints disabled: set commerce.auth.jwks_path (RS256, e.g. Cognito) or {} (HS256)",
+                "commerce endpoints disabled: set commerce.auth.jwks_url or jwks_path (RS256, e.g. Cognito) or {} (HS256)",
                 Secrets::JWT_HS256_ENV
             );
             return Ok(None);

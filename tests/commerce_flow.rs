@@ -948,3 +948,62 @@ async fn a_restarted_process_finishes_the_saga_from_disk() {
     let stock = state.catalog().stock("p-1003").await.unwrap().unwrap();
     assert_eq!((stock.on_hand, stock.reserved), (73, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwks_is_fetched_from_a_url_as_cognito_publishes_it() {
+    use recstream_serving::commerce::{CommerceConfig, CommerceState, Secrets, routes};
+    use std::sync::Arc;
+
+    // The identity provider: a JWKS document over HTTP on loopback.
+    let idp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!("http://{}/.well-known/jwks.json", idp.local_addr().unwrap());
+    let doc = jwks();
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || async move { axum::Json(doc) }),
+        );
+        axum::serve(idp, app).await.unwrap();
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = CommerceConfig::for_tests(dir.path());
+    cfg.auth.jwks_url = Some(jwks_url);
+    let sink = Arc::new(RecordingSink::default());
+    // No HS256 secret and no in-memory JWKS: the URL is the only way to verify tokens.
+    let state = CommerceState::builder(cfg.clone(), sink)
+        .secrets(Secrets::default())
+        .build()
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = routes(state);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let c = reqwest::Client::new();
+    let cart = format!("{base}/v1/carts/frank");
+    let r = c
+        .get(&cart)
+        .bearer_auth(rs256_token("frank"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(&cart)
+        .bearer_auth(token_for("frank", 600))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "HS256 is not configured here");
+
+    // An unreachable JWKS URL is a clear start-up error.
+    cfg.auth.jwks_url = Some("http://127.0.0.1:9/jwks.json".into());
+    let err = CommerceState::builder(cfg, Arc::new(RecordingSink::default()))
+        .secrets(Secrets::default())
+        .build()
+        .await
+        .err()
+        .expect("a JWKS that cannot be fetched fails the start");
+    assert!(err.to_string().contains("JWKS"), "{err}");
+}

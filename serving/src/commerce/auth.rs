@@ -109,7 +109,7 @@ impl Authenticator {
         };
         if hs256.is_none() && rs256.is_empty() {
             return Err(format!(
-                "commerce auth needs an RS256 JWKS (commerce.auth.jwks_path) or an HS256 secret ({})",
+                "commerce auth needs an RS256 JWKS (commerce.auth.jwks_url or jwks_path) or an HS256 secret ({})",
                 super::config::Secrets::JWT_HS256_ENV
             ));
         }
@@ -176,6 +176,28 @@ impl Authenticator {
             user_id: claims.sub,
         })
     }
+}
+
+/// Fetches a JWKS over HTTP(S) (Cognito's `/.well-known/jwks.json`), bounded to 10 s.
+pub async fn fetch_jwks(url: &str) -> Result<JwkSet, String> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("jwks client: {e}"))?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("fetching the JWKS at {url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "fetching the JWKS at {url}: HTTP {}",
+            resp.status()
+        ));
+    }
+    resp.json::<JwkSet>()
+        .await
+        .map_err(|e| format!("{url}: not a JWKS: {e}"))
 }
 
 fn load_jwks(path: &Path) -> Result<JwkSet, String> {

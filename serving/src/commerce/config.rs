@@ -142,6 +142,9 @@ impl CommerceConfig {
 pub struct AuthConfig {
     /// A JWKS file (as Cognito publishes at `…/.well-known/jwks.json`) for RS256 tokens.
     pub jwks_path: Option<PathBuf>,
+    /// The same, fetched over HTTP(S) at start-up (e.g.
+    /// `https://cognito-idp.<region>.amazonaws.com/<pool id>/.well-known/jwks.json`).
+    pub jwks_url: Option<String>,
     /// Required `iss` (e.g. `https://cognito-idp.<region>.amazonaws.com/<pool id>`).
     pub issuer: Option<String>,
     /// Accepted `aud` values (Cognito id tokens); empty = `aud` not checked.
@@ -156,6 +159,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             jwks_path: None,
+            jwks_url: None,
             issuer: None,
             audience: Vec::new(),
             token_use: Vec::new(),
@@ -168,6 +172,14 @@ impl AuthConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.leeway_s > 300 {
             return Err("commerce.auth.leeway_s must be at most 300".into());
+        }
+        if self.jwks_path.is_some() && self.jwks_url.is_some() {
+            return Err("commerce.auth: set jwks_path or jwks_url, not both".into());
+        }
+        if let Some(u) = &self.jwks_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return Err("commerce.auth.jwks_url must be an http(s) URL".into());
         }
         Ok(())
     }

@@ -170,7 +170,16 @@ impl CommerceBuilder {
     pub async fn build(self) -> Result<CommerceState, CommerceError> {
         let cfg = self.cfg;
         cfg.validate().map_err(CommerceError::BadRequest)?;
-        let auth = match self.jwks {
+        let jwks = match (self.jwks, &cfg.auth.jwks_url) {
+            (Some(j), _) => Some(j),
+            (None, Some(url)) => Some(
+                auth::fetch_jwks(url)
+                    .await
+                    .map_err(CommerceError::BadRequest)?,
+            ),
+            (None, None) => None,
+        };
+        let auth = match jwks {
             Some(j) => {
                 Authenticator::with_jwks(&cfg.auth, self.secrets.jwt_hs256.as_ref(), Some(j))
             }
