@@ -215,11 +215,10 @@ impl Runtime {
         Ok((sender.expect("set by the factory"), handle))
     }
 
-    /// Publishes cold-start lists: the current model's (overall and per demographic
-    /// segment) when one is loaded, else popularity from the feature store.
+    /// Publishes popularity from the feature store as the overall cold-start list while no
+    /// model is loaded (a loaded model's lists are published by [`Runtime::reload_model`]).
     pub async fn refresh_cold_start(&self) -> anyhow::Result<()> {
-        if let Some(m) = self.model.get() {
-            crate::cmd_model::publish_cold_start(&m, self.cold.as_ref()).await?;
+        if self.model.get().is_some() {
             return Ok(());
         }
         let trending = self.sinks.features.trending().await?;
