@@ -19,9 +19,8 @@ command -v wrk >/dev/null || { echo "wrk missing: apt-get install -y wrk" >&2; e
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { echo "nginx missing: apt-get install -y nginx-light" >&2; exit 1; }
 [ -x "$OHA" ] || { echo "oha missing: cargo install oha --locked --root .bench-tools" >&2; exit 1; }
 
-# The same feature set as `cargo bench` (dev-dependencies unify features), so the two do
-# not rebuild each other.
-cargo build --release -q --bins --benches
+# The release binary, as `recstream demo` ships.
+cargo build --release -q --bins
 WORK="$(mktemp -d /tmp/recstream-http-bench.XXXXXX)"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 APP_PORT="$(port)"; NGINX_PORT="$(port)"

@@ -164,8 +164,33 @@ pub async fn eval_with(
     Ok(report)
 }
 
+/// The evaluation parameters: the defaults, overridden by a TOML file's fields.
+pub fn eval_params(file: Option<&Path>) -> anyhow::Result<EvalParams> {
+    use figment::Figment;
+    use figment::providers::{Format, Serialized, Toml};
+    let Some(file) = file else {
+        return Ok(EvalParams::default());
+    };
+    anyhow::ensure!(file.exists(), "{} does not exist", file.display());
+    let params: EvalParams = Figment::from(Serialized::defaults(EvalParams::default()))
+        .merge(Toml::file(file))
+        .extract()
+        .with_context(|| format!("reading evaluation parameters from {}", file.display()))?;
+    params.train.validate()?;
+    Ok(params)
+}
+
 /// Evaluates every dataset under `data_dir` (the layout of `shared/data`).
 pub async fn eval_all(data_dir: &Path, json: bool) -> anyhow::Result<Vec<EvalReport>> {
+    eval_all_with(data_dir, &EvalParams::default(), json).await
+}
+
+/// [`eval_all`] with explicit parameters.
+pub async fn eval_all_with(
+    data_dir: &Path,
+    params: &EvalParams,
+    json: bool,
+) -> anyhow::Result<Vec<EvalReport>> {
     let mut out = Vec::new();
     for d in Dataset::ALL {
         let path = data_dir.join(dataset_dir(d));
@@ -173,7 +198,7 @@ pub async fn eval_all(data_dir: &Path, json: bool) -> anyhow::Result<Vec<EvalRep
             eprintln!("skipping {d}: {} does not exist", path.display());
             continue;
         }
-        out.push(eval_with(d, &path, EvalParams::default(), json, true).await?);
+        out.push(eval_with(d, &path, params.clone(), json, true).await?);
     }
     Ok(out)
 }

@@ -153,6 +153,10 @@ enum Command {
         /// Also write the tables as Markdown to this file.
         #[arg(long)]
         markdown: Option<PathBuf>,
+        /// Evaluation and training parameters (TOML, the fields of `EvalParams`, e.g.
+        /// `[train]` `l2 = 0.3`); the defaults otherwise.
+        #[arg(long)]
+        params: Option<PathBuf>,
     },
     /// Marketing segments of the current model.
     Segments {
@@ -261,13 +265,15 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             json,
             markdown,
+            params,
         } => {
+            let params = cmd_model::eval_params(params.as_deref())?;
             let reports = match dataset {
                 Some(d) => {
                     let p = path.unwrap_or_else(|| data_dir.join(cmd_model::dataset_dir(d)));
-                    vec![cmd_model::eval(d, &p, json).await?]
+                    vec![cmd_model::eval_with(d, &p, params, json, true).await?]
                 }
-                None => cmd_model::eval_all(&data_dir, json).await?,
+                None => cmd_model::eval_all_with(&data_dir, &params, json).await?,
             };
             if let Some(f) = markdown {
                 let cmd = std::env::args().collect::<Vec<_>>().join(" ");

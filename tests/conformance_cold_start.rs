@@ -256,3 +256,69 @@ async fn redis_that_never_answers_degrades_within_the_timeout() {
     assert_degrades(cache, "black hole").await;
     hole.abort();
 }
+
+#[tokio::test]
+async fn a_short_personalised_list_is_backfilled_from_the_cold_start_list() {
+    use recstream_features::view::{RecentItem, Weighted};
+    use recstream_features::{Decayed, UserFeatures};
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        EmbeddedStore::open(dir.path().join("features.redb"), FeatureConfig::default()).unwrap();
+    let user = UserFeatures {
+        user_id: "u".into(),
+        recent: vec![RecentItem {
+            product_id: "seen".into(),
+            ts: 1_000,
+            action: "view".into(),
+        }],
+        items: vec![Weighted {
+            id: "seen".into(),
+            weight: Decayed {
+                value: 1.0,
+                at: 1_000,
+            },
+        }],
+        purchased: vec!["bought".into()],
+        last_ts: 1_000,
+        ..Default::default()
+    };
+    let batch = FlushBatch {
+        users: vec![user],
+        products: Vec::new(),
+        trending: TopList {
+            at: 1_000,
+            items: vec![("hot-1".into(), 9.0)],
+        },
+        categories: Vec::new(),
+        watermark: 1_000,
+    };
+    store.write(&ShardId::new("shard-0"), &batch).await.unwrap();
+    let cache = InProcessCache::new();
+    let list = ColdStartList {
+        items: ["hot-1", "bought", "cold-1", "cold-2", "cold-3"]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.to_string(), 10.0 - i as f64))
+            .collect(),
+        source: "test".into(),
+    };
+    cache.put(OVERALL, &list).await.unwrap();
+    let rec = Recommender::new(Arc::new(store), Arc::new(cache), ScoringConfig::default());
+    let out = rec
+        .recommend(&Request {
+            user_id: "u".into(),
+            n: Some(4),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(out.strategy, Strategy::Personalized);
+    let ids: Vec<&str> = out.items.iter().map(|i| i.product_id.as_str()).collect();
+    // The two candidates first, then the cold-start list without repeats or purchases.
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert!(
+        ids[..2].contains(&"seen") && ids[..2].contains(&"hot-1"),
+        "{ids:?}"
+    );
+    assert_eq!(&ids[2..], ["cold-1", "cold-2"]);
+}

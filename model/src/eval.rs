@@ -6,10 +6,11 @@
 //!        methods rank with the features as they are just before the target:
 //!          popularity  static top of the training period
 //!          covisit     item-kNN on the co-visitation graph of the user's last 5 items
-//!                      (Σ w(seed, c) / (1 + i)), backfilled with popularity
+//!                      (Σ w(seed, c) / (1 + i))
 //!          heuristic   the current fixed-weight blend of the candidate sources
 //!          model       logistic regression over the candidates
 //!          model_ftrl  FTRL over the candidates, updated online after every target
+//!        every list but popularity's is backfilled with popularity (never short)
 //!        tasks: any    every target
 //!               discovery  targets new to the user; known items removed from every list
 //!        then the event is applied (features stay live, as in production)
@@ -372,9 +373,15 @@ pub fn evaluate(
             recstream_features::view::sort_desc(&mut v);
             v
         };
-        let mut covisit: Vec<&str> = covisit_list.iter().map(|(p, _)| p.as_str()).collect();
-        covisit.extend(pop_list.iter().copied());
-        let lists: [Vec<&str>; 5] = [pop_list, covisit, rank(&heur), rank(&lr), rank(&ftrl)];
+        let covisit: Vec<&str> = covisit_list.iter().map(|(p, _)| p.as_str()).collect();
+        // Every method that ranks a candidate set is backfilled with popularity, as the
+        // recommender fills a short list from the cold-start list: a list is never short
+        // just because the candidate sources ran dry.
+        let mut lists: [Vec<&str>; 5] = [Vec::new(), covisit, rank(&heur), rank(&lr), rank(&ftrl)];
+        for l in &mut lists[1..] {
+            l.extend(pop_list.iter().copied());
+        }
+        lists[0] = pop_list;
 
         for (m, list) in lists.iter().enumerate() {
             let mut seen: FxHashSet<&str> = FxHashSet::default();

@@ -121,6 +121,25 @@ impl OnlineLearner {
         }
     }
 
+    /// [`OnlineLearner::score_into`], also keeping each candidate's feature row in `rows`.
+    pub fn score_rows_into(
+        &self,
+        version: &str,
+        user: &UserFeatures,
+        candidates: &[(&ProductFeatures, CandidateSignals)],
+        out: &mut Vec<f64>,
+        rows: &mut Vec<PairFeatures>,
+    ) -> bool {
+        let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+        match live.as_ref() {
+            Some(l) if l.version == version => {
+                l.ranker.score_rows_into(user, candidates, out, rows);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Keeps the features of the `chosen` items of a list served under `recommendation_id`
     /// (`candidates` is everything the ranker saw, to build the user context as it did).
     pub fn record(
@@ -144,6 +163,29 @@ impl OnlineLearner {
         }
         let version = l.version.clone();
         drop(live);
+        self.keep(recommendation_id, version, items);
+    }
+
+    /// Keeps the served items of a list with the feature rows they were ranked with (the
+    /// rows of [`OnlineLearner::score_rows_into`]): no feature is built a second time.
+    pub fn record_rows(
+        &self,
+        recommendation_id: &str,
+        items: impl IntoIterator<Item = (String, PairFeatures)>,
+    ) {
+        let Some(version) = self.version() else {
+            return;
+        };
+        let items = items.into_iter().map(|(id, x)| (id, x, false)).collect();
+        self.keep(recommendation_id, version, items);
+    }
+
+    fn keep(
+        &self,
+        recommendation_id: &str,
+        version: String,
+        items: Vec<(String, PairFeatures, bool)>,
+    ) {
         let now = Instant::now();
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         while log.lists.len() >= self.capacity
@@ -262,6 +304,59 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_rows_kept_while_scoring_teach_exactly_what_recomputed_features_do() {
+        let params = TrainParams {
+            skip_embeddings: true,
+            skip_segments: true,
+            ..TrainParams::default()
+        };
+        let (mut artifact, mut replay) =
+            recstream_model::train(&log(), "test", &params, &mut NoProgress).unwrap();
+        artifact.meta.version = "v1".into();
+        let user = replay.user("u0").unwrap();
+        let cands = replay.candidates(&user, &CandidateParams::default(), &[]);
+        let views: Vec<Arc<ProductFeatures>> = cands
+            .iter()
+            .map(|(id, _)| replay.product_or_empty(id))
+            .collect();
+        let batch: Vec<(&ProductFeatures, CandidateSignals)> = views
+            .iter()
+            .zip(&cands)
+            .map(|(v, (_, s))| (v.as_ref(), *s))
+            .collect();
+        let (a, b) = (
+            OnlineLearner::new(10, Duration::from_secs(60)),
+            OnlineLearner::new(10, Duration::from_secs(60)),
+        );
+        a.sync(&artifact);
+        b.sync(&artifact);
+        let (mut plain, mut scored, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        assert!(a.score_into("v1", &user, &batch, &mut plain));
+        assert!(b.score_rows_into("v1", &user, &batch, &mut scored, &mut rows));
+        assert_eq!(plain, scored);
+        assert_eq!(rows.len(), batch.len());
+
+        let chosen: Vec<(String, usize)> = cands
+            .iter()
+            .enumerate()
+            .take(5)
+            .map(|(i, (id, _))| (id.to_string(), i))
+            .collect();
+        a.record("r", &user, &batch, &chosen);
+        b.record_rows("r", chosen.iter().map(|(id, i)| (id.clone(), rows[*i])));
+        let target = &chosen[2].0;
+        assert_eq!(
+            a.observe(&click("r", target, &[])),
+            b.observe(&click("r", target, &[]))
+        );
+        let (mut after_a, mut after_b) = (Vec::new(), Vec::new());
+        a.score_into("v1", &user, &batch, &mut after_a);
+        b.score_into("v1", &user, &batch, &mut after_b);
+        assert_ne!(after_a, plain, "the click was learned");
+        assert_eq!(after_a, after_b);
     }
 
     fn click(rec: &str, product: &str, impressions: &[&str]) -> Event {

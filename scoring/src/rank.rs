@@ -45,6 +45,20 @@ pub trait Ranker: Send + Sync {
         out
     }
 
+    /// [`Ranker::score_into`], also filling `rows` (cleared first) with each candidate's
+    /// feature row when a linear model over [`PairFeatures`] scored them; left empty by
+    /// rankers without features (the blend).
+    fn score_rows_into(
+        &self,
+        user: &UserFeatures,
+        candidates: &[(&ProductFeatures, CandidateSignals)],
+        out: &mut Vec<f64>,
+        rows: &mut Vec<PairFeatures>,
+    ) {
+        rows.clear();
+        self.score_into(user, candidates, out);
+    }
+
     /// A short name for responses and metrics (bounded: never a version string).
     fn name(&self) -> &'static str;
 }
@@ -200,6 +214,30 @@ impl Ranker for HotRanker {
                 }
             }
             None => self.fallback.score_into(user, candidates, out),
+        }
+    }
+
+    fn score_rows_into(
+        &self,
+        user: &UserFeatures,
+        candidates: &[(&ProductFeatures, CandidateSignals)],
+        out: &mut Vec<f64>,
+        rows: &mut Vec<PairFeatures>,
+    ) {
+        match self.handle.get() {
+            Some(m) => {
+                let live = self
+                    .online
+                    .as_ref()
+                    .is_some_and(|l| l.score_rows_into(m.version(), user, candidates, out, rows));
+                if !live {
+                    m.affinity.score_rows_into(user, candidates, out, rows);
+                }
+            }
+            None => {
+                rows.clear();
+                self.fallback.score_into(user, candidates, out);
+            }
         }
     }
 

@@ -90,22 +90,23 @@ pub struct Recommender {
     learner: Option<Arc<OnlineLearner>>,
 }
 
-/// One candidate: its blend score, the strongest source (the reason) and the raw signals
-/// the ranker sees (computed exactly as `recstream_model::candidates` does for training).
+/// One candidate: its blend score, the strongest source (the reason, borrowing the seed or
+/// category it came from) and the raw signals the ranker sees (computed exactly as
+/// `recstream_model::candidates` does for training).
 #[derive(Default)]
-struct Cand {
+struct Cand<'a> {
     score: f64,
     best: f64,
-    reason: Option<(Reason, Option<String>)>,
+    reason: Option<(Reason, Option<&'a str>)>,
     sig: CandidateSignals,
 }
 
-impl Cand {
-    fn add(&mut self, s: f64, reason: Reason, because: Option<&str>) {
+impl<'a> Cand<'a> {
+    fn add(&mut self, s: f64, reason: Reason, because: Option<&'a str>) {
         self.score += s;
         if s > self.best {
             self.best = s;
-            self.reason = Some((reason, because.map(str::to_string)));
+            self.reason = Some((reason, because));
         }
     }
 }
@@ -267,17 +268,28 @@ impl Recommender {
         degraded: &mut Vec<&'static str>,
     ) -> (Vec<Item>, Strategy) {
         let cfg = &self.cfg;
-        let mut cands: FxHashMap<String, Cand> = FxHashMap::default();
         let excluded = self.excluded(req, user);
 
+        // Every source is fetched first (shared views, `Arc`s), so that the candidate map
+        // can borrow its keys from them: no id is copied until the answer is built.
         // Seeds: context first (what is on the page now), then the most recent items.
-        let mut seeds: Vec<(String, f64)> = req.context.iter().map(|c| (c.clone(), 1.0)).collect();
-        for (i, r) in user.recent.iter().take(cfg.seed_items).enumerate() {
-            seeds.push((r.product_id.clone(), 1.0 / (1.0 + i as f64)));
-        }
+        let seed_ids: Vec<&str> = req
+            .context
+            .iter()
+            .map(String::as_str)
+            .chain(
+                user.recent
+                    .iter()
+                    .take(cfg.seed_items)
+                    .map(|r| r.product_id.as_str()),
+            )
+            .collect();
+        let seed_weight = |si: usize| match si.checked_sub(req.context.len()) {
+            None => 1.0,
+            Some(i) => 1.0 / (1.0 + i as f64),
+        };
         // The user's most recent item: its list alone gives `covisit_last`.
         let last_seed = (!user.recent.is_empty()).then_some(req.context.len());
-        let seed_ids: Vec<&str> = seeds.iter().map(|(s, _)| s.as_str()).collect();
         let seed_features = match self.store.products(&seed_ids).await {
             Ok(p) => p,
             Err(_) => {
@@ -285,13 +297,33 @@ impl Recommender {
                 vec![None; seed_ids.len()]
             }
         };
-        for (si, ((seed, sw), pf)) in seeds.iter().zip(&seed_features).enumerate() {
+        let top_categories = &user.categories[..user.categories.len().min(cfg.top_categories)];
+        let mut category_tops = Vec::with_capacity(top_categories.len());
+        for c in top_categories {
+            match self.store.category_top(&c.id).await {
+                Ok(Some(top)) => category_tops.push((c, top)),
+                Ok(None) => {}
+                Err(_) => degraded.push("feature_store"),
+            }
+        }
+        let trending = match self.store.trending().await {
+            Ok(t) => Some(t),
+            Err(_) => {
+                degraded.push("feature_store");
+                None
+            }
+        };
+
+        let mut cands: FxHashMap<&str, Cand<'_>> =
+            FxHashMap::with_capacity_and_hasher(256, Default::default());
+        for (si, (seed, pf)) in seed_ids.iter().zip(&seed_features).enumerate() {
             let Some(pf) = pf else { continue };
+            let sw = seed_weight(si);
             let max = pf.covisit.first().map(|(_, w)| *w).unwrap_or(1.0).max(1.0) as f64;
             for (nb, w) in pf.covisit.iter().take(cfg.neighbours_per_seed) {
                 let w = *w as f64;
-                let c = cands.entry(nb.clone()).or_default();
-                c.add(cfg.w_covisit * sw * w / max, Reason::CoVisited, Some(seed));
+                let c = cands.entry(nb.as_str()).or_default();
+                c.add(cfg.w_covisit * sw * w / max, Reason::CoVisited, Some(*seed));
                 c.sig.covisit += sw * w / max;
                 c.sig.covisit_raw += sw * w;
                 if Some(si) == last_seed {
@@ -304,63 +336,59 @@ impl Recommender {
             let max = user.items[0].weight.value.max(f64::MIN_POSITIVE);
             for it in &user.items {
                 let r = (it.weight.value / max).min(1.0);
-                let c = cands.entry(it.id.clone()).or_default();
+                let c = cands.entry(it.id.as_str()).or_default();
                 c.add(cfg.w_recent * r, Reason::RecentlyViewed, None);
                 c.sig.recent = c.sig.recent.max(r);
             }
         }
 
-        let cat_total: f64 = user
-            .categories
+        let cat_total: f64 = top_categories
             .iter()
-            .take(cfg.top_categories)
             .map(|c| c.weight.value)
             .sum::<f64>()
             .max(f64::MIN_POSITIVE);
-        for c in user.categories.iter().take(cfg.top_categories) {
-            match self.store.category_top(&c.id).await {
-                Ok(Some(top)) => {
-                    let max = top
-                        .items
-                        .first()
-                        .map(|(_, w)| *w)
-                        .unwrap_or(1.0)
-                        .max(f64::MIN_POSITIVE);
-                    for (p, w) in top.items.iter().take(cfg.per_category) {
-                        let v = (c.weight.value / cat_total) * (w / max);
-                        let cand = cands.entry(p.clone()).or_default();
-                        cand.add(cfg.w_category * v, Reason::TopCategory, Some(&c.id));
-                        cand.sig.category += v;
-                    }
-                }
-                Ok(None) => {}
-                Err(_) => degraded.push("feature_store"),
+        for (c, top) in &category_tops {
+            let max = top
+                .items
+                .first()
+                .map(|(_, w)| *w)
+                .unwrap_or(1.0)
+                .max(f64::MIN_POSITIVE);
+            for (p, w) in top.items.iter().take(cfg.per_category) {
+                let v = (c.weight.value / cat_total) * (w / max);
+                let cand = cands.entry(p.as_str()).or_default();
+                cand.add(cfg.w_category * v, Reason::TopCategory, Some(c.id.as_str()));
+                cand.sig.category += v;
             }
         }
 
-        match self.store.trending().await {
-            Ok(t) => {
-                let max = t
-                    .items
-                    .first()
-                    .map(|(_, w)| *w)
-                    .unwrap_or(1.0)
-                    .max(f64::MIN_POSITIVE);
-                for (p, w) in t.items.iter().take(cfg.trending) {
-                    let c = cands.entry(p.clone()).or_default();
-                    c.add(cfg.w_trending * w / max, Reason::Trending, None);
-                    c.sig.trending = c.sig.trending.max(w / max);
-                }
+        if let Some(t) = &trending {
+            let max = t
+                .items
+                .first()
+                .map(|(_, w)| *w)
+                .unwrap_or(1.0)
+                .max(f64::MIN_POSITIVE);
+            for (p, w) in t.items.iter().take(cfg.trending) {
+                let c = cands.entry(p.as_str()).or_default();
+                c.add(cfg.w_trending * w / max, Reason::Trending, None);
+                c.sig.trending = c.sig.trending.max(w / max);
             }
-            Err(_) => degraded.push("feature_store"),
         }
 
-        cands.retain(|id, _| !excluded.contains(id.as_str()));
+        cands.retain(|id, _| !excluded.contains(id));
         metrics::histogram!(m::CANDIDATES).record(cands.len() as f64);
-        let mut ranked: Vec<(String, Cand)> = cands.into_iter().collect();
-        ranked.sort_unstable_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.cmp(&b.0)));
-        ranked.truncate(cfg.rerank_depth.max(n));
-        let ids: Vec<&str> = ranked.iter().map(|(id, _)| id.as_str()).collect();
+        let mut ranked: Vec<(&str, Cand<'_>)> = cands.into_iter().collect();
+        let depth = cfg.rerank_depth.max(n);
+        let by_blend = |a: &(&str, Cand<'_>), b: &(&str, Cand<'_>)| {
+            b.1.score.total_cmp(&a.1.score).then_with(|| a.0.cmp(b.0))
+        };
+        if ranked.len() > depth {
+            ranked.select_nth_unstable_by(depth - 1, by_blend);
+            ranked.truncate(depth);
+        }
+        ranked.sort_unstable_by(by_blend);
+        let ids: Vec<&str> = ranked.iter().map(|(id, _)| *id).collect();
         let features = match self.store.products(&ids).await {
             Ok(f) => f,
             Err(_) => {
@@ -375,46 +403,92 @@ impl Recommender {
             .zip(&features)
             .map(|((_, c), f)| (f.as_deref().unwrap_or(&empty), c.sig))
             .collect();
-        let scores = self.ranker.score(user, &pairs);
-        let mut scored: Vec<(f64, usize, Option<String>)> = scores
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| (s, i, features[i].as_ref().and_then(category_of)))
-            .collect();
-        scored.sort_unstable_by(|a, b| {
-            b.0.total_cmp(&a.0)
-                .then_with(|| ranked[a.1].0.cmp(&ranked[b.1].0))
+        let mut scores = Vec::with_capacity(pairs.len());
+        // The feature rows are kept for the online learner when the list is logged.
+        let mut rows = Vec::new();
+        let logged = self.learner.is_some() && recommendation_id.is_some();
+        if logged {
+            self.ranker
+                .score_rows_into(user, &pairs, &mut scores, &mut rows);
+        } else {
+            self.ranker.score_into(user, &pairs, &mut scores);
+        }
+        let mut order: Vec<usize> = (0..ranked.len()).collect();
+        order.sort_unstable_by(|&a, &b| {
+            scores[b]
+                .total_cmp(&scores[a])
+                .then_with(|| ranked[a].0.cmp(ranked[b].0))
         });
-        let mut chosen: Vec<(String, usize)> = Vec::new();
-        let items = diversify(
-            scored.into_iter().map(|(score, i, category)| {
-                let (id, c) = &ranked[i];
-                let (reason, because) = c.reason.clone().unwrap_or((Reason::Trending, None));
-                Item {
-                    product_id: id.clone(),
-                    score: round(score),
-                    reason,
-                    because,
-                    category,
-                }
-            }),
+        let chosen = diversify(
+            &order,
+            |i| pairs[i].0.category.as_deref(),
             n,
             cfg.max_per_category,
         );
+        let mut items: Vec<Item> = chosen
+            .iter()
+            .map(|&i| {
+                let (id, c) = &ranked[i];
+                let (reason, because) = c.reason.unwrap_or((Reason::Trending, None));
+                Item {
+                    product_id: id.to_string(),
+                    score: round(scores[i]),
+                    reason,
+                    because: because.map(str::to_string),
+                    category: pairs[i].0.category.clone(),
+                }
+            })
+            .collect();
         if let (Some(l), Some(rec)) = (&self.learner, recommendation_id) {
-            let index: FxHashMap<&str, usize> = ranked
-                .iter()
-                .enumerate()
-                .map(|(i, (id, _))| (id.as_str(), i))
-                .collect();
-            chosen.extend(items.iter().filter_map(|it| {
-                index
-                    .get(it.product_id.as_str())
-                    .map(|i| (it.product_id.clone(), *i))
-            }));
-            l.record(rec, user, &pairs, &chosen);
+            if rows.len() == pairs.len() {
+                l.record_rows(
+                    rec,
+                    chosen
+                        .iter()
+                        .zip(&items)
+                        .map(|(&i, it)| (it.product_id.clone(), rows[i])),
+                );
+            } else {
+                let served: Vec<(String, usize)> = chosen
+                    .iter()
+                    .zip(&items)
+                    .map(|(&i, it)| (it.product_id.clone(), i))
+                    .collect();
+                l.record(rec, user, &pairs, &served);
+            }
+        }
+        if items.len() < n {
+            self.backfill(req, user, &excluded, n, &mut items, degraded)
+                .await;
         }
         (items, Strategy::Personalized)
+    }
+
+    /// Fills a list the candidate sources left short from the cold-start list (the user's
+    /// segment, else overall, else trending), never repeating or returning an excluded item.
+    async fn backfill(
+        &self,
+        req: &Request,
+        user: &UserFeatures,
+        excluded: &FxHashSet<&str>,
+        n: usize,
+        items: &mut Vec<Item>,
+        degraded: &mut Vec<&'static str>,
+    ) {
+        let want = n + items.len() + excluded.len();
+        let (extra, _) = self
+            .cold(req, user.segment.as_deref(), want, degraded)
+            .await;
+        let have: FxHashSet<String> = items.iter().map(|i| i.product_id.clone()).collect();
+        let missing = n.saturating_sub(items.len());
+        items.extend(
+            extra
+                .into_iter()
+                .filter(|i| {
+                    !excluded.contains(i.product_id.as_str()) && !have.contains(&i.product_id)
+                })
+                .take(missing),
+        );
     }
 
     fn excluded<'a>(&self, req: &'a Request, user: &'a UserFeatures) -> FxHashSet<&'a str> {
@@ -529,33 +603,35 @@ impl Recommender {
     }
 }
 
-fn category_of(p: &Arc<ProductFeatures>) -> Option<String> {
-    p.category.clone()
-}
-
 fn round(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 
-/// Greedy diversification: keep the ranking, but at most `per_category` items of one
-/// category, backfilling from the rest when the list would otherwise be short.
-fn diversify(ranked: impl Iterator<Item = Item>, n: usize, per_category: usize) -> Vec<Item> {
+/// Greedy diversification: keep the ranking (`order`, best first), but at most
+/// `per_category` items of one category, backfilling from the rest when the list would
+/// otherwise be short. Returns the chosen indices.
+fn diversify<'c>(
+    order: &[usize],
+    category: impl Fn(usize) -> Option<&'c str>,
+    n: usize,
+    per_category: usize,
+) -> Vec<usize> {
     let mut out = Vec::with_capacity(n);
     let mut overflow = Vec::new();
-    let mut per: FxHashMap<String, usize> = FxHashMap::default();
-    for item in ranked {
+    let mut per: FxHashMap<&str, usize> = FxHashMap::default();
+    for &i in order {
         if out.len() == n {
             break;
         }
-        let full = item.category.as_ref().is_some_and(|c| {
-            let k = per.entry(c.clone()).or_default();
+        let full = category(i).is_some_and(|c| {
+            let k = per.entry(c).or_default();
             *k += 1;
             *k > per_category
         });
         if full {
-            overflow.push(item);
+            overflow.push(i);
         } else {
-            out.push(item);
+            out.push(i);
         }
     }
     let missing = n.saturating_sub(out.len());

@@ -451,4 +451,28 @@ mod tests {
             .unwrap();
         assert_eq!(p1.counts.view, 7 + 2);
     }
+
+    #[tokio::test]
+    async fn a_cached_user_is_replaced_by_every_write_of_that_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path().join("features.redb"), FeatureConfig::default())
+            .unwrap();
+        let shard = ShardId::new("shard-0");
+        let batch = |views| FlushBatch {
+            users: vec![user("carol", views, T0 + 1_000)],
+            products: Vec::new(),
+            trending: TopList::default(),
+            categories: Vec::new(),
+            watermark: T0 + 1_000,
+        };
+        assert!(store.user("carol").await.unwrap().is_none());
+        for views in 1..=3 {
+            store.write(&shard, &batch(views)).await.unwrap();
+            // Twice: the first read may decode, the second comes from the cache.
+            for _ in 0..2 {
+                let u = store.user("carol").await.unwrap().unwrap();
+                assert_eq!(u.counts.view, views);
+            }
+        }
+    }
 }

@@ -10,11 +10,14 @@
 //! | `top_lists` | (`trending` or `category:<c>`, shard) | postcard [`TopList`] |
 //! | `checkpoints` | shard | JSON [`ShardCheckpoint`] |
 //!
-//! Products and top lists are loaded into memory at open and kept merged across shards;
-//! users are read from the database per request (a B-tree lookup and a small decode).
+//! Products and top lists are loaded into memory at open and kept merged across shards.
+//! Users are read from the database and kept, decoded, in an LRU of the
+//! [`USER_CACHE_CAPACITY`] most recently asked; a write replaces the cached copy of every
+//! user it changes, so a cached user is never older than the database.
 
+use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use recstream_ingest::{ShardCheckpoint, ShardId};
@@ -34,6 +37,17 @@ const TOP_LISTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("to
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 const TRENDING: &str = "trending";
 
+/// Users kept decoded in memory (about 4 KB each at the default feature bounds).
+pub const USER_CACHE_CAPACITY: usize = 20_000;
+
+/// Decoded users, most recently read first. `generation` counts writes: a reader that
+/// missed only keeps what it decoded if no write happened meanwhile (else the value it
+/// read may predate that write).
+struct UserCache {
+    lru: lru::LruCache<String, Arc<UserFeatures>>,
+    generation: u64,
+}
+
 #[derive(Default)]
 struct Cache {
     /// product → [(shard, partial)]
@@ -48,6 +62,7 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     cfg: FeatureConfig,
     cache: RwLock<Cache>,
+    users: Mutex<UserCache>,
 }
 
 fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -133,6 +148,10 @@ impl EmbeddedStore {
             db: Arc::new(db),
             cfg,
             cache: RwLock::new(cache),
+            users: Mutex::new(UserCache {
+                lru: lru::LruCache::new(NonZeroUsize::new(USER_CACHE_CAPACITY).expect("non-zero")),
+                generation: 0,
+            }),
         })
     }
 
@@ -182,6 +201,15 @@ impl FeatureStore for EmbeddedStore {
         let batch_owned = Arc::new(batch.clone());
         let b = batch_owned.clone();
         blocking(move || EmbeddedStore::write_sync(&db, &shard_s, &b)).await?;
+        {
+            let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+            users.generation += 1;
+            for u in &batch_owned.users {
+                if let Some(cached) = users.lru.peek_mut(u.user_id.as_str()) {
+                    *cached = Arc::new(u.clone());
+                }
+            }
+        }
         let mut cache = self.cache.write().expect("cache lock");
         for p in &batch_owned.products {
             cache.put_product(shard.as_str(), p.clone(), &self.cfg);
@@ -199,14 +227,25 @@ impl FeatureStore for EmbeddedStore {
     }
 
     async fn user(&self, user_id: &str) -> Result<Option<Arc<UserFeatures>>, StoreError> {
+        let generation = {
+            let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(u) = users.lru.get(user_id) {
+                return Ok(Some(u.clone()));
+            }
+            users.generation
+        };
         let r = self.db.begin_read()?;
         let t = r.open_table(USERS)?;
-        match t.get(user_id)? {
-            Some(v) => postcard::from_bytes(v.value())
-                .map(|u| Some(Arc::new(u)))
-                .map_err(|e| corrupt("user row", e)),
-            None => Ok(None),
+        let Some(v) = t.get(user_id)? else {
+            return Ok(None);
+        };
+        let u: Arc<UserFeatures> =
+            Arc::new(postcard::from_bytes(v.value()).map_err(|e| corrupt("user row", e))?);
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if users.generation == generation {
+            users.lru.put(user_id.to_string(), u.clone());
         }
+        Ok(Some(u))
     }
 
     async fn products(
