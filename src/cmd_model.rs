@@ -440,6 +440,31 @@ mod tests {
             .unwrap();
         assert_eq!(report.dataset, "otto");
         assert_eq!(report.rows.len(), 5 * 2 * 2);
+        // The target of EVAL.md: the model as it serves (FTRL, learning online) beats
+        // co-visitation on NDCG@20, on both tasks (everything is seeded).
+        for task in ["any", "discovery"] {
+            let lift = report.ndcg_lift("model_ftrl", "covisit", task, 20).unwrap();
+            assert!(lift > 0.0, "{task}: served model vs covisit {lift:+.4}");
+        }
         assert!(eval_markdown(&[report], "recstream eval otto").contains("| model |"));
+    }
+
+    #[test]
+    fn eval_params_come_from_a_toml_file_over_the_defaults() {
+        assert_eq!(eval_params(None).unwrap(), EvalParams::default());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("eval.toml");
+        std::fs::write(&f, "max_targets = 500\n[train]\nl2 = 0.3\n").unwrap();
+        let p = eval_params(Some(&f)).unwrap();
+        assert_eq!((p.max_targets, p.train.l2), (500, 0.3));
+        assert_eq!(
+            p.train.negatives_per_positive, 10,
+            "the rest keeps its default"
+        );
+        std::fs::write(&f, "[train]\nno_such_field = 1\n").unwrap();
+        assert!(eval_params(Some(&f)).is_err(), "unknown fields are refused");
+        std::fs::write(&f, "[train]\nl2 = -1.0\n").unwrap();
+        assert!(eval_params(Some(&f)).is_err(), "invalid values are refused");
+        assert!(eval_params(Some(&dir.path().join("missing.toml"))).is_err());
     }
 }
