@@ -503,6 +503,28 @@ async fn kpl_aggregated_records_from_aws_kinesis_agg_give_the_same_features() {
     assert_eq!(archive["distinct_ids"], archive["rows"]);
 }
 
+/// Puts rows `from..from + n` of the CSV (after its header) to Kinesis through
+/// `recstream replay --to kinesis`, from a part file written under `dir`.
+fn put_part(csv: &Path, dir: &Path, config: &Path, from: usize, n: usize) {
+    let text = read_text(csv);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let part: Vec<&str> = lines.skip(from).take(n).collect();
+    let f = dir.join(format!("part-{from}.csv"));
+    std::fs::write(&f, format!("{header}\n{}\n", part.join("\n"))).unwrap();
+    cli(
+        &[
+            "replay",
+            "rees46",
+            "--to",
+            "kinesis",
+            "--path",
+            f.to_str().unwrap(),
+        ],
+        config,
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothing() {
     if !services_available(
@@ -517,26 +539,7 @@ async fn two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothin
 
     // The first half of the events, two processors, then the rest while one dies.
     let half = ROWS / 2;
-    let put = |from: usize, n: usize| {
-        let text = read_text(&s.csv);
-        let mut lines = text.lines();
-        let header = lines.next().unwrap();
-        let part: Vec<&str> = lines.skip(from).take(n).collect();
-        let f = s.dir.path().join(format!("part-{from}.csv"));
-        std::fs::write(&f, format!("{header}\n{}\n", part.join("\n"))).unwrap();
-        cli(
-            &[
-                "replay",
-                "rees46",
-                "--to",
-                "kinesis",
-                "--path",
-                f.to_str().unwrap(),
-            ],
-            &s.config,
-        );
-    };
-    put(0, half);
+    put_part(&s.csv, s.dir.path(), &s.config, 0, half);
     let a = processor(&s.config, &s.dir.path().join("a.log"));
     let b = processor(&s.config, &s.dir.path().join("b.log"));
 
@@ -575,25 +578,7 @@ async fn two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothin
     // The rest arrives; A is SIGKILLed while it processes it.
     let rest = std::thread::spawn({
         let (csv, config, dir) = (s.csv.clone(), s.config.clone(), s.dir.path().to_path_buf());
-        move || {
-            let text = read_text(&csv);
-            let mut lines = text.lines();
-            let header = lines.next().unwrap();
-            let part: Vec<&str> = lines.skip(half).collect();
-            let f = dir.join("rest.csv");
-            std::fs::write(&f, format!("{header}\n{}\n", part.join("\n"))).unwrap();
-            cli(
-                &[
-                    "replay",
-                    "rees46",
-                    "--to",
-                    "kinesis",
-                    "--path",
-                    f.to_str().unwrap(),
-                ],
-                &config,
-            );
-        }
+        move || put_part(&csv, &dir, &config, half, usize::MAX)
     });
     std::thread::sleep(Duration::from_millis(700));
     let mut a = a;

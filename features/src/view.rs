@@ -159,6 +159,16 @@ impl TopList {
     }
 }
 
+/// The weight a best-first list is normalised by: its first (largest) weight, 1 for an
+/// empty list, never zero.
+pub fn top_weight<S>(items: &[(S, f64)]) -> f64 {
+    items
+        .first()
+        .map(|(_, w)| *w)
+        .unwrap_or(1.0)
+        .max(f64::MIN_POSITIVE)
+}
+
 /// Sorts by weight descending, ties broken by id, so results never depend on hash order.
 pub fn sort_desc<W: PartialOrd + Copy>(items: &mut [(String, W)]) {
     items.sort_unstable_by(|a, b| {

@@ -53,36 +53,33 @@ pub trait LinearScorer {
         candidates: &[(&ProductFeatures, CandidateSignals)],
         out: &mut Vec<f64>,
     ) {
+        self.score_with_rows(user, candidates, out, None);
+    }
+
+    /// [`LinearScorer::score_into`]; with `rows`, also keeps each candidate's raw feature
+    /// row there (cleared first): what an online learner must learn from when the list is
+    /// engaged with, without building the features a second time.
+    fn score_with_rows(
+        &self,
+        user: &UserFeatures,
+        candidates: &[(&ProductFeatures, CandidateSignals)],
+        out: &mut Vec<f64>,
+        mut rows: Option<&mut Vec<PairFeatures>>,
+    ) {
         out.clear();
         out.reserve(candidates.len());
+        if let Some(r) = rows.as_mut() {
+            r.clear();
+            r.reserve(candidates.len());
+        }
         let ctx = UserContext::new(user, candidates.iter().map(|(p, _)| *p), self.schema());
         let mut x = [0.0; NUM_FEATURES];
         for (p, s) in candidates {
             ctx.pair(p, s, &mut x);
             out.push(sigmoid(self.logit(&x)));
-        }
-    }
-
-    /// [`LinearScorer::score_into`], also keeping each candidate's raw feature row in
-    /// `rows` (cleared first): what an online learner must learn from when the list is
-    /// engaged with, without building the features a second time.
-    fn score_rows_into(
-        &self,
-        user: &UserFeatures,
-        candidates: &[(&ProductFeatures, CandidateSignals)],
-        out: &mut Vec<f64>,
-        rows: &mut Vec<PairFeatures>,
-    ) {
-        out.clear();
-        out.reserve(candidates.len());
-        rows.clear();
-        rows.reserve(candidates.len());
-        let ctx = UserContext::new(user, candidates.iter().map(|(p, _)| *p), self.schema());
-        for (p, s) in candidates {
-            let mut x = [0.0; NUM_FEATURES];
-            ctx.pair(p, s, &mut x);
-            out.push(sigmoid(self.logit(&x)));
-            rows.push(x);
+            if let Some(r) = rows.as_mut() {
+                r.push(x);
+            }
         }
     }
 }

@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use recstream_features::view::top_weight;
 use recstream_features::{ProductFeatures, UserFeatures};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
@@ -118,11 +119,7 @@ pub fn generate<'t, S: AsRef<str> + 't>(
         .max(f64::MIN_POSITIVE);
     for c in user.categories.iter().take(params.top_categories) {
         if let Some(top) = category_top(&c.id) {
-            let max = top
-                .first()
-                .map(|(_, w)| *w)
-                .unwrap_or(1.0)
-                .max(f64::MIN_POSITIVE);
+            let max = top_weight(top);
             for (p, w) in top.iter().take(params.per_category) {
                 cands.entry(p.as_ref().to_string()).or_default().category +=
                     (c.weight.value / cat_total) * (w / max);
@@ -130,11 +127,7 @@ pub fn generate<'t, S: AsRef<str> + 't>(
         }
     }
 
-    let max = trending
-        .first()
-        .map(|(_, w)| *w)
-        .unwrap_or(1.0)
-        .max(f64::MIN_POSITIVE);
+    let max = top_weight(trending);
     for (p, w) in trending.iter().take(params.trending) {
         let s = &mut cands.entry(p.as_ref().to_string()).or_default().trending;
         *s = s.max(w / max);

@@ -111,29 +111,23 @@ impl OnlineLearner {
         candidates: &[(&ProductFeatures, CandidateSignals)],
         out: &mut Vec<f64>,
     ) -> bool {
-        let live = self.live.read().unwrap_or_else(|e| e.into_inner());
-        match live.as_ref() {
-            Some(l) if l.version == version => {
-                l.ranker.score_into(user, candidates, out);
-                true
-            }
-            _ => false,
-        }
+        self.score_with_rows(version, user, candidates, out, None)
     }
 
-    /// [`OnlineLearner::score_into`], also keeping each candidate's feature row in `rows`.
-    pub fn score_rows_into(
+    /// [`OnlineLearner::score_into`]; with `rows`, also keeps each candidate's feature row
+    /// there (see [`LinearScorer::score_with_rows`]).
+    pub fn score_with_rows(
         &self,
         version: &str,
         user: &UserFeatures,
         candidates: &[(&ProductFeatures, CandidateSignals)],
         out: &mut Vec<f64>,
-        rows: &mut Vec<PairFeatures>,
+        rows: Option<&mut Vec<PairFeatures>>,
     ) -> bool {
         let live = self.live.read().unwrap_or_else(|e| e.into_inner());
         match live.as_ref() {
             Some(l) if l.version == version => {
-                l.ranker.score_rows_into(user, candidates, out, rows);
+                l.ranker.score_with_rows(user, candidates, out, rows);
                 true
             }
             _ => false,
@@ -167,7 +161,7 @@ impl OnlineLearner {
     }
 
     /// Keeps the served items of a list with the feature rows they were ranked with (the
-    /// rows of [`OnlineLearner::score_rows_into`]): no feature is built a second time.
+    /// rows of [`OnlineLearner::score_with_rows`]): no feature is built a second time.
     pub fn record_rows(
         &self,
         recommendation_id: &str,
@@ -280,53 +274,14 @@ impl OnlineLearner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::Fixture;
     use recstream_ingest::Timestamp;
-    use recstream_model::{CandidateParams, NoProgress, TrainParams};
-    use std::sync::Arc;
-
-    fn log() -> Vec<Event> {
-        let mut out = Vec::new();
-        let mut t = 1_569_888_000_000i64;
-        for u in 0..200 {
-            let user = format!("u{u}");
-            for p in ["a", "b", ["c", "d", "e"][u % 3]] {
-                t += 1000;
-                out.push(
-                    Event::new(
-                        &format!("e{}", out.len()),
-                        Timestamp(t),
-                        &user,
-                        EventType::View,
-                    )
-                    .with_product(p, Some("cat"))
-                    .with_session(&format!("s{u}")),
-                );
-            }
-        }
-        out
-    }
 
     #[test]
     fn the_rows_kept_while_scoring_teach_exactly_what_recomputed_features_do() {
-        let params = TrainParams {
-            skip_embeddings: true,
-            skip_segments: true,
-            ..TrainParams::default()
-        };
-        let (mut artifact, mut replay) =
-            recstream_model::train(&log(), "test", &params, &mut NoProgress).unwrap();
-        artifact.meta.version = "v1".into();
-        let user = replay.user("u0").unwrap();
-        let cands = replay.candidates(&user, &CandidateParams::default(), &[]);
-        let views: Vec<Arc<ProductFeatures>> = cands
-            .iter()
-            .map(|(id, _)| replay.product_or_empty(id))
-            .collect();
-        let batch: Vec<(&ProductFeatures, CandidateSignals)> = views
-            .iter()
-            .zip(&cands)
-            .map(|(v, (_, s))| (v.as_ref(), *s))
-            .collect();
+        let f = Fixture::new(200);
+        let (artifact, user, cands) = (&f.artifact, &f.user, &f.cands);
+        let batch = f.batch();
         let (a, b) = (
             OnlineLearner::new(10, Duration::from_secs(60)),
             OnlineLearner::new(10, Duration::from_secs(60)),
@@ -335,7 +290,7 @@ mod tests {
         b.sync(&artifact);
         let (mut plain, mut scored, mut rows) = (Vec::new(), Vec::new(), Vec::new());
         assert!(a.score_into("v1", &user, &batch, &mut plain));
-        assert!(b.score_rows_into("v1", &user, &batch, &mut scored, &mut rows));
+        assert!(b.score_with_rows("v1", &user, &batch, &mut scored, Some(&mut rows)));
         assert_eq!(plain, scored);
         assert_eq!(rows.len(), batch.len());
 
@@ -369,25 +324,9 @@ mod tests {
 
     #[test]
     fn feedback_on_a_served_list_moves_the_live_model_once_per_item() {
-        let params = TrainParams {
-            skip_embeddings: true,
-            skip_segments: true,
-            ..TrainParams::default()
-        };
-        let (mut artifact, mut replay) =
-            recstream_model::train(&log(), "test", &params, &mut NoProgress).unwrap();
-        artifact.meta.version = "v1".into();
-        let user = replay.user("u0").unwrap();
-        let cands = replay.candidates(&user, &CandidateParams::default(), &[]);
-        let views: Vec<Arc<ProductFeatures>> = cands
-            .iter()
-            .map(|(id, _)| replay.product_or_empty(id))
-            .collect();
-        let batch: Vec<(&ProductFeatures, CandidateSignals)> = views
-            .iter()
-            .zip(&cands)
-            .map(|(v, (_, s))| (v.as_ref(), *s))
-            .collect();
+        let f = Fixture::new(200);
+        let (mut artifact, user, cands) = (f.artifact.clone(), &f.user, &f.cands);
+        let batch = f.batch();
         assert!(batch.len() >= 3, "candidates: {}", batch.len());
         let chosen: Vec<(String, usize)> = cands
             .iter()
@@ -465,15 +404,9 @@ mod tests {
     #[test]
     fn the_log_is_bounded() {
         let learner = OnlineLearner::new(3, Duration::from_secs(60));
-        let params = TrainParams {
-            skip_embeddings: true,
-            skip_segments: true,
-            ..TrainParams::default()
-        };
-        let (artifact, replay) =
-            recstream_model::train(&log(), "test", &params, &mut NoProgress).unwrap();
-        learner.sync(&artifact);
-        let user = replay.user("u0").unwrap();
+        let f = Fixture::new(200);
+        learner.sync(&f.artifact);
+        let user = &f.user;
         let view = ProductFeatures::default();
         let batch = [(&view, CandidateSignals::default())];
         for i in 0..10 {

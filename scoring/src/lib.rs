@@ -14,6 +14,8 @@ pub mod feedback;
 pub mod metrics;
 pub mod rank;
 pub mod recommend;
+#[cfg(test)]
+mod test_support;
 
 pub use cold_start::{ColdStartCache, ColdStartList, InProcessCache};
 pub use config::ScoringConfig;

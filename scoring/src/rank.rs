@@ -45,17 +45,19 @@ pub trait Ranker: Send + Sync {
         out
     }
 
-    /// [`Ranker::score_into`], also filling `rows` (cleared first) with each candidate's
-    /// feature row when a linear model over [`PairFeatures`] scored them; left empty by
-    /// rankers without features (the blend).
-    fn score_rows_into(
+    /// [`Ranker::score_into`]; with `rows`, also fills it (cleared first) with each
+    /// candidate's feature row when a linear model over [`PairFeatures`] scored them. Rankers
+    /// without features (the blend) leave it empty.
+    fn score_with_rows(
         &self,
         user: &UserFeatures,
         candidates: &[(&ProductFeatures, CandidateSignals)],
         out: &mut Vec<f64>,
-        rows: &mut Vec<PairFeatures>,
+        rows: Option<&mut Vec<PairFeatures>>,
     ) {
-        rows.clear();
+        if let Some(r) = rows {
+            r.clear();
+        }
         self.score_into(user, candidates, out);
     }
 
@@ -203,41 +205,30 @@ impl Ranker for HotRanker {
         candidates: &[(&ProductFeatures, CandidateSignals)],
         out: &mut Vec<f64>,
     ) {
-        match self.handle.get() {
-            Some(m) => {
-                let live = self
-                    .online
-                    .as_ref()
-                    .is_some_and(|l| l.score_into(m.version(), user, candidates, out));
-                if !live {
-                    m.affinity.score_into(user, candidates, out);
-                }
-            }
-            None => self.fallback.score_into(user, candidates, out),
-        }
+        self.score_with_rows(user, candidates, out, None);
     }
 
-    fn score_rows_into(
+    /// The current model (its live FTRL model when it has one) scores and gives rows; with
+    /// no model, the blend (and no rows).
+    fn score_with_rows(
         &self,
         user: &UserFeatures,
         candidates: &[(&ProductFeatures, CandidateSignals)],
         out: &mut Vec<f64>,
-        rows: &mut Vec<PairFeatures>,
+        mut rows: Option<&mut Vec<PairFeatures>>,
     ) {
-        match self.handle.get() {
-            Some(m) => {
-                let live = self
-                    .online
-                    .as_ref()
-                    .is_some_and(|l| l.score_rows_into(m.version(), user, candidates, out, rows));
-                if !live {
-                    m.affinity.score_rows_into(user, candidates, out, rows);
-                }
+        let Some(m) = self.handle.get() else {
+            if let Some(r) = rows {
+                r.clear();
             }
-            None => {
-                rows.clear();
-                self.fallback.score_into(user, candidates, out);
-            }
+            self.fallback.score_into(user, candidates, out);
+            return;
+        };
+        let live = self.online.as_ref().is_some_and(|l| {
+            l.score_with_rows(m.version(), user, candidates, out, rows.as_deref_mut())
+        });
+        if !live {
+            m.affinity.score_with_rows(user, candidates, out, rows);
         }
     }
 
@@ -253,55 +244,13 @@ impl Ranker for HotRanker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use recstream_ingest::{Event, EventType, Timestamp};
-    use recstream_model::{CandidateParams, NoProgress, TrainParams};
-
-    /// Users who view `a` then `b` (sometimes buying `b`), and a few noise items.
-    fn log() -> Vec<Event> {
-        let mut out = Vec::new();
-        let mut t = 1_569_888_000_000i64;
-        for u in 0..300 {
-            let user = format!("u{u}");
-            let steps: [(&str, EventType); 3] = [
-                ("a", EventType::View),
-                ("b", EventType::View),
-                (["c", "d", "e"][u % 3], EventType::View),
-            ];
-            for (p, ty) in steps {
-                t += 1000;
-                out.push(
-                    Event::new(&format!("e{}", out.len()), Timestamp(t), &user, ty)
-                        .with_product(p, Some("cat"))
-                        .with_session(&format!("s{u}")),
-                );
-            }
-        }
-        out
-    }
 
     #[test]
     fn model_and_hot_ranker_score_candidates() {
-        let events = log();
-        let params = TrainParams {
-            skip_embeddings: true,
-            skip_segments: true,
-            ..TrainParams::default()
-        };
-        let (artifact, mut replay) =
-            recstream_model::train(&events, "test", &params, &mut NoProgress).unwrap();
-        let user = replay.user("u0").unwrap();
-        let cands = replay.candidates(&user, &CandidateParams::default(), &[]);
-        let views: Vec<_> = cands
-            .iter()
-            .map(|(id, _)| replay.product_or_empty(id))
-            .collect();
-        let batch: Vec<(&ProductFeatures, CandidateSignals)> = views
-            .iter()
-            .zip(&cands)
-            .map(|(v, (_, s))| (v.as_ref(), *s))
-            .collect();
+        let f = crate::test_support::Fixture::new(300);
+        let (user, batch) = (&f.user, f.batch());
 
-        let model = ModelRanker(Arc::new(artifact));
+        let model = ModelRanker(Arc::new(f.artifact.clone()));
         let scores = model.score(&user, &batch);
         assert_eq!(scores.len(), batch.len());
         assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));

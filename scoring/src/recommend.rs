@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use recstream_features::view::top_weight;
 use recstream_features::{FeatureStore, ProductFeatures, UserFeatures};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
@@ -348,12 +349,7 @@ impl Recommender {
             .sum::<f64>()
             .max(f64::MIN_POSITIVE);
         for (c, top) in &category_tops {
-            let max = top
-                .items
-                .first()
-                .map(|(_, w)| *w)
-                .unwrap_or(1.0)
-                .max(f64::MIN_POSITIVE);
+            let max = top_weight(&top.items);
             for (p, w) in top.items.iter().take(cfg.per_category) {
                 let v = (c.weight.value / cat_total) * (w / max);
                 let cand = cands.entry(p.as_str()).or_default();
@@ -363,12 +359,7 @@ impl Recommender {
         }
 
         if let Some(t) = &trending {
-            let max = t
-                .items
-                .first()
-                .map(|(_, w)| *w)
-                .unwrap_or(1.0)
-                .max(f64::MIN_POSITIVE);
+            let max = top_weight(&t.items);
             for (p, w) in t.items.iter().take(cfg.trending) {
                 let c = cands.entry(p.as_str()).or_default();
                 c.add(cfg.w_trending * w / max, Reason::Trending, None);
@@ -407,12 +398,8 @@ impl Recommender {
         // The feature rows are kept for the online learner when the list is logged.
         let mut rows = Vec::new();
         let logged = self.learner.is_some() && recommendation_id.is_some();
-        if logged {
-            self.ranker
-                .score_rows_into(user, &pairs, &mut scores, &mut rows);
-        } else {
-            self.ranker.score_into(user, &pairs, &mut scores);
-        }
+        self.ranker
+            .score_with_rows(user, &pairs, &mut scores, logged.then_some(&mut rows));
         let mut order: Vec<usize> = (0..ranked.len()).collect();
         order.sort_unstable_by(|&a, &b| {
             scores[b]
@@ -439,23 +426,17 @@ impl Recommender {
                 }
             })
             .collect();
-        if let (Some(l), Some(rec)) = (&self.learner, recommendation_id) {
-            if rows.len() == pairs.len() {
-                l.record_rows(
-                    rec,
-                    chosen
-                        .iter()
-                        .zip(&items)
-                        .map(|(&i, it)| (it.product_id.clone(), rows[i])),
-                );
-            } else {
-                let served: Vec<(String, usize)> = chosen
+        // Without rows no model ranked (the blend): there is nothing to learn from.
+        if let (Some(l), Some(rec)) = (&self.learner, recommendation_id)
+            && !rows.is_empty()
+        {
+            l.record_rows(
+                rec,
+                chosen
                     .iter()
                     .zip(&items)
-                    .map(|(&i, it)| (it.product_id.clone(), i))
-                    .collect();
-                l.record(rec, user, &pairs, &served);
-            }
+                    .map(|(&i, it)| (it.product_id.clone(), rows[i])),
+            );
         }
         if items.len() < n {
             self.backfill(req, user, &excluded, n, &mut items, degraded)
@@ -509,11 +490,12 @@ impl Recommender {
         n: usize,
         degraded: &mut Vec<&'static str>,
     ) -> (Vec<Item>, Strategy) {
-        let mut list = None;
+        // The shared lists are borrowed, never copied: only the answer's items are.
+        let mut cold = None;
         for key in segment.into_iter().chain([OVERALL]) {
             match self.cold.top(key).await {
                 Ok(Some(l)) if !l.items.is_empty() => {
-                    list = Some(l.items.clone());
+                    cold = Some(l);
                     break;
                 }
                 Ok(_) => {}
@@ -524,22 +506,23 @@ impl Recommender {
                 }
             }
         }
-        let list = match list {
-            Some(l) => l,
+        let trending = match cold {
+            Some(_) => None,
             None => match self.store.trending().await {
-                Ok(t) => t.items.clone(),
+                Ok(t) => Some(t),
                 Err(_) => {
                     degraded.push("feature_store");
-                    Vec::new()
+                    None
                 }
             },
         };
+        let list: &[(String, f64)] = match (&cold, &trending) {
+            (Some(c), _) => &c.items,
+            (None, Some(t)) => &t.items,
+            (None, None) => &[],
+        };
         let excluded: FxHashSet<&str> = req.context.iter().map(String::as_str).collect();
-        let max = list
-            .first()
-            .map(|(_, w)| *w)
-            .unwrap_or(1.0)
-            .max(f64::MIN_POSITIVE);
+        let max = top_weight(list);
         let items = list
             .iter()
             .filter(|(p, _)| !excluded.contains(p.as_str()))

@@ -37,7 +37,7 @@ const TOP_LISTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("to
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 const TRENDING: &str = "trending";
 
-/// Users kept decoded in memory (about 4 KB each at the default feature bounds).
+/// Users kept decoded in memory (a few KB each at the default feature bounds).
 pub const USER_CACHE_CAPACITY: usize = 20_000;
 
 /// Decoded users, most recently read first. `generation` counts writes: a reader that
