@@ -30,7 +30,7 @@ async fn measure(rt: Runtime, samples: usize, label: &str) {
     let workers = rt
         .aws
         .is_some()
-        .then(|| tokio::spawn(recstream::kinesis::run_workers(rt.clone(), stop.clone())));
+        .then(|| tokio::spawn(rt.clone().run_workers(stop.clone())));
     let (collector, collector_task) = rt.spawn_collector(stop.clone()).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -148,7 +148,9 @@ fn main() {
         cfg.kinesis.lease.sync_interval_ms = Some(500);
         cfg.validate().unwrap();
         let rt = Runtime::open(cfg).await.unwrap();
-        recstream::kinesis::init(&rt).await.unwrap();
+        recstream::kinesis::init(&rt.cfg, rt.aws.as_ref())
+            .await
+            .unwrap();
         measure(rt, samples, "kinesis").await;
     });
 }

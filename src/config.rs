@@ -12,11 +12,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use recstream_features::FeatureConfig;
 use recstream_ingest::aws::AwsConfig;
 use recstream_ingest::source::kinesis::KinesisConfig;
+use recstream_pipeline::ProcessorConfig;
 use recstream_scoring::ScoringConfig;
 use recstream_serving::commerce::CommerceConfig;
 use serde::{Deserialize, Serialize};
-
-use crate::pipeline::ProcessorConfig;
 
 /// Which implementations sit behind the seams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

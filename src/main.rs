@@ -221,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Init { config } => {
             let cfg = load_config(config.as_deref())?;
             let rt = Runtime::open(cfg).await?;
-            for line in recstream::kinesis::init(&rt).await? {
+            for line in recstream::kinesis::init(&rt.cfg, rt.aws.as_ref()).await? {
                 println!("{line}");
             }
             Ok(())
@@ -350,7 +350,7 @@ async fn replay_rows(
     rows: Vec<datasets::LoadedRow>,
     speed: Option<f64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<(recstream::pipeline::ShardSummary, Duration)> {
+) -> anyhow::Result<(recstream_pipeline::ShardSummary, Duration)> {
     let total = rows.len() as u64;
     let shard = ShardId::new(&format!("file:{dataset}"));
     let pb = progress(total, &format!("replaying {dataset}"));
@@ -693,9 +693,9 @@ async fn run(cfg: Config, role: Role, exit_after: Option<Duration>) -> anyhow::R
     }
     let reloader = rt.spawn_model_reloader(shutdown.clone());
     let workers = match (cfg.mode, role) {
-        (Mode::Aws, Role::All | Role::Process) => Some(tokio::spawn(
-            recstream::kinesis::run_workers(rt.clone(), shutdown.clone()),
-        )),
+        (Mode::Aws, Role::All | Role::Process) => {
+            Some(tokio::spawn(rt.clone().run_workers(shutdown.clone())))
+        }
         _ => None,
     };
     let mut collector_task = None;

@@ -1,11 +1,11 @@
-//! Wiring: builds the stores behind the seams (embedded or AWS), runs shard processors
-//! and serves HTTP.
+//! Wiring: builds the stores behind the seams (embedded or AWS), starts the shard
+//! processors of `recstream-pipeline` and serves HTTP.
 //!
 //! ```text
 //!  mode = embedded   redb (features, checkpoints) · local bucket dir · in-process cold start
 //!                    collector ─► in-process channel shard
 //!  mode = aws        DynamoDB (features) · lease table (checkpoints) · S3 · Redis
-//!                    collector ─► Kinesis PutRecords; shards ◄─ LeaseCoordinator (kinesis.rs)
+//!                    collector ─► Kinesis PutRecords; shards ◄─ KinesisWorkers (recstream-pipeline)
 //!  both              models/CURRENT in the object store ─► ModelHandle (hot reload)
 //!                    ─► ranking, similar products, segments, cold-start lists
 //! ```
@@ -16,15 +16,14 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
-use recstream_features::store::dynamodb::DynamoFeatureStore;
-use recstream_features::{CheckpointStore, EmbeddedStore, FeatureStore};
-use recstream_ingest::object_store::s3::S3ObjectStore;
-use recstream_ingest::source::channel::{ChannelSender, ChannelSource};
-use recstream_ingest::source::kinesis::{
-    KinesisApi, KinesisProducer, LeaseCoordinator, SdkKinesis,
+use recstream_features::{EmbeddedStore, FeatureStore};
+use recstream_ingest::source::channel::ChannelSender;
+use recstream_ingest::{
+    CheckpointStore, IngestError, LocalObjectStore, ObjectStore, SeqNo, ShardId, Source,
 };
-use recstream_ingest::{LocalObjectStore, ObjectStore, ShardId, Source};
 use recstream_model::{ModelArtifact, ModelHandle};
+use recstream_pipeline::kinesis::{AwsParts, KinesisWorkers};
+use recstream_pipeline::{Pipeline, ShardStats, ShardTask, Sinks};
 use recstream_scoring::cold_start::redis::RedisColdStartCache;
 use recstream_scoring::{ColdStartCache, ColdStartList, InProcessCache, Recommender};
 use recstream_serving::EventSink;
@@ -34,18 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, Mode};
-use crate::kinesis::{KinesisSink, LeaseCheckpoints};
-use crate::pipeline::{ShardProcessor, ShardStats, ShardSummary, Sinks, resume};
-
-/// The AWS clients of a process in `mode = "aws"`.
-#[derive(Clone)]
-pub struct AwsParts {
-    pub kinesis: Arc<dyn KinesisApi>,
-    pub coordinator: LeaseCoordinator,
-    pub producer: Arc<KinesisProducer>,
-    pub dynamo: Arc<DynamoFeatureStore>,
-    pub s3: Arc<S3ObjectStore>,
-}
+use crate::kinesis::KinesisSink;
 
 /// The stores of one process, behind their traits.
 #[derive(Clone)]
@@ -81,8 +69,12 @@ impl Runtime {
         );
         let objects: Arc<dyn ObjectStore> = Arc::new(LocalObjectStore::new(dir.join("bucket")));
         let cold: Arc<dyn ColdStartCache> = Arc::new(InProcessCache::new());
-        let features: Arc<dyn FeatureStore> = store.clone();
-        let checkpoints: Arc<dyn CheckpointStore> = store;
+        let checkpoints: Arc<dyn CheckpointStore> = Arc::new(
+            store
+                .checkpoints()
+                .context("opening the embedded checkpoint store")?,
+        );
+        let features: Arc<dyn FeatureStore> = store;
         Ok(Runtime::assemble(
             cfg,
             Sinks {
@@ -99,34 +91,13 @@ impl Runtime {
     /// archive, snapshots and models, Redis for cold start. Endpoints and credentials come
     /// from the SDK's environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, …).
     pub async fn aws(cfg: Config) -> anyhow::Result<Runtime> {
-        let aws = &cfg.aws;
-        let kinesis: Arc<dyn KinesisApi> = Arc::new(SdkKinesis::from_env(aws).await);
-        let coordinator = LeaseCoordinator::from_env(aws, &cfg.kinesis.lease).await;
-        let producer = Arc::new(KinesisProducer::new(
-            kinesis.clone(),
-            aws.stream.clone(),
-            aws.retry_policy(),
-            cfg.kinesis.producer.clone(),
-        ));
-        let dynamo = Arc::new(DynamoFeatureStore::from_env(aws, cfg.features.clone()).await);
-        let s3 = Arc::new(S3ObjectStore::from_env(aws).await);
+        let parts = AwsParts::from_env(&cfg.aws, &cfg.kinesis, cfg.features.clone()).await;
         let cold: Arc<dyn ColdStartCache> = Arc::new(
-            RedisColdStartCache::connect(&aws.redis_url)
+            RedisColdStartCache::connect(&cfg.aws.redis_url)
                 .await
                 .context("setting up the redis cold-start cache")?,
         );
-        let sinks = Sinks {
-            features: dynamo.clone(),
-            checkpoints: Arc::new(LeaseCheckpoints(coordinator.clone())),
-            objects: s3.clone(),
-        };
-        let parts = AwsParts {
-            kinesis,
-            coordinator,
-            producer,
-            dynamo,
-            s3,
-        };
+        let sinks = parts.sinks();
         Ok(Runtime::assemble(cfg, sinks, cold, Some(parts)))
     }
 
@@ -152,30 +123,46 @@ impl Runtime {
         }
     }
 
+    /// The shard processors' stores and settings.
+    pub fn pipeline(&self) -> Pipeline {
+        Pipeline::new(
+            self.sinks.clone(),
+            self.cfg.features.clone(),
+            self.cfg.processor.clone(),
+        )
+    }
+
     /// Starts a processor for one shard; `make_source` gets the position to resume after.
     pub async fn spawn_shard<F>(
         &self,
         shard: ShardId,
         make_source: F,
         shutdown: watch::Receiver<bool>,
-    ) -> anyhow::Result<(Arc<ShardStats>, JoinHandle<anyhow::Result<ShardSummary>>)>
+    ) -> anyhow::Result<(Arc<ShardStats>, ShardTask)>
     where
-        F: FnOnce(Option<recstream_ingest::SeqNo>) -> anyhow::Result<Box<dyn Source>>,
+        F: FnOnce(Option<SeqNo>) -> Result<Box<dyn Source>, IngestError>,
     {
-        let r = resume(&self.sinks, &shard, &self.cfg.features)
+        self.pipeline()
+            .spawn_shard(shard.clone(), make_source, shutdown)
             .await
-            .with_context(|| format!("resuming shard {shard}"))?;
-        let source = make_source(r.checkpoint.committed.clone())?;
-        let processor =
-            ShardProcessor::new(source, r, self.sinks.clone(), self.cfg.processor.clone());
-        let stats = processor.stats();
-        let handle = tokio::spawn(async move {
-            processor
-                .run(shutdown)
-                .await
-                .with_context(|| format!("processing shard {shard}"))
-        });
-        Ok((stats, handle))
+            .with_context(|| format!("starting shard {shard}"))
+    }
+
+    /// Runs the Kinesis workers (AWS mode) until `shutdown`.
+    pub async fn run_workers(self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let aws = self
+            .aws
+            .clone()
+            .context("the Kinesis workers need mode = \"aws\"")?;
+        KinesisWorkers::new(
+            self.pipeline(),
+            aws,
+            &self.cfg.aws,
+            self.cfg.kinesis.consumer.clone(),
+        )
+        .run(shutdown)
+        .await
+        .context("kinesis workers")
     }
 
     /// Where `POST /v1/events` (and the commerce flows) put events: the in-process
@@ -183,10 +170,7 @@ impl Runtime {
     pub async fn spawn_collector(
         &self,
         shutdown: watch::Receiver<bool>,
-    ) -> anyhow::Result<(
-        Arc<dyn EventSink>,
-        Option<JoinHandle<anyhow::Result<ShardSummary>>>,
-    )> {
+    ) -> anyhow::Result<(Arc<dyn EventSink>, Option<ShardTask>)> {
         if let Some(aws) = &self.aws {
             return Ok((Arc::new(KinesisSink::new(aws.producer.clone())), None));
         }
@@ -198,21 +182,15 @@ impl Runtime {
     pub async fn spawn_channel_collector(
         &self,
         shutdown: watch::Receiver<bool>,
-    ) -> anyhow::Result<(ChannelSender, JoinHandle<anyhow::Result<ShardSummary>>)> {
-        let mut sender = None;
-        let queue = self.cfg.server.collector_queue;
-        let (_, handle) = self
-            .spawn_shard(
+    ) -> anyhow::Result<(ChannelSender, ShardTask)> {
+        self.pipeline()
+            .spawn_channel_shard(
                 ShardId::new("collector"),
-                |after| {
-                    let (tx, source) = ChannelSource::new(queue, after);
-                    sender = Some(tx);
-                    Ok(Box::new(source) as Box<dyn Source>)
-                },
+                self.cfg.server.collector_queue,
                 shutdown,
             )
-            .await?;
-        Ok((sender.expect("set by the factory"), handle))
+            .await
+            .context("starting the collector shard")
     }
 
     /// Publishes popularity from the feature store as the overall cold-start list while no

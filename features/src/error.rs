@@ -12,8 +12,6 @@ pub enum StoreError {
     },
     #[error("corrupt {what}: {message}")]
     Corrupt { what: &'static str, message: String },
-    #[error("lease for shard {shard} is no longer ours (held by {owner})")]
-    LeaseLost { shard: String, owner: String },
     #[error("invalid configuration: {0}")]
     Config(String),
 }

@@ -21,5 +21,5 @@ pub use aggregate::{Aggregator, FlushBatch};
 pub use config::FeatureConfig;
 pub use decay::Decayed;
 pub use error::StoreError;
-pub use store::{CheckpointStore, EmbeddedStore, FeatureStore};
+pub use store::{EmbeddedStore, FeatureStore};
 pub use view::{EventCounts, ProductFeatures, TopList, UserFeatures};

@@ -29,6 +29,8 @@ pub enum IngestError {
     LeaseLost { shard: String, owner: String },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("checkpoint store: {0}")]
+    Checkpoint(String),
 }
 
 impl IngestError {

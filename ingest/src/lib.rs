@@ -26,4 +26,4 @@ pub use error::IngestError;
 pub use event::{Event, EventType, Money, Profile, Timestamp};
 pub use object_store::{LocalObjectStore, ObjectStore};
 pub use record::{RawRecord, SeqNo, ShardCheckpoint, ShardId};
-pub use source::Source;
+pub use source::{CheckpointStore, EmbeddedCheckpoints, Source};

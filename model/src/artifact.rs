@@ -22,8 +22,8 @@ use crate::affinity::{AffinityModel, OnlineRanker};
 use crate::cold_start::ColdStartLists;
 use crate::embed::ProductEmbeddings;
 use crate::error::{ModelError, Result};
+use crate::params::TrainParams;
 use crate::segments::Segments;
-use crate::train::TrainParams;
 
 pub const MODELS_PREFIX: &str = "models";
 pub const CURRENT_KEY: &str = "models/CURRENT";
@@ -149,7 +149,9 @@ impl ModelArtifact {
         Ok(version)
     }
 
-    /// Loads one version.
+    /// Loads one version. The objects are fetched on the async runtime; decoding and
+    /// preparing the model (JSON of several MB, weight folding) runs on the blocking pool,
+    /// so a hot reload never stalls the serving threads.
     pub async fn load(store: &dyn ObjectStore, version: &str) -> Result<ModelArtifact> {
         if !valid_version(version) {
             return Err(ModelError::InvalidParams(format!(
@@ -161,6 +163,24 @@ impl ModelArtifact {
             .get(&k)
             .await?
             .ok_or_else(|| ModelError::Missing { key: k.clone() })?;
+        let ek = key(version, "embeddings.json");
+        let embeddings = store.get(&ek).await?;
+        let sk = key(version, "segments.json");
+        let segments = store.get(&sk).await?;
+        tokio::task::spawn_blocking(move || {
+            ModelArtifact::decode(k, body, (ek, embeddings), (sk, segments))
+        })
+        .await
+        .map_err(|e| ModelError::Task(e.to_string()))?
+    }
+
+    /// Decodes and prepares the objects of one version (CPU-bound).
+    fn decode(
+        k: String,
+        body: Bytes,
+        (ek, embeddings): (String, Option<Bytes>),
+        (sk, segments): (String, Option<Bytes>),
+    ) -> Result<ModelArtifact> {
         let file: ModelFileIn = serde_json::from_slice(&body).map_err(|e| ModelError::Corrupt {
             key: k.clone(),
             message: e.to_string(),
@@ -174,15 +194,13 @@ impl ModelArtifact {
         let mut a = file.artifact;
         a.affinity = a.affinity.prepare()?;
         a.online = a.online.prepare()?;
-        let ek = key(version, "embeddings.json");
-        if let Some(b) = store.get(&ek).await? {
+        if let Some(b) = embeddings {
             a.embeddings = Some(serde_json::from_slice(&b).map_err(|e| ModelError::Corrupt {
                 key: ek,
                 message: e.to_string(),
             })?);
         }
-        let sk = key(version, "segments.json");
-        if let Some(b) = store.get(&sk).await? {
+        if let Some(b) = segments {
             a.segments = Some(Arc::new(serde_json::from_slice(&b).map_err(|e| {
                 ModelError::Corrupt {
                     key: sk,

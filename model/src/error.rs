@@ -42,6 +42,8 @@ pub enum ModelError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("background task failed: {0}")]
+    Task(String),
 }
 
 impl ModelError {

@@ -23,6 +23,7 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod features;
+pub mod params;
 pub mod progress;
 pub mod replay;
 pub mod segments;

@@ -8,7 +8,7 @@
 //! | `users` | user id | postcard [`UserFeatures`] |
 //! | `products` | (product id, shard) | postcard [`ProductFeatures`] (one shard's partial) |
 //! | `top_lists` | (`trending` or `category:<c>`, shard) | postcard [`TopList`] |
-//! | `checkpoints` | shard | JSON [`ShardCheckpoint`] |
+//! | `checkpoints` | shard | JSON checkpoint, owned by [`EmbeddedCheckpoints`] (see [`EmbeddedStore::checkpoints`]) |
 //!
 //! Products and top lists are loaded into memory at open and kept merged across shards.
 //! Users are read from the database and kept, decoded, in an LRU of the
@@ -20,12 +20,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use recstream_ingest::{ShardCheckpoint, ShardId};
+use recstream_ingest::{EmbeddedCheckpoints, IngestError, ShardId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use rustc_hash::FxHashMap;
 use std::sync::RwLock;
 
-use super::{CheckpointStore, FeatureStore};
+use super::FeatureStore;
 use crate::aggregate::FlushBatch;
 use crate::config::FeatureConfig;
 use crate::error::StoreError;
@@ -34,7 +34,6 @@ use crate::view::{ProductFeatures, TopList, UserFeatures};
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const PRODUCTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("products");
 const TOP_LISTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("top_lists");
-const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 const TRENDING: &str = "trending";
 
 /// Users kept decoded in memory (a few KB each at the default feature bounds).
@@ -111,6 +110,12 @@ impl Cache {
 }
 
 impl EmbeddedStore {
+    /// The shard checkpoints, kept in this store's database file (redb allows one
+    /// handle per file, so the checkpoint store shares it).
+    pub fn checkpoints(&self) -> Result<EmbeddedCheckpoints, IngestError> {
+        EmbeddedCheckpoints::with_database(self.db.clone())
+    }
+
     /// Opens (or creates) the database at `path` and warms the catalog caches.
     pub fn open(path: impl AsRef<Path>, cfg: FeatureConfig) -> Result<EmbeddedStore, StoreError> {
         let path = path.as_ref();
@@ -124,7 +129,6 @@ impl EmbeddedStore {
             w.open_table(USERS)?;
             w.open_table(PRODUCTS)?;
             w.open_table(TOP_LISTS)?;
-            w.open_table(CHECKPOINTS)?;
             w.commit()?;
         }
         let mut cache = Cache::default();
@@ -281,41 +285,6 @@ impl FeatureStore for EmbeddedStore {
                 out.push(Arc::new(u));
             }
             Ok(out)
-        })
-        .await
-    }
-}
-
-#[async_trait]
-impl CheckpointStore for EmbeddedStore {
-    async fn load_checkpoint(
-        &self,
-        shard: &ShardId,
-    ) -> Result<Option<ShardCheckpoint>, StoreError> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(CHECKPOINTS)?;
-        match t.get(shard.as_str())? {
-            Some(v) => serde_json::from_slice(v.value())
-                .map(Some)
-                .map_err(|e| corrupt("checkpoint", e)),
-            None => Ok(None),
-        }
-    }
-
-    async fn save_checkpoint(
-        &self,
-        shard: &ShardId,
-        cp: &ShardCheckpoint,
-    ) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        let key = shard.to_string();
-        let value = serde_json::to_vec(cp).map_err(|e| corrupt("checkpoint", e))?;
-        blocking(move || {
-            let w = db.begin_write()?;
-            w.open_table(CHECKPOINTS)?
-                .insert(key.as_str(), value.as_slice())?;
-            w.commit()?;
-            Ok(())
         })
         .await
     }

@@ -1,10 +1,11 @@
-//! The feature store and checkpoint store seams.
+//! The feature store seam (the checkpoint store seam sits beside the sources, in
+//! `recstream_ingest::source::checkpoint`).
 //!
 //! ```text
 //!  Aggregator::drain ─► FlushBatch ─► FeatureStore::write ─┬─► EmbeddedStore (redb on local disk)
 //!                                                          └─► DynamoDB
 //!  scoring ◄─ FeatureStore::{user, products, trending, category_top} (merged across shards, cached)
-//!  processor ─► CheckpointStore::{load, save}   (embedded: same redb file; AWS: the lease table)
+//!  EmbeddedStore::checkpoints ─► recstream_ingest::EmbeddedCheckpoints (same redb file)
 //! ```
 //!
 //! Writes carry absolute values, never increments, so writing the same batch twice is
@@ -17,7 +18,7 @@ pub mod embedded;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use recstream_ingest::{ShardCheckpoint, ShardId};
+use recstream_ingest::ShardId;
 
 use crate::aggregate::FlushBatch;
 use crate::error::StoreError;
@@ -45,15 +46,4 @@ pub trait FeatureStore: Send + Sync + 'static {
 
     /// Every user's features, for batch jobs (segments, training).
     async fn scan_users(&self) -> Result<Vec<Arc<UserFeatures>>, StoreError>;
-}
-
-#[async_trait]
-pub trait CheckpointStore: Send + Sync + 'static {
-    async fn load_checkpoint(&self, shard: &ShardId)
-    -> Result<Option<ShardCheckpoint>, StoreError>;
-    async fn save_checkpoint(
-        &self,
-        shard: &ShardId,
-        cp: &ShardCheckpoint,
-    ) -> Result<(), StoreError>;
 }

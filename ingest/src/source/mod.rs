@@ -11,8 +11,11 @@
 //! time; `None` means the shard is finished (end of a replay, or a closed Kinesis shard).
 
 pub mod channel;
+pub mod checkpoint;
 pub mod file;
 pub mod kinesis;
+
+pub use checkpoint::{CheckpointStore, EmbeddedCheckpoints};
 
 use async_trait::async_trait;
 

@@ -22,10 +22,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use recstream_features::{Aggregator, CheckpointStore, FeatureConfig, FeatureStore};
+use recstream_features::{Aggregator, FeatureConfig, FeatureStore};
 use recstream_ingest::archive::{ArchiveWriter, ArchivedRow};
 use recstream_ingest::{
-    DecodeError, ObjectStore, RawRecord, SeqNo, ShardCheckpoint, ShardId, Source, metrics as im,
+    CheckpointStore, DecodeError, ObjectStore, RawRecord, SeqNo, ShardCheckpoint, ShardId, Source,
+    metrics as im,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -122,6 +123,19 @@ pub enum ProcessorError {
     Ingest(#[from] recstream_ingest::IngestError),
     #[error(transparent)]
     Store(#[from] recstream_features::StoreError),
+    #[error("shard task failed: {0}")]
+    Task(String),
+}
+
+impl ProcessorError {
+    /// The shard's lease went to another worker: not a failure, the new holder carries on
+    /// from the checkpoint.
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(
+            self,
+            ProcessorError::Ingest(recstream_ingest::IngestError::LeaseLost { .. })
+        )
+    }
 }
 
 /// Where a shard stands when its processor starts.

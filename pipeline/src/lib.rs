@@ -1,0 +1,33 @@
+//! recstream-pipeline: the shard processor and its checkpoint protocol, as a library.
+//! The `recstream` binary's workers and a Lambda handler on a Kinesis event source run
+//! the same code; nothing here needs a CLI, an HTTP server or a terminal.
+//!
+//! ```text
+//!  ingest::Source (file replay · collector channel · Kinesis shard with its lease)
+//!        │ next_batch
+//!        ▼
+//!  processor::ShardProcessor (one per shard)
+//!        ├─ decode ─► features::Aggregator ─► FeatureStore::write     (every flush interval)
+//!        ├─ archive: Parquet + dead letters ─► ObjectStore            (at each checkpoint)
+//!        └─ checkpoint: intent ─► roll ─► flush ─► snapshot ─► CheckpointStore::save
+//!                                                               └─► Source::on_checkpoint
+//!
+//!  Pipeline::spawn_shard      resume (checkpoint + snapshot) ─► ShardProcessor::run
+//!  kinesis::KinesisWorkers    one processor per lease the LeaseCoordinator hands out,
+//!                             stopped when the lease is lost; shards read to their end
+//!  kinesis::AwsParts          the AWS clients (Kinesis, lease table, DynamoDB, S3) and
+//!                             `init` (stream, tables, bucket; idempotent)
+//! ```
+//!
+//! [`Sinks`] holds the stores a processor writes to, behind their traits; the embedded
+//! and AWS implementations both live in `recstream-ingest` and `recstream-features`.
+
+pub mod kinesis;
+pub mod processor;
+mod runner;
+
+pub use processor::{
+    ProcessorConfig, ProcessorError, Resume, ShardProcessor, ShardStats, ShardSummary, Sinks,
+    resume,
+};
+pub use runner::{Pipeline, ShardTask};
