@@ -160,7 +160,12 @@ async fn similar(
     if n == 0 || n > max {
         return Err(ApiError::bad_request(format!("n must be in 1..={max}")));
     }
-    match st.recommender.similar(&product_id, n).await? {
+    match st
+        .recommender
+        .similar(&product_id, n)
+        .await
+        .map_err(crate::error::from_scoring)?
+    {
         Some(items) => Ok(Json(json!({"product_id": product_id, "items": items})).into_response()),
         None => Err(ApiError::not_found(format!(
             "unknown product `{product_id}`"
