@@ -13,9 +13,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
+use recstream_ingest::sink::{EventSink, OutRecord, SinkError};
 use recstream_ingest::source::kinesis::KinesisProducer;
 use recstream_pipeline::kinesis::AwsParts;
-use recstream_serving::collector::{EventSink, OutRecord, SinkError};
 
 use crate::config::Config;
 
@@ -51,7 +51,7 @@ pub async fn init(cfg: &Config, aws: Option<&AwsParts>) -> anyhow::Result<Vec<St
     let aws = aws
         .context("`recstream init` needs mode = \"aws\" (the embedded stores create themselves)")?;
     let mut done = aws.init(&cfg.aws).await?;
-    let commerce = recstream_serving::commerce::DynamoStore::from_env(&cfg.aws).await;
+    let commerce = recstream_commerce::DynamoStore::from_env(&cfg.aws).await;
     commerce.create_table_if_missing().await?;
     done.push(format!("commerce table {}", commerce.table()));
     Ok(done)

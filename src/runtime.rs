@@ -16,7 +16,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
+use recstream_commerce::{CommerceState, Secrets, StoreKind};
 use recstream_features::{EmbeddedStore, FeatureStore};
+use recstream_ingest::EventSink;
 use recstream_ingest::source::channel::ChannelSender;
 use recstream_ingest::{
     CheckpointStore, IngestError, LocalObjectStore, ObjectStore, SeqNo, ShardId, Source,
@@ -26,8 +28,6 @@ use recstream_pipeline::kinesis::{AwsParts, KinesisWorkers};
 use recstream_pipeline::{Pipeline, ShardStats, ShardTask, Sinks};
 use recstream_scoring::cold_start::redis::RedisColdStartCache;
 use recstream_scoring::{ColdStartCache, ColdStartList, InProcessCache, Recommender};
-use recstream_serving::EventSink;
-use recstream_serving::commerce::{CommerceState, Secrets, StoreKind};
 use recstream_serving::segments::SegmentsState;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -292,11 +292,7 @@ impl Runtime {
             ready,
             max_record_bytes: self.cfg.processor.max_record_bytes,
         };
-        let mut app = recstream_serving::router(state)
-            .merge(recstream_serving::segments::routes(self.segments.clone()));
-        if let Some(c) = commerce {
-            app = app.merge(recstream_serving::commerce::routes(c));
-        }
+        let app = recstream_serving::api(state, self.segments.clone(), commerce);
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|s| *s).await;
