@@ -54,6 +54,7 @@ pub fn stood_still(since: Instant, now: Instant, duration: Duration) -> bool {
 /// The balancing settings of one worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Balance {
+    /// How long a counter stands still before its lease counts as expired.
     pub lease_duration: Duration,
     /// Steal one lease per round from an overloaded worker.
     pub steal: bool,
@@ -132,7 +133,9 @@ impl Observed {
 /// This worker: its id and the leases it holds (shard → tenure token).
 #[derive(Debug, Clone, Copy)]
 pub struct Me<'a> {
+    /// This worker's id.
     pub id: &'a WorkerId,
+    /// The leases this worker believes it holds, with their tokens.
     pub held: &'a HashMap<ShardId, String>,
 }
 
@@ -148,6 +151,7 @@ pub enum How {
 }
 
 impl How {
+    /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             How::Free => "free",
@@ -160,8 +164,11 @@ impl How {
 /// One lease to take: conditional on its counter still being `counter`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Take {
+    /// The lease's shard.
     pub shard: ShardId,
+    /// The counter seen in the scan (the take's condition).
     pub counter: u64,
+    /// Why it is taken.
     pub how: How,
     /// The holder it is taken from (expired or stolen).
     pub from: Option<String>,
@@ -229,7 +236,7 @@ pub fn plan(
     for l in &active {
         if let Some(o) = l.owner.as_deref()
             && o != me.id
-            && !expired(*l)
+            && !expired(l)
         {
             others.entry(o).or_default().push(l);
         }
@@ -250,7 +257,7 @@ pub fn plan(
         .collect();
     let offset = rotation(me.id, free.len());
     free.rotate_left(offset);
-    let mut stale: Vec<&Lease> = active.iter().copied().filter(|l| expired(*l)).collect();
+    let mut stale: Vec<&Lease> = active.iter().copied().filter(|l| expired(l)).collect();
     let offset = rotation(me.id, stale.len());
     stale.rotate_left(offset);
     let take: Vec<Take> = free
