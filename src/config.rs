@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use recstream_commerce::CommerceConfig;
 use recstream_features::FeatureConfig;
 use recstream_ingest::aws::AwsConfig;
 use recstream_ingest::source::kinesis::KinesisConfig;
 use recstream_scoring::ScoringConfig;
-use recstream_serving::commerce::CommerceConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::ProcessorConfig;

@@ -17,11 +17,11 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use recstream_features::{CheckpointStore, StoreError};
+use recstream_ingest::sink::{EventSink, OutRecord, SinkError};
 use recstream_ingest::source::kinesis::{
     KinesisProducer, KinesisShardSource, LeaseCoordinator, LeaseHandle, ensure_stream,
 };
 use recstream_ingest::{IngestError, ShardCheckpoint, ShardId, Source};
-use recstream_serving::collector::{EventSink, OutRecord, SinkError};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -121,7 +121,7 @@ pub async fn init(rt: &Runtime) -> anyhow::Result<Vec<String>> {
     done.push(format!("tables {}", aws.dynamo.table_names().join(", ")));
     aws.coordinator.create_table_if_missing().await?;
     done.push(format!("lease table {}", aws.coordinator.table()));
-    let commerce = recstream_serving::commerce::DynamoStore::from_env(cfg).await;
+    let commerce = recstream_commerce::DynamoStore::from_env(cfg).await;
     commerce.create_table_if_missing().await?;
     done.push(format!("commerce table {}", commerce.table()));
     aws.s3.create_bucket_if_missing().await?;

@@ -12,12 +12,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use recstream::cmd_model::{self, TrainSource};
 use recstream::config::{Config, Mode};
 use recstream::runtime::{Runtime, install_metrics, reset_dir, shutdown_signal};
+use recstream_commerce::{CommerceState, Secret, Secrets};
 use recstream_ingest::datasets::{self, Dataset};
 use recstream_ingest::object_store::s3::S3ObjectStore;
 use recstream_ingest::source::file::FileReplaySource;
 use recstream_ingest::{LocalObjectStore, ObjectStore, ShardId, Source};
 use recstream_scoring::Request;
-use recstream_serving::commerce::{CommerceState, Secret, Secrets};
 
 /// The demo's bundled sample: the first rows of REES46 2019-Oct (see data/README.md).
 const SAMPLE: &str = "data/sample/rees46-2019-10-01-head.csv.gz";
@@ -539,7 +539,7 @@ fn demo_secrets(user: &str) -> (Secrets, Option<String>) {
     if secrets.jwt_hs256.is_some() {
         return (secrets, None);
     }
-    use recstream_serving::commerce::auth::jsonwebtoken;
+    use recstream_commerce::auth::jsonwebtoken;
     let secret = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),

@@ -16,8 +16,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
+use recstream_commerce::{CommerceState, Secrets, StoreKind};
 use recstream_features::store::dynamodb::DynamoFeatureStore;
 use recstream_features::{CheckpointStore, EmbeddedStore, FeatureStore};
+use recstream_ingest::EventSink;
 use recstream_ingest::object_store::s3::S3ObjectStore;
 use recstream_ingest::source::channel::{ChannelSender, ChannelSource};
 use recstream_ingest::source::kinesis::{
@@ -27,8 +29,6 @@ use recstream_ingest::{LocalObjectStore, ObjectStore, ShardId, Source};
 use recstream_model::{ModelArtifact, ModelHandle};
 use recstream_scoring::cold_start::redis::RedisColdStartCache;
 use recstream_scoring::{ColdStartCache, ColdStartList, InProcessCache, Recommender};
-use recstream_serving::EventSink;
-use recstream_serving::commerce::{CommerceState, Secrets, StoreKind};
 use recstream_serving::segments::SegmentsState;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -314,11 +314,7 @@ impl Runtime {
             ready,
             max_record_bytes: self.cfg.processor.max_record_bytes,
         };
-        let mut app = recstream_serving::router(state)
-            .merge(recstream_serving::segments::routes(self.segments.clone()));
-        if let Some(c) = commerce {
-            app = app.merge(recstream_serving::commerce::routes(c));
-        }
+        let app = recstream_serving::api(state, self.segments.clone(), commerce);
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|s| *s).await;

@@ -2,14 +2,15 @@
 //! idempotency, the simulated payment provider, the order saga with its compensations,
 //! webhooks, authentication, and a consumer crash in the middle of a payment.
 
+#[path = "../commerce/tests/commerce_support/mod.rs"]
 mod commerce_support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use commerce_support::*;
-use recstream_serving::commerce::payment::{Fault, FaultKind, Op};
-use recstream_serving::commerce::webhook::signature_header;
+use recstream_commerce::payment::{Fault, FaultKind, Op};
+use recstream_commerce::webhook::signature_header;
 use serde_json::{Value, json};
 
 fn events(order: &Value) -> Vec<String> {
@@ -807,8 +808,7 @@ async fn merges_into_the_api_router() {
         max_record_bytes: 64 * 1024,
     };
     // The one line the binary needs.
-    let app = recstream_serving::router(api)
-        .merge(recstream_serving::commerce::routes(shop.state.clone()));
+    let app = recstream_serving::router(api).merge(recstream_commerce::routes(shop.state.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -848,7 +848,7 @@ async fn merges_into_the_api_router() {
 async fn a_restarted_process_finishes_the_saga_from_disk() {
     use std::sync::Arc;
 
-    use recstream_serving::commerce::{
+    use recstream_commerce::{
         CommerceConfig, CommerceState, OrderStatus, Secret, Secrets, SimulatedProvider,
     };
 
@@ -875,7 +875,7 @@ async fn a_restarted_process_finishes_the_saga_from_disk() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = recstream_serving::commerce::routes(state.clone());
+    let app = recstream_commerce::routes(state.clone());
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -951,7 +951,7 @@ async fn a_restarted_process_finishes_the_saga_from_disk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_jwks_is_fetched_from_a_url_as_cognito_publishes_it() {
-    use recstream_serving::commerce::{CommerceConfig, CommerceState, Secrets, routes};
+    use recstream_commerce::{CommerceConfig, CommerceState, Secrets, routes};
     use std::sync::Arc;
 
     // The identity provider: a JWKS document over HTTP on loopback.

@@ -8,6 +8,8 @@
 //!                                          decode + validate ──► Event ──► features (next crate)
 //!                                               │      └──────────► archive: Parquet, dt=/hour= ─► ObjectStore
 //!                                               └─ DecodeError ──► dead letters ─────────────────► ObjectStore
+//!
+//!  producers (collector, commerce) ─► sink::EventSink ─► channel | Kinesis (PutRecords)
 //! ```
 
 pub mod archive;
@@ -19,6 +21,7 @@ pub mod event;
 pub mod metrics;
 pub mod object_store;
 pub mod record;
+pub mod sink;
 pub mod source;
 
 pub use decode::{DecodeError, decode};
@@ -26,4 +29,5 @@ pub use error::IngestError;
 pub use event::{Event, EventType, Money, Profile, Timestamp};
 pub use object_store::{LocalObjectStore, ObjectStore};
 pub use record::{RawRecord, SeqNo, ShardCheckpoint, ShardId};
+pub use sink::{EventSink, OutRecord, SinkError};
 pub use source::Source;

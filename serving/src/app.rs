@@ -17,9 +17,9 @@ use recstream_scoring::{Recommender, Request as RecRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::collector::{EventSink, OutRecord, SinkError};
 use crate::error::ApiError;
 use crate::metrics as m;
+use recstream_ingest::sink::{EventSink, OutRecord, SinkError};
 
 /// Largest `POST /v1/events` body.
 pub const MAX_EVENTS_BODY: usize = 1024 * 1024;
@@ -132,7 +132,8 @@ async fn recommendations(
     let body = st
         .recommender
         .recommend_for(&req, Some(&recommendation_id))
-        .await?;
+        .await
+        .map_err(crate::error::from_scoring)?;
     Ok(Json(RecResponse {
         recommendation_id,
         body,
@@ -159,7 +160,12 @@ async fn similar(
     if n == 0 || n > max {
         return Err(ApiError::bad_request(format!("n must be in 1..={max}")));
     }
-    match st.recommender.similar(&product_id, n).await? {
+    match st
+        .recommender
+        .similar(&product_id, n)
+        .await
+        .map_err(crate::error::from_scoring)?
+    {
         Some(items) => Ok(Json(json!({"product_id": product_id, "items": items})).into_response()),
         None => Err(ApiError::not_found(format!(
             "unknown product `{product_id}`"

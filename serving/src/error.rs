@@ -1,68 +1,13 @@
 //! HTTP errors: every failure is a status code plus a JSON body
-//! `{"error": {"code": "...", "message": "..."}}`.
+//! `{"error": {"code": "...", "message": "..."}}` — the [`ApiError`] shared with the
+//! commerce handlers, plus the mapping of scoring's errors onto it.
 
-use axum::Json;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+pub use recstream_commerce::ApiError;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-    pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-    }
-    pub fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+/// A scoring failure as an API error: bad input is a 400, anything else a 503.
+pub fn from_scoring(e: recstream_scoring::ScoringError) -> ApiError {
+    match e {
+        recstream_scoring::ScoringError::BadRequest(m) => ApiError::bad_request(m),
+        other => ApiError::unavailable(other.to_string()),
     }
 }
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
-        (self.status, body).into_response()
-    }
-}
-
-impl From<recstream_scoring::ScoringError> for ApiError {
-    fn from(e: recstream_scoring::ScoringError) -> Self {
-        match e {
-            recstream_scoring::ScoringError::BadRequest(m) => ApiError::bad_request(m),
-            other => ApiError::unavailable(other.to_string()),
-        }
-    }
-}
-
-macro_rules! rejection {
-    ($($t:ty),*) => {$(
-        impl From<$t> for ApiError {
-            fn from(r: $t) -> Self {
-                ApiError::new(r.status(), "bad_request", r.body_text())
-            }
-        }
-    )*};
-}
-rejection!(
-    axum::extract::rejection::QueryRejection,
-    axum::extract::rejection::PathRejection,
-    axum::extract::rejection::BytesRejection,
-    axum::extract::rejection::JsonRejection
-);

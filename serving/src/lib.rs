@@ -1,21 +1,37 @@
-//! recstream-serving: the HTTP API.
+//! recstream-serving: the HTTP front door. It owns the recommendation endpoints, the
+//! collector, segments and the ops endpoints, and mounts the commerce router
+//! (`recstream-commerce`: carts, checkout, payments, the order saga) beside them.
 //!
 //! ```text
 //!  storefront ─► GET  /v1/recommendations/{user}?n=&context=  ─► scoring::Recommender
 //!             ─► GET  /v1/products/{id}/similar                ─► co-visitation
-//!             ─► POST /v1/events                               ─► EventSink (channel | Kinesis)
+//!             ─► POST /v1/events (collector)                   ─► ingest::EventSink (channel | Kinesis)
+//!             ─► GET  /v1/segments…                            ─► segments (model's clusters)
+//!             ─► /v1/carts…, /v1/checkout, /v1/orders…, webhook ─► recstream_commerce::routes
 //!  ops        ─► /healthz, /readyz, /metrics (Prometheus)
 //! ```
 //!
-//! Every error is a 4xx/5xx with a JSON body; nothing a client sends can panic a handler.
+//! Every error is a 4xx/5xx with a JSON body ([`ApiError`]); nothing a client sends can
+//! panic a handler. [`api`] assembles the whole router.
 
 pub mod app;
-pub mod collector;
 pub mod error;
 pub mod metrics;
 pub mod segments;
 
 pub use app::{AppState, router};
-pub use collector::{EventSink, OutRecord, SinkError};
 pub use error::ApiError;
-pub mod commerce;
+use recstream_commerce::CommerceState;
+
+/// The whole HTTP API: [`router`], the segment routes and, when given, commerce's.
+pub fn api(
+    state: AppState,
+    segments: segments::SegmentsState,
+    commerce: Option<CommerceState>,
+) -> axum::Router {
+    let app = router(state).merge(segments::routes(segments));
+    match commerce {
+        Some(c) => app.merge(recstream_commerce::routes(c)),
+        None => app,
+    }
+}

@@ -10,6 +10,7 @@
 //! Writes carry absolute values, never increments, so writing the same batch twice is
 //! harmless: that is what makes a replay after a crash safe.
 
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 pub mod dynamodb;
 pub mod embedded;

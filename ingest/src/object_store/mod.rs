@@ -9,6 +9,7 @@
 //! archive can be synced to S3 as it is, and every reader (DuckDB, pyarrow, Athena) sees
 //! the same thing. Writes are atomic: a reader sees the whole object or nothing.
 
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 pub mod local;
 pub mod s3;

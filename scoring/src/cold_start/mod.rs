@@ -6,6 +6,7 @@
 //!  recommend(user without history) ─► ColdStartCache::top(segment) ─► or `OVERALL`
 //! ```
 
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 pub mod memory;
 pub mod redis;

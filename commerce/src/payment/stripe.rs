@@ -24,7 +24,7 @@ use super::{
     CaptureMethod, CreateIntent, PaymentError, PaymentFailure, PaymentIntent, PaymentProvider,
     Refund,
 };
-use crate::commerce::config::Secret;
+use crate::config::Secret;
 
 /// The API version this client is written against.
 pub const STRIPE_VERSION: &str = "2024-06-20";
@@ -230,7 +230,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::commerce::payment::IntentStatus;
+    use crate::payment::IntentStatus;
 
     #[derive(Debug, Clone)]
     struct Seen {

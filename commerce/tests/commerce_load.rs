@@ -6,7 +6,7 @@
 //! same numbers:
 //!
 //! ```text
-//! cargo test -p recstream --test commerce_load -- --nocapture
+//! cargo test -p recstream-commerce --test commerce_load -- --nocapture
 //! COMMERCE_LOAD_SECS=30 COMMERCE_LOAD_USERS=64 cargo test … (the defaults are 5 s, 32 users)
 //! ```
 
@@ -146,7 +146,7 @@ async fn load_browse_cart_checkout_mix() {
         let limit = Instant::now() + Duration::from_secs(120);
         loop {
             let o = shop.state.order(id).await.unwrap().unwrap();
-            if o.status == recstream_serving::commerce::OrderStatus::Completed {
+            if o.status == recstream_commerce::OrderStatus::Completed {
                 completed += 1;
                 break;
             }

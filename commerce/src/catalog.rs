@@ -315,7 +315,7 @@ impl Catalog for StoreCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commerce::store::EmbeddedStore;
+    use crate::store::EmbeddedStore;
 
     #[test]
     fn demo_seed_is_valid() {

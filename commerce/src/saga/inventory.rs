@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use super::outbox::{self, OutboxMessage};
 use super::{Effects, SagaEvent, SagaKind, Service};
-use crate::commerce::Ctx;
-use crate::commerce::catalog::{Stock, stock_key};
-use crate::commerce::error::CommerceError;
-use crate::commerce::store::{Cond, Key, StoreError, Write, get_json};
+use crate::Ctx;
+use crate::catalog::{Stock, stock_key};
+use crate::error::CommerceError;
+use crate::store::{Cond, Key, StoreError, Write, get_json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

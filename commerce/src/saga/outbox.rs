@@ -26,11 +26,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::SagaEvent;
-use crate::collector::OutRecord;
-use crate::commerce::Ctx;
-use crate::commerce::error::CommerceError;
-use crate::commerce::notify::Notification;
-use crate::commerce::store::{Cond, Key, StoreError, Write, from_json, get_json};
+use crate::Ctx;
+use crate::error::CommerceError;
+use crate::notify::Notification;
+use crate::store::{Cond, Key, StoreError, Write, from_json, get_json};
+use recstream_ingest::sink::OutRecord;
 
 pub const OUTBOX_PK: &str = "outbox";
 pub const LOG_PK: &str = "log";

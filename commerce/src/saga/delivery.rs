@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::outbox::{self, OutboxMessage};
 use super::{Address, Effects, SagaEvent, SagaKind, Service};
-use crate::commerce::Ctx;
-use crate::commerce::error::CommerceError;
-use crate::commerce::store::{Cond, Key, StoreError, Write, get_json};
+use crate::Ctx;
+use crate::error::CommerceError;
+use crate::store::{Cond, Key, StoreError, Write, get_json};
 
 /// The simulated carrier's name.
 pub const CARRIER: &str = "recstream-sim-post";

@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use super::outbox::OutboxMessage;
 use super::{Effects, SagaEvent, SagaKind, Service};
-use crate::commerce::Ctx;
-use crate::commerce::error::CommerceError;
-use crate::commerce::payment::{CaptureMethod, CreateIntent, IntentStatus, PaymentError};
-use crate::commerce::store::{Cond, Key, Write, get_json};
+use crate::Ctx;
+use crate::error::CommerceError;
+use crate::payment::{CaptureMethod, CreateIntent, IntentStatus, PaymentError};
+use crate::store::{Cond, Key, Write, get_json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

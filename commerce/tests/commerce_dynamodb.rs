@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use commerce_support::*;
-use recstream_ingest::aws::AwsConfig;
-use recstream_serving::commerce::store::{CommerceStore, DynamoStore, conformance};
-use recstream_serving::commerce::{
+use recstream_commerce::store::{CommerceStore, DynamoStore, conformance};
+use recstream_commerce::{
     CommerceConfig, CommerceState, Secret, Secrets, SimulatedProvider, routes,
 };
+use recstream_ingest::aws::AwsConfig;
 use serde_json::{Value, json};
 
 fn emulator(test: &str) -> bool {

@@ -1,9 +1,10 @@
-//! The collector seam: where `POST /v1/events` puts validated records.
+//! The event sink seam: where producers of clickstream records (`POST /v1/events` in
+//! serving, the commerce flows) put them, whatever stream is behind it.
 //!
 //! ```text
-//!  POST /v1/events ─► validate each event (400 with the field on failure)
-//!                   ─► EventSink::send ─┬─► in-process channel (embedded)
-//!                                       └─► Kinesis PutRecords, partition key = user id (AWS)
+//!  POST /v1/events (serving) ─┐
+//!  commerce outbox relay ─────┴─► EventSink::send ─┬─► in-process channel (embedded): ChannelSender
+//!                                                  └─► Kinesis PutRecords, partition key = user id (AWS)
 //! ```
 
 use async_trait::async_trait;
@@ -31,7 +32,7 @@ pub trait EventSink: Send + Sync + 'static {
 }
 
 #[async_trait]
-impl EventSink for recstream_ingest::source::channel::ChannelSender {
+impl EventSink for crate::source::channel::ChannelSender {
     async fn send(&self, records: Vec<OutRecord>) -> Result<(), SinkError> {
         for r in records {
             self.try_send(r.data)

@@ -13,8 +13,9 @@
 //! [`Cond::Version`]; creation is [`Cond::Absent`]. A transaction whose condition fails
 //! changes nothing and returns [`StoreError::Conflict`]. That is all the flows need for a
 //! transactional outbox: a state change and the events it causes are one `transact`.
-//! Both implementations pass [`conformance::run_all`].
+//! Both implementations pass `conformance::run_all` (behind the `testsuite` feature).
 
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 pub mod dynamodb;
 pub mod embedded;

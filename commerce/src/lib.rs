@@ -1,6 +1,14 @@
-//! Commerce: cart, checkout, payments, the order saga and notifications — thin handlers
-//! that must stay correct under retries, concurrency and crashes, and that feed the
-//! clickstream.
+//! recstream-commerce: cart, catalog, checkout, payments, the order saga and
+//! notifications — thin handlers that must stay correct under retries, concurrency and
+//! crashes, and that feed the clickstream. serving mounts [`routes`] beside its own.
+//!
+//! ```text
+//!  auth        Bearer JWT (RS256 via JWKS | HS256) ─► Principal      webhook  Stripe-Signature HMAC
+//!  cart        per-user carts, availability sweep                    catalog  products, prices, stock
+//!  checkout    idempotent order creation (idempotency keys)          payment  simulated | Stripe
+//!  saga        outbox ─► relay ─► saga log ─► consumers              notify   notifications.jsonl
+//!  store       CommerceStore: EmbeddedStore (redb) | DynamoStore     http     the axum router
+//! ```
 //!
 //! ```text
 //!  storefront ── Bearer JWT ──► /v1/carts/{user}…  ─► cart ─┐        (add_to_cart, remove_from_cart)
@@ -17,6 +25,7 @@
 //! [`CommerceState::builder`]), start its background work with
 //! [`CommerceState::spawn_workers`], and merge [`routes`] into the API router.
 
+pub mod api_error;
 pub mod auth;
 pub mod cart;
 pub mod catalog;
@@ -40,6 +49,7 @@ use recstream_ingest::Money;
 use recstream_ingest::aws::AwsConfig;
 use tokio::sync::{Notify, watch};
 
+pub use api_error::ApiError;
 pub use auth::{Authenticator, Principal};
 pub use catalog::{Catalog, Product, ProductView, StoreCatalog};
 pub use config::{CommerceConfig, ProviderKind, Secret, Secrets, StoreKind};
@@ -51,7 +61,7 @@ pub use saga::Workers;
 pub use saga::orders::{Order, OrderStatus};
 pub use store::{CommerceStore, DynamoStore, EmbeddedStore};
 
-use crate::collector::EventSink;
+use recstream_ingest::sink::EventSink;
 
 /// Time, injectable so tests can move it.
 pub trait Clock: Send + Sync + 'static {

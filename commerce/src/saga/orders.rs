@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use super::outbox::OutboxMessage;
 use super::{Address, Effects, OrderLine, SagaEvent, SagaKind, Service};
-use crate::commerce::Ctx;
-use crate::commerce::error::CommerceError;
-use crate::commerce::notify::{Notification, Template};
-use crate::commerce::store::{Cond, Key, Write, get_json};
+use crate::Ctx;
+use crate::error::CommerceError;
+use crate::notify::{Notification, Template};
+use crate::store::{Cond, Key, Write, get_json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

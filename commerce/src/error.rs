@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::payment::PaymentError;
 use super::store::StoreError;
-use crate::error::ApiError;
+use crate::api_error::ApiError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommerceError {

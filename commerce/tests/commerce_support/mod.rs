@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use recstream_serving::collector::{EventSink, OutRecord, SinkError};
-use recstream_serving::commerce::auth::jsonwebtoken::{self, Algorithm, EncodingKey, Header};
-use recstream_serving::commerce::catalog::SeedProduct;
-use recstream_serving::commerce::{
+use recstream_commerce::auth::jsonwebtoken::{self, Algorithm, EncodingKey, Header};
+use recstream_commerce::catalog::SeedProduct;
+use recstream_commerce::{
     CommerceConfig, CommerceState, Secret, Secrets, SimulatedProvider, Workers, routes,
 };
+use recstream_ingest::sink::{EventSink, OutRecord, SinkError};
 use serde_json::{Value, json};
 
 pub const JWT_SECRET: &str = "commerce-tests-hs256-secret";
