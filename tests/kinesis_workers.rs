@@ -321,3 +321,151 @@ async fn two_workers_share_a_stream_and_the_survivor_takes_over_after_a_crash() 
     assert!(cb.leases().await.unwrap().iter().all(|l| l.owner.is_none()));
     drop(a.shutdown);
 }
+
+/// Three workers on four shards settle at 2/1/1 (a worker with no lease steals from one
+/// holding two); one holding two is killed, and the survivors own every shard again
+/// within two lease durations of the kill (expiry is a lease duration of a standing
+/// counter, observed in rounds every lease_duration / 3). Defaults for the renew and
+/// sync intervals, as `recstream run` uses them. `RECSTREAM_TAKEOVER_LEASE_MS` sets the
+/// lease duration (default 3000) to measure takeover at the production value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_balance_two_one_one_and_take_over_a_killed_worker_within_two_lease_durations()
+ {
+    if !emulator_available(
+        "three_workers_balance_two_one_one_and_take_over_a_killed_worker_within_two_lease_durations",
+    ) {
+        return;
+    }
+    let lease_ms: u64 = std::env::var("RECSTREAM_TAKEOVER_LEASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000);
+    let lease_duration = Duration::from_millis(lease_ms);
+    let aws = AwsConfig {
+        region: Some("us-east-1".into()),
+        stream: unique("three"),
+        table_prefix: format!("{}-", unique("three")),
+        lease_duration_ms: lease_ms,
+        max_attempts: 6,
+        base_backoff_ms: 5,
+        max_backoff_ms: 100,
+        ..Default::default()
+    };
+    let policy: RetryPolicy = aws.retry_policy();
+    let kinesis = SdkKinesis::from_env(&aws).await;
+    ensure_stream(kinesis.client(), &aws.stream, 4, &policy)
+        .await
+        .unwrap();
+    let api: Arc<dyn KinesisApi> = Arc::new(kinesis);
+    let producer = KinesisProducer::new(
+        api.clone(),
+        aws.stream.clone(),
+        policy,
+        ProducerConfig {
+            max_in_flight: 1,
+            ..Default::default()
+        },
+    );
+    let names = ["worker-a", "worker-b", "worker-c"];
+    let mut coordinators = Vec::new();
+    for w in names {
+        let cfg = LeaseConfig {
+            worker_id: Some(w.into()),
+            ..Default::default()
+        };
+        coordinators.push(LeaseCoordinator::from_env(&aws, &cfg).await);
+    }
+    coordinators[0].create_table_if_missing().await.unwrap();
+    let log: Log = Arc::default();
+    let (users, per_user) = (20usize, 5u64);
+    put_events(&producer, users, 0, per_user).await;
+    let workers: Vec<Worker> = names
+        .iter()
+        .zip(&coordinators)
+        .map(|(n, c)| start_worker(n, &aws, c.clone(), api.clone(), log.clone()))
+        .collect();
+    fn loads(cs: &[&LeaseCoordinator]) -> Vec<usize> {
+        let mut l: Vec<usize> = cs.iter().map(|c| c.held().len()).collect();
+        l.sort();
+        l
+    }
+
+    // 2/1/1, and it stays there (no ping-pong) for a few rounds.
+    let all: Vec<&LeaseCoordinator> = coordinators.iter().collect();
+    let deadline = tokio::time::Instant::now() + 10 * lease_duration;
+    while loads(&all) != [1, 1, 2] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no 2/1/1 balance: {:?}",
+            all.iter().map(|c| c.held()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let settled = tokio::time::Instant::now();
+    while settled.elapsed() < lease_duration {
+        assert_eq!(loads(&all), [1, 1, 2], "balance holds");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for(&log, users * per_user as usize, 10 * lease_duration).await;
+
+    // Kill one holding two: nothing released, no more renewals.
+    let victim = coordinators
+        .iter()
+        .position(|c| c.held().len() == 2)
+        .unwrap();
+    let orphaned = coordinators[victim].held();
+    workers[victim].crash();
+    let killed = tokio::time::Instant::now();
+    let survivors: Vec<&LeaseCoordinator> = coordinators
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, c)| c)
+        .collect();
+    let owned = |s: &ShardId| survivors.iter().any(|c| c.held().contains(s));
+    while !orphaned.iter().all(|s| owned(s)) {
+        assert!(
+            killed.elapsed() < 2 * lease_duration,
+            "{orphaned:?} not taken over within two lease durations ({lease_duration:?}): \
+             survivors hold {:?}",
+            survivors.iter().map(|c| c.held()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let takeover = killed.elapsed();
+    eprintln!(
+        "takeover of {} leases after a kill: {:.2} s (lease duration {:.1} s, {:.2} lease durations)",
+        orphaned.len(),
+        takeover.as_secs_f64(),
+        lease_duration.as_secs_f64(),
+        takeover.as_secs_f64() / lease_duration.as_secs_f64()
+    );
+    // Never before the holder could have given it up: its last renewal was at most a
+    // renew interval (lease_duration / 3) before the kill.
+    assert!(
+        takeover >= lease_duration - lease_duration / 3,
+        "taken after {takeover:?}, before the lease could expire"
+    );
+    assert_eq!(loads(&survivors), [2, 2]);
+
+    // The survivors process what arrives on the orphaned shards from their checkpoints.
+    put_events(&producer, users, per_user, per_user).await;
+    wait_for(&log, users * 2 * per_user as usize, 10 * lease_duration).await;
+    let dead = names[victim];
+    let log = log.lock().unwrap().clone();
+    for s in &orphaned {
+        assert!(
+            log.iter()
+                .any(|(w, sh, _, _, n)| w != dead && sh == s && *n >= per_user),
+            "{s} processed after the kill"
+        );
+    }
+
+    for (i, w) in workers.iter().enumerate() {
+        if i != victim {
+            w.shutdown.send_replace(true);
+            w.crash();
+            coordinators[i].release().await.unwrap();
+        }
+    }
+}

@@ -138,7 +138,8 @@ pub struct LeaseConfig {
     pub worker_id: Option<String>,
     /// Renewal period; default: a third of `aws.lease_duration_ms`.
     pub renew_interval_ms: Option<u64>,
-    /// Period of ListShards + acquire in the background loop; default: the lease duration.
+    /// Period of ListShards (new shards' lease items) in the background loop; default:
+    /// the lease duration. Acquisition rounds run every renew interval.
     pub sync_interval_ms: Option<u64>,
     /// Take one lease per round from a worker holding more than its fair share.
     pub steal: bool,

@@ -7,10 +7,11 @@
 //!             | parent_shard_ids | finished
 //!
 //!  sync_shards   ListShards (paged) ─► PutItem if attribute_not_exists(shard_id)
-//!  acquire       Scan (consistent) ─► observe counters ─► fair share = ⌈active / live workers⌉
-//!                  take free, then expired leases:  UpdateItem if lease_counter = seen
-//!                  (never a child whose parents are not all finished)
-//!                  still short? steal one lease from the busiest worker above its share
+//!  acquire       every renew interval: Scan (consistent) ─► observe counters ─► plan
+//!                  ([`plan`]: fair share ⌈active / live workers⌉, free then expired
+//!                  leases, never a child whose parents are not all finished, still
+//!                  short? steal one from the busiest worker holding two more)
+//!                  take each:  UpdateItem if lease_counter = seen
 //!  renew         every renew interval: UpdateItem lease_counter + 1 if owner = me AND token
 //!                  condition fails ─► lost (taken); no success for a lease duration ─► lost
 //!  save_checkpoint  UpdateItem checkpoint if owner = me AND token = mine
@@ -55,6 +56,8 @@ use super::{KinesisApi, SdkKinesis, list_all_shards};
 use crate::aws::{AwsConfig, RetryPolicy, describe, is_retriable, retry, sdk_config};
 use crate::error::IngestError;
 use crate::record::{ShardCheckpoint, ShardId};
+
+pub mod plan;
 
 const DYNAMODB: &str = "dynamodb";
 
@@ -176,12 +179,11 @@ impl Signal {
 
     fn is_lost(&self) -> bool {
         *self.tx.borrow()
-            || self
-                .renewed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .elapsed()
-                > self.duration
+            || plan::stood_still(
+                *self.renewed.lock().unwrap_or_else(|e| e.into_inner()),
+                Instant::now(),
+                self.duration,
+            )
     }
 }
 
@@ -190,16 +192,10 @@ struct Held {
     signal: Arc<Signal>,
 }
 
-struct Observed {
-    counter: u64,
-    owner: Option<String>,
-    since: Instant,
-}
-
 #[derive(Default)]
 struct State {
     held: HashMap<ShardId, Held>,
-    observed: HashMap<ShardId, Observed>,
+    observed: plan::Observed,
 }
 
 struct Inner {
@@ -554,145 +550,53 @@ impl LeaseCoordinator {
         }
     }
 
-    /// One acquisition round: takes free and expired leases up to this worker's fair
-    /// share, steals one from an overloaded worker if still short, and notices leases
-    /// taken from us. Returns the leases newly taken.
+    /// One acquisition round: scans the table, lets [`plan::plan`] decide, drops the
+    /// leases the table gives to someone else, and takes what the plan says (each take
+    /// conditional on the counter seen). Returns the leases newly taken.
     #[tracing::instrument(skip(self), fields(worker = %self.inner.worker))]
     pub async fn acquire(&self) -> Result<Vec<LeaseHandle>, IngestError> {
         let _one_at_a_time = self.inner.acquiring.lock().await;
         let leases = self.leases().await?;
-        let me = self.inner.worker.as_str();
         let now = Instant::now();
-
-        // Observe counters, and reconcile what we think we hold with the table.
-        let expired: HashSet<ShardId> = {
-            let mut guard = self.state();
-            let st = &mut *guard;
-            for l in &leases {
-                let o = st.observed.entry(l.shard.clone()).or_insert(Observed {
-                    counter: l.counter,
-                    owner: l.owner.clone(),
-                    since: now,
-                });
-                if o.counter != l.counter || o.owner != l.owner {
-                    *o = Observed {
-                        counter: l.counter,
-                        owner: l.owner.clone(),
-                        since: now,
-                    };
-                }
-            }
-            let by_shard: HashMap<&ShardId, &Lease> =
-                leases.iter().map(|l| (&l.shard, l)).collect();
-            let mut gone = Vec::new();
-            for (shard, h) in &st.held {
-                match by_shard.get(shard) {
-                    Some(l)
-                        if l.owner.as_deref() == Some(me)
-                            && l.token.as_deref() == Some(&h.token) => {}
-                    Some(l) => gone.push((
-                        shard.clone(),
-                        l.owner.clone().unwrap_or_else(|| "nobody".into()),
-                    )),
-                    None => gone.push((shard.clone(), "nobody (lease item deleted)".into())),
-                }
-            }
-            for (shard, owner) in gone {
-                if let Some(h) = st.held.remove(&shard) {
-                    tracing::warn!(shard = %shard, owner = %owner, "lease taken by another worker");
-                    metrics::counter!(km::LEASES_LOST_TOTAL, "how" => "taken").increment(1);
-                    h.signal.lose(owner);
-                }
-            }
-            leases
+        let i = &self.inner;
+        let decided = {
+            let mut st = self.state();
+            st.observed.observe(&leases, now);
+            let held: HashMap<ShardId, String> = st
+                .held
                 .iter()
-                .filter(|l| {
-                    l.owner.is_some()
-                        && !st.held.contains_key(&l.shard)
-                        && st.observed.get(&l.shard).is_some_and(|o| {
-                            now.duration_since(o.since) >= self.inner.lease_duration
-                        })
-                })
-                .map(|l| l.shard.clone())
-                .collect()
-        };
-
-        let known: HashSet<&ShardId> = leases.iter().map(|l| &l.shard).collect();
-        let finished: HashSet<&ShardId> = leases
-            .iter()
-            .filter(|l| l.finished)
-            .map(|l| &l.shard)
-            .collect();
-        let active: Vec<&Lease> = leases
-            .iter()
-            .filter(|l| {
-                !l.finished
-                    && l.parents
-                        .iter()
-                        .all(|p| finished.contains(p) || !known.contains(p))
-            })
-            .collect();
-        let mut workers: HashSet<&str> = HashSet::from([me]);
-        for l in &active {
-            if let Some(o) = &l.owner
-                && !expired.contains(&l.shard)
-            {
-                workers.insert(o.as_str());
-            }
-        }
-        let mut target = active.len().div_ceil(workers.len());
-        if let Some(max) = self.inner.max_leases {
-            target = target.min(max);
-        }
-        let mut mine = self.state().held.len();
-        let mut taken = Vec::new();
-        if mine < target {
-            // Free leases first, then expired ones; start at an offset that differs per
-            // worker so that workers starting together do not all race for one shard.
-            let mut candidates: Vec<(&Lease, &'static str)> = active
-                .iter()
-                .filter(|l| l.owner.is_none())
-                .map(|l| (*l, "free"))
+                .map(|(s, h)| (s.clone(), h.token.clone()))
                 .collect();
-            let offset = rotation(me, candidates.len());
-            candidates.rotate_left(offset);
-            candidates.extend(
-                active
-                    .iter()
-                    .filter(|l| expired.contains(&l.shard))
-                    .map(|l| (*l, "expired")),
-            );
-            for (l, how) in candidates {
-                if mine >= target {
-                    break;
-                }
-                if let Some(h) = self.take(l, how).await? {
-                    taken.push(h);
-                    mine += 1;
-                }
+            plan::plan(
+                &leases,
+                &st.observed,
+                plan::Me {
+                    id: &i.worker,
+                    held: &held,
+                },
+                now,
+                &plan::Balance {
+                    lease_duration: i.lease_duration,
+                    steal: i.steal,
+                    max_leases: i.max_leases,
+                },
+            )
+        };
+        for (shard, owner) in &decided.lost {
+            let removed = self.state().held.remove(shard);
+            if let Some(h) = removed {
+                tracing::warn!(shard = %shard, owner = %owner, "lease taken by another worker");
+                metrics::counter!(km::LEASES_LOST_TOTAL, "how" => "taken").increment(1);
+                h.signal.lose(owner.clone());
             }
         }
-        if mine < target && self.inner.steal {
-            let mut per_owner: HashMap<&str, Vec<&Lease>> = HashMap::new();
-            for l in &active {
-                if let Some(o) = l.owner.as_deref()
-                    && o != me
-                    && !expired.contains(&l.shard)
-                {
-                    per_owner.entry(o).or_default().push(l);
-                }
+        let mut taken = Vec::new();
+        for t in decided.take.iter().chain(decided.steal.as_ref()) {
+            if t.how == plan::How::Stolen {
+                tracing::info!(shard = %t.shard, from = ?t.from, target = decided.target, "stealing a lease for balance");
             }
-            let victim = per_owner
-                .iter()
-                .max_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| b.0.cmp(a.0)));
-            if let Some((owner, their)) = victim
-                && their.len() > target
-            {
-                let l = their[rotation(me, their.len())];
-                tracing::info!(shard = %l.shard, from = %owner, target, "stealing a lease for balance");
-                if let Some(h) = self.take(l, "stolen").await? {
-                    taken.push(h);
-                }
+            if let Some(h) = self.take(t).await? {
+                taken.push(h);
             }
         }
         metrics::gauge!(km::LEASES_HELD).set(self.state().held.len() as f64);
@@ -700,10 +604,11 @@ impl LeaseCoordinator {
     }
 
     /// Takes `l` if its counter is still the one we saw.
-    async fn take(&self, l: &Lease, how: &'static str) -> Result<Option<LeaseHandle>, IngestError> {
+    async fn take(&self, l: &plan::Take) -> Result<Option<LeaseHandle>, IngestError> {
         let i = &self.inner;
+        let how = l.how.as_str();
         let next = l.counter + 1;
-        let token = format!("{}:{next}", i.worker);
+        let token = plan::token(&i.worker, next);
         let sent = Instant::now();
         let res = retry(&i.policy, DYNAMODB, "UpdateItem", is_retriable, || {
             i.dynamo
@@ -768,17 +673,10 @@ impl LeaseCoordinator {
                     signal: signal.clone(),
                 },
             );
-            st.observed.insert(
-                l.shard.clone(),
-                Observed {
-                    counter: next,
-                    owner: Some(i.worker.clone()),
-                    since: sent,
-                },
-            );
+            st.observed.taken(&l.shard, next, &i.worker, sent);
         }
         metrics::counter!(km::LEASES_TAKEN_TOTAL, "how" => how).increment(1);
-        tracing::info!(shard = %l.shard, how, previous = ?l.owner, "lease taken");
+        tracing::info!(shard = %l.shard, how, previous = ?l.from, "lease taken");
         Ok(Some(LeaseHandle {
             shard: l.shard.clone(),
             checkpoint: lease.checkpoint,
@@ -866,12 +764,11 @@ impl LeaseCoordinator {
             Ok(Err(e)) => describe(&e),
             Err(_) => format!("no answer within {:?}", i.renew_interval),
         };
-        let late = signal
-            .renewed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
-            > i.lease_duration;
+        let late = plan::stood_still(
+            *signal.renewed.lock().unwrap_or_else(|e| e.into_inner()),
+            Instant::now(),
+            i.lease_duration,
+        );
         tracing::warn!(shard = %shard, error = %error, late, "lease renewal failed");
         late.then(|| {
             (
@@ -1118,8 +1015,8 @@ impl LeaseCoordinator {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Runs the coordinator in the background: renewals every renew interval, and
-    /// ListShards plus an acquisition round every sync interval, sending each newly taken
+    /// Runs the coordinator in the background: renewals and acquisition rounds every
+    /// renew interval, ListShards every sync interval, sending each newly taken
     /// lease on the returned channel. Stops when `shutdown` turns true. Leases are not
     /// released then: call [`LeaseCoordinator::release`] once the processors have
     /// finished.
@@ -1149,14 +1046,22 @@ impl LeaseCoordinator {
         };
         let acquirer = self.clone();
         let acquire_task = async move {
-            let mut tick = tokio::time::interval(acquirer.inner.sync_interval);
+            // Acquisition rounds as often as renewals, so that a counter standing still is
+            // seen within a renew interval of its last change and taken within one of
+            // expiring: takeover at most a lease duration plus two renew intervals
+            // after the holder's last renewal. ListShards only every sync interval.
+            let mut tick = tokio::time::interval(acquirer.inner.renew_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut synced: Option<Instant> = None;
             loop {
                 tokio::select! {
                     _ = shutdown.changed() => break,
                     _ = tick.tick() => {
-                        if let Err(e) = acquirer.sync_shards().await {
-                            tracing::warn!(error = %e, "shard sync failed");
+                        if synced.is_none_or(|t| t.elapsed() >= acquirer.inner.sync_interval) {
+                            match acquirer.sync_shards().await {
+                                Ok(_) => synced = Some(Instant::now()),
+                                Err(e) => tracing::warn!(error = %e, "shard sync failed"),
+                            }
                         }
                         match acquirer.acquire().await {
                             Ok(handles) => {
@@ -1194,15 +1099,4 @@ fn owner_of(item: Option<&HashMap<String, AttributeValue>>) -> String {
         .and_then(|v| v.as_s().ok())
         .cloned()
         .unwrap_or_else(|| "nobody (lease released or finished)".into())
-}
-
-/// A per-worker starting offset into a list of `len` candidates.
-fn rotation(worker: &str, len: usize) -> usize {
-    if len == 0 {
-        return 0;
-    }
-    let h = worker.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    });
-    (h % len as u64) as usize
 }

@@ -8,8 +8,9 @@
 //!                                                    │
 //!  LeaseCoordinator (one per process, table `<prefix>leases`, one item per shard)
 //!    sync:    ListShards ─► put missing lease items (parents recorded)
-//!    acquire: Scan ─► take free / expired leases up to the fair share, never a child
-//!             before all its parents are finished; steal one from an overloaded worker
+//!    acquire: every lease_duration / 3: Scan ─► lease::plan (pure) ─► take free / expired
+//!             leases up to the fair share, never a child before all its parents are
+//!             finished; steal one from a worker holding two more
 //!    renew:   every lease_duration / 3, conditional on (owner, token); failure ─► lost signal
 //!         │ LeaseHandle { shard, checkpoint, lost: watch }
 //!         ▼
