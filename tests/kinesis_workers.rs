@@ -423,7 +423,7 @@ async fn three_workers_balance_two_one_one_and_take_over_a_killed_worker_within_
         .map(|(_, c)| c)
         .collect();
     let owned = |s: &ShardId| survivors.iter().any(|c| c.held().contains(s));
-    while !orphaned.iter().all(|s| owned(s)) {
+    while !orphaned.iter().all(&owned) {
         assert!(
             killed.elapsed() < 2 * lease_duration,
             "{orphaned:?} not taken over within two lease durations ({lease_duration:?}): \

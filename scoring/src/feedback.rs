@@ -286,11 +286,11 @@ mod tests {
             OnlineLearner::new(10, Duration::from_secs(60)),
             OnlineLearner::new(10, Duration::from_secs(60)),
         );
-        a.sync(&artifact);
-        b.sync(&artifact);
+        a.sync(artifact);
+        b.sync(artifact);
         let (mut plain, mut scored, mut rows) = (Vec::new(), Vec::new(), Vec::new());
-        assert!(a.score_into("v1", &user, &batch, &mut plain));
-        assert!(b.score_with_rows("v1", &user, &batch, &mut scored, Some(&mut rows)));
+        assert!(a.score_into("v1", user, &batch, &mut plain));
+        assert!(b.score_with_rows("v1", user, &batch, &mut scored, Some(&mut rows)));
         assert_eq!(plain, scored);
         assert_eq!(rows.len(), batch.len());
 
@@ -300,7 +300,7 @@ mod tests {
             .take(5)
             .map(|(i, (id, _))| (id.to_string(), i))
             .collect();
-        a.record("r", &user, &batch, &chosen);
+        a.record("r", user, &batch, &chosen);
         b.record_rows("r", chosen.iter().map(|(id, i)| (id.clone(), rows[*i])));
         let target = &chosen[2].0;
         assert_eq!(
@@ -308,8 +308,8 @@ mod tests {
             b.observe(&click("r", target, &[]))
         );
         let (mut after_a, mut after_b) = (Vec::new(), Vec::new());
-        a.score_into("v1", &user, &batch, &mut after_a);
-        b.score_into("v1", &user, &batch, &mut after_b);
+        a.score_into("v1", user, &batch, &mut after_a);
+        b.score_into("v1", user, &batch, &mut after_b);
         assert_ne!(after_a, plain, "the click was learned");
         assert_eq!(after_a, after_b);
     }
@@ -338,12 +338,12 @@ mod tests {
         let learner = OnlineLearner::new(10, Duration::from_secs(60));
         let mut before = Vec::new();
         assert!(
-            !learner.score_into("v1", &user, &batch, &mut before),
+            !learner.score_into("v1", user, &batch, &mut before),
             "no live model yet"
         );
         learner.sync(&artifact);
-        assert!(learner.score_into("v1", &user, &batch, &mut before));
-        assert!(!learner.score_into("v0", &user, &batch, &mut before.clone()));
+        assert!(learner.score_into("v1", user, &batch, &mut before));
+        assert!(!learner.score_into("v0", user, &batch, &mut before.clone()));
 
         // Unknown list, or an event without a list: nothing learned.
         assert_eq!(
@@ -356,7 +356,7 @@ mod tests {
 
         for round in 0..30 {
             let rec = format!("r{round}");
-            learner.record(&rec, &user, &batch, &chosen);
+            learner.record(&rec, user, &batch, &chosen);
             let learned = learner.observe(&click(&rec, &target, &[]));
             assert_eq!(learned.positives, 1);
             assert_eq!(learned.negatives, chosen.len() - 1);
@@ -367,7 +367,7 @@ mod tests {
             );
         }
         let mut after = Vec::new();
-        learner.score_into("v1", &user, &batch, &mut after);
+        learner.score_into("v1", user, &batch, &mut after);
         let t = chosen.len() - 1;
         assert!(
             after[t] > before[t],
@@ -377,7 +377,7 @@ mod tests {
         );
 
         // Impressions restrict the negatives to what was shown.
-        learner.record("imp", &user, &batch, &chosen);
+        learner.record("imp", user, &batch, &chosen);
         let shown = [chosen[0].0.as_str(), target.as_str()];
         let learned = learner.observe(&click("imp", &target, &shown));
         assert_eq!(
@@ -389,7 +389,7 @@ mod tests {
         );
 
         // A new version starts from its own state and forgets lists served before it.
-        learner.record("old", &user, &batch, &chosen);
+        learner.record("old", user, &batch, &chosen);
         artifact.meta.version = "v2".into();
         learner.sync(&artifact);
         assert_eq!(
@@ -397,7 +397,7 @@ mod tests {
             Learned::default()
         );
         let mut fresh = Vec::new();
-        learner.score_into("v2", &user, &batch, &mut fresh);
+        learner.score_into("v2", user, &batch, &mut fresh);
         assert_eq!(fresh, before, "v2 starts from the artifact's FTRL state");
     }
 
@@ -410,7 +410,7 @@ mod tests {
         let view = ProductFeatures::default();
         let batch = [(&view, CandidateSignals::default())];
         for i in 0..10 {
-            learner.record(&format!("r{i}"), &user, &batch, &[("p".into(), 0)]);
+            learner.record(&format!("r{i}"), user, &batch, &[("p".into(), 0)]);
         }
         let log = learner.log.lock().unwrap();
         assert_eq!(log.lists.len(), 3);

@@ -251,7 +251,7 @@ mod tests {
         let (user, batch) = (&f.user, f.batch());
 
         let model = ModelRanker(Arc::new(f.artifact.clone()));
-        let scores = model.score(&user, &batch);
+        let scores = model.score(user, &batch);
         assert_eq!(scores.len(), batch.len());
         assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
 
@@ -259,18 +259,18 @@ mod tests {
         let hot = HotRanker::new(handle.clone(), HeuristicRanker::default());
         assert_eq!(hot.name(), "heuristic");
         assert_eq!(
-            hot.score(&user, &batch),
-            HeuristicRanker::default().score(&user, &batch)
+            hot.score(user, &batch),
+            HeuristicRanker::default().score(user, &batch)
         );
         handle.set(model.0.clone());
         assert_eq!(hot.name(), "model");
-        assert_eq!(hot.score(&user, &batch), scores);
+        assert_eq!(hot.score(user, &batch), scores);
 
         let online = OnlineModelRanker::new(model.0.online.clone());
-        let before = online.score(&user, &batch);
+        let before = online.score(user, &batch);
         let mut row = [0.0; recstream_model::NUM_FEATURES];
         let ctx = recstream_model::UserContext::new(
-            &user,
+            user,
             batch.iter().map(|(p, _)| *p),
             &model.0.online.schema,
         );
@@ -278,6 +278,6 @@ mod tests {
         for _ in 0..20 {
             online.update(&[row], &[true]).unwrap();
         }
-        assert!(online.score(&user, &batch)[0] > before[0]);
+        assert!(online.score(user, &batch)[0] > before[0]);
     }
 }
