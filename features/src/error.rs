@@ -28,6 +28,31 @@ impl StoreError {
     }
 }
 
+/// AWS errors from the shared helper layer (`recstream_ingest::aws`) keep their operation
+/// and whether a retry can help.
+impl From<recstream_ingest::IngestError> for StoreError {
+    fn from(e: recstream_ingest::IngestError) -> Self {
+        use recstream_ingest::IngestError;
+        match e {
+            IngestError::Aws {
+                operation,
+                message,
+                retriable,
+                ..
+            } => StoreError::Dynamo {
+                operation,
+                message,
+                retriable,
+            },
+            IngestError::Config(m) => StoreError::Config(m),
+            other => StoreError::Corrupt {
+                what: "aws response",
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 macro_rules! embedded_from {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {

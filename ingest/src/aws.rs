@@ -1,11 +1,15 @@
-//! Shared AWS plumbing: where the resources are, how the SDK is configured, and the one
-//! retry helper every AWS call goes through.
+//! The one AWS helper layer: where the resources are, how the SDK is configured, the one
+//! retry policy every AWS call (and every retry loop of the commerce saga and outbox) goes
+//! through, error mapping, and — in [`dynamodb`] — table creation and attribute codecs.
 //!
 //! ```text
 //!  AwsConfig (names) + SDK env (AWS_ENDPOINT_URL[_KINESIS|_DYNAMODB|_S3], AWS_REGION, credentials)
 //!        └─► sdk_config() ─► aws_sdk_{kinesis,dynamodb,s3}::Client
 //!  call ─► retry(policy, service, operation, f) ─► backoff with full jitter on throttling,
 //!                                                 timeouts and 5xx; anything else fails fast
+//!  RetryPolicy::backoff(attempt)   the one backoff formula (also for non-AWS retry loops)
+//!  sdk_error(service, operation, &SdkError) ─► IngestError::Aws { retriable }
+//!  dynamodb::{ensure_table, attr, sdk_error}   one copy for the feature, lease and commerce tables
 //! ```
 //!
 //! The SDK's own retries are switched off in [`sdk_config`], so that the policy here is the
@@ -17,7 +21,10 @@ use std::time::Duration;
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use serde::{Deserialize, Serialize};
 
+use crate::error::IngestError;
 use crate::metrics::AWS_RETRIES_TOTAL;
+
+pub mod dynamodb;
 
 /// Names of the AWS resources recstream uses. Endpoints and credentials are not here:
 /// they come from the SDK's standard environment variables and credential chain.
@@ -245,6 +252,25 @@ where
     match err.code() {
         Some(code) => format!("{code}: {}", err.message().unwrap_or("")),
         None => aws_sdk_kinesis::error::DisplayErrorContext(err).to_string(),
+    }
+}
+
+/// Maps an SDK error of `service`'s `operation` to [`IngestError::Aws`], retriable as
+/// [`is_retriable`] says.
+pub fn sdk_error<E, R>(
+    service: &'static str,
+    operation: &'static str,
+    e: &aws_sdk_kinesis::error::SdkError<E, R>,
+) -> IngestError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    IngestError::Aws {
+        service,
+        operation,
+        message: describe(e),
+        retriable: is_retriable(e),
     }
 }
 

@@ -49,13 +49,13 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::batch_write_item::{BatchWriteItemError, BatchWriteItemOutput};
-use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
-    PutRequest, ScalarAttributeType, TableStatus, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use recstream_ingest::ShardId;
-use recstream_ingest::aws::{AwsConfig, RetryPolicy, describe, is_retriable, retry, sdk_config};
+use recstream_ingest::aws::dynamodb::attr::{self, b, n, put_opt_s as opt_s, s};
+use recstream_ingest::aws::dynamodb::{
+    KeySchema, build_error as dynamodb_build_error, ensure_table, sdk_error,
+};
+use recstream_ingest::aws::{AwsConfig, RetryPolicy, is_retriable, retry, sdk_config};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -303,108 +303,21 @@ impl DynamoFeatureStore {
     /// they are ACTIVE. Idempotent (`recstream init`). An existing table with other key
     /// attributes is a configuration error.
     pub async fn create_tables_if_missing(&self) -> Result<(), StoreError> {
-        let specs: [(&str, &str, Option<&str>); 3] = [
-            (&self.tables.users, "user_id", None),
-            (&self.tables.products, "product_id", Some("shard")),
-            (&self.tables.top_lists, "name", Some("shard")),
+        let specs = [
+            (&self.tables.users, KeySchema::hash("user_id")),
+            (
+                &self.tables.products,
+                KeySchema::composite("product_id", "shard"),
+            ),
+            (
+                &self.tables.top_lists,
+                KeySchema::composite("name", "shard"),
+            ),
         ];
-        for (table, pk, sk) in specs {
-            self.create_table(table, pk, sk).await?;
+        for (table, key) in specs {
+            ensure_table(&self.client, table, key, &self.policy).await?;
         }
         Ok(())
-    }
-
-    async fn create_table(
-        &self,
-        table: &str,
-        pk: &str,
-        sk: Option<&str>,
-    ) -> Result<(), StoreError> {
-        if self.table_status(table, pk, sk).await?.is_none() {
-            let mut req = self
-                .client
-                .create_table()
-                .table_name(table)
-                .billing_mode(BillingMode::PayPerRequest);
-            for (name, key_type) in [(Some(pk), KeyType::Hash), (sk, KeyType::Range)] {
-                let Some(name) = name else { continue };
-                req = req
-                    .attribute_definitions(
-                        AttributeDefinition::builder()
-                            .attribute_name(name)
-                            .attribute_type(ScalarAttributeType::S)
-                            .build()
-                            .map_err(|e| build_error("CreateTable", e))?,
-                    )
-                    .key_schema(
-                        KeySchemaElement::builder()
-                            .attribute_name(name)
-                            .key_type(key_type)
-                            .build()
-                            .map_err(|e| build_error("CreateTable", e))?,
-                    );
-            }
-            let created = retry(&self.policy, SERVICE, "CreateTable", is_retriable, || {
-                req.clone().send()
-            })
-            .await;
-            match created {
-                Ok(_) => tracing::info!(table, "created dynamodb table"),
-                // Someone else created it meanwhile.
-                Err(SdkError::ServiceError(e)) if e.err().is_resource_in_use_exception() => {}
-                Err(e) => return Err(dynamo_error("CreateTable", &e)),
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if self.table_status(table, pk, sk).await? == Some(TableStatus::Active) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(StoreError::Dynamo {
-                    operation: "DescribeTable",
-                    message: format!("table {table} did not become ACTIVE within 120 s"),
-                    retriable: true,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// The status of `table`, `None` if it does not exist; checks its key schema.
-    async fn table_status(
-        &self,
-        table: &str,
-        pk: &str,
-        sk: Option<&str>,
-    ) -> Result<Option<TableStatus>, StoreError> {
-        let out = retry(&self.policy, SERVICE, "DescribeTable", is_retriable, || {
-            self.client.describe_table().table_name(table).send()
-        })
-        .await;
-        let desc = match out {
-            Ok(out) => match out.table {
-                Some(desc) => desc,
-                None => return Err(corrupt("DescribeTable response", "no table description")),
-            },
-            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => {
-                return Ok(None);
-            }
-            Err(e) => return Err(dynamo_error("DescribeTable", &e)),
-        };
-        let key_of = |t: KeyType| {
-            desc.key_schema()
-                .iter()
-                .find(|k| *k.key_type() == t)
-                .map(|k| k.attribute_name())
-        };
-        if key_of(KeyType::Hash) != Some(pk) || key_of(KeyType::Range) != sk {
-            return Err(StoreError::Config(format!(
-                "dynamodb table {table} exists with another key schema (want {pk}{})",
-                sk.map(|s| format!(" + {s}")).unwrap_or_default()
-            )));
-        }
-        Ok(desc.table_status().cloned())
     }
 
     // ---- writes ------------------------------------------------------------------
@@ -434,7 +347,7 @@ impl DynamoFeatureStore {
         })?;
         let mut item = Item::with_capacity(14);
         item.insert("user_id".into(), s(&u.user_id));
-        item.insert("v".into(), AttributeValue::B(Blob::new(v)));
+        item.insert("v".into(), b(v));
         item.insert("ver".into(), n(LAYOUT_VERSION));
         item.insert("events".into(), n(u.counts.total()));
         item.insert("views".into(), n(u.counts.view));
@@ -464,7 +377,7 @@ impl DynamoFeatureStore {
         let mut item = Item::with_capacity(12);
         item.insert("product_id".into(), s(&p.product_id));
         item.insert("shard".into(), s(shard));
-        item.insert("v".into(), AttributeValue::B(Blob::new(v)));
+        item.insert("v".into(), b(v));
         item.insert("ver".into(), n(LAYOUT_VERSION));
         item.insert("views".into(), n(p.counts.view));
         item.insert("carts".into(), n(p.counts.add_to_cart));
@@ -496,7 +409,7 @@ impl DynamoFeatureStore {
         let mut item = Item::with_capacity(6);
         item.insert("name".into(), s(name));
         item.insert("shard".into(), s(shard));
-        item.insert("v".into(), AttributeValue::B(Blob::new(v)));
+        item.insert("v".into(), b(v));
         item.insert("ver".into(), n(LAYOUT_VERSION));
         item.insert("at".into(), n(l.at));
         item.insert("len".into(), n(l.items.len()));
@@ -741,7 +654,7 @@ impl ChunkBuilder {
         let put = PutRequest::builder()
             .set_item(Some(item))
             .build()
-            .map_err(|e| build_error("BatchWriteItem", e))?;
+            .map_err(|e| StoreError::from(dynamodb_build_error("BatchWriteItem", e)))?;
         self.requests
             .entry(table.to_string())
             .or_default()
@@ -1077,7 +990,9 @@ async fn batch_get_chunk(
                 .expression_attribute_names("#v", "v")
                 .consistent_read(consistent)
                 .build()
-                .map_err(|e| Attempt::Failed(build_error("BatchGetItem", e)))?;
+                .map_err(|e| {
+                    Attempt::Failed(StoreError::from(dynamodb_build_error("BatchGetItem", e)))
+                })?;
             let mut out = client
                 .batch_get_item()
                 .request_items(table, request)
@@ -1151,37 +1066,19 @@ fn encode_fitting<T: Serialize + Clone>(
 }
 
 fn decode_v<T: DeserializeOwned>(item: &Item, what: &'static str) -> Result<T, StoreError> {
-    match item.get("v") {
-        Some(AttributeValue::B(b)) => {
-            postcard::from_bytes(b.as_ref()).map_err(|e| corrupt(what, e))
-        }
-        _ => Err(corrupt(what, "attribute `v` is missing or not binary")),
-    }
+    let v = attr::get_b(item, "v")
+        .ok_or_else(|| corrupt(what, "attribute `v` is missing or not binary"))?;
+    postcard::from_bytes(v).map_err(|e| corrupt(what, e))
 }
 
 fn shard_of(item: &Item) -> Result<String, StoreError> {
-    match item.get("shard") {
-        Some(AttributeValue::S(s)) => Ok(s.clone()),
-        _ => Err(corrupt("dynamodb item", "attribute `shard` is missing")),
-    }
+    attr::get_s(item, "shard")
+        .map(str::to_string)
+        .ok_or_else(|| corrupt("dynamodb item", "attribute `shard` is missing"))
 }
 
 fn list_key(category: &str) -> String {
     format!("category:{category}")
-}
-
-fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_string())
-}
-
-fn n(v: impl std::fmt::Display) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn opt_s(item: &mut Item, name: &str, v: Option<&str>) {
-    if let Some(v) = v.filter(|v| !v.is_empty()) {
-        item.insert(name.to_string(), s(v));
-    }
 }
 
 fn cache_metric(kind: &'static str, hit: bool, count: u64) {
@@ -1198,23 +1095,11 @@ fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
-fn build_error(operation: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Dynamo {
-        operation,
-        message: format!("building the request: {e}"),
-        retriable: false,
-    }
-}
-
 fn dynamo_error<E>(operation: &'static str, e: &SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    StoreError::Dynamo {
-        operation,
-        message: describe(e),
-        retriable: is_retriable(e),
-    }
+    sdk_error(operation, e).into()
 }
 
 #[cfg(test)]

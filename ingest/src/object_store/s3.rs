@@ -293,12 +293,7 @@ fn aws_error<E>(operation: &'static str, e: &SdkError<E, HttpResponse>) -> Inges
 where
     E: ProvideErrorMetadata + StdError + 'static,
 {
-    IngestError::Aws {
-        service: SERVICE,
-        operation,
-        message: describe(e),
-        retriable: is_retriable(e),
-    }
+    crate::aws::sdk_error(SERVICE, operation, e)
 }
 
 #[async_trait]

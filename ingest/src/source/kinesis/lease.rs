@@ -33,17 +33,12 @@
 //! closed shard's children.
 
 use std::collections::{HashMap, HashSet};
-use std::error::Error as StdError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_dynamodb::config::http::HttpResponse;
-use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -53,6 +48,8 @@ use super::config::LeaseConfig;
 use super::consumer::ChildShardInfo;
 use super::metrics as km;
 use super::{KinesisApi, SdkKinesis, list_all_shards};
+use crate::aws::dynamodb::attr::{self, n, s};
+use crate::aws::dynamodb::{KeySchema, ensure_table, sdk_error as dynamo_error};
 use crate::aws::{AwsConfig, RetryPolicy, describe, is_retriable, retry, sdk_config};
 use crate::error::IngestError;
 use crate::record::{ShardCheckpoint, ShardId};
@@ -87,39 +84,29 @@ pub struct Lease {
 
 impl Lease {
     fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, IngestError> {
-        let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
-        let n = |k: &str| item.get(k).and_then(|v| v.as_n().ok()).cloned();
-        let shard = s(A_SHARD).ok_or_else(|| corrupt("lease item without shard_id".into()))?;
-        let checkpoint = match s(A_CHECKPOINT) {
-            Some(json) => {
-                Some(serde_json::from_str::<ShardCheckpoint>(&json).map_err(|e| {
+        let shard = attr::get_s(item, A_SHARD)
+            .ok_or_else(|| corrupt("lease item without shard_id".into()))?;
+        let checkpoint =
+            match attr::get_s(item, A_CHECKPOINT) {
+                Some(json) => Some(serde_json::from_str::<ShardCheckpoint>(json).map_err(|e| {
                     corrupt(format!("checkpoint of shard {shard} is not valid: {e}"))
-                })?)
-            }
-            None => None,
-        };
+                })?),
+                None => None,
+            };
         Ok(Lease {
-            owner: s(A_OWNER).filter(|o| !o.is_empty()),
-            counter: n(A_COUNTER).and_then(|c| c.parse().ok()).unwrap_or(0),
-            token: s(A_TOKEN),
-            expires_at_ms: n(A_EXPIRES).and_then(|c| c.parse().ok()),
+            owner: attr::get_s(item, A_OWNER)
+                .filter(|o| !o.is_empty())
+                .map(str::to_string),
+            counter: attr::get_n(item, A_COUNTER).unwrap_or(0),
+            token: attr::get_s(item, A_TOKEN).map(str::to_string),
+            expires_at_ms: attr::get_n(item, A_EXPIRES),
             checkpoint,
-            parents: item
-                .get(A_PARENTS)
-                .and_then(|v| v.as_l().ok())
-                .map(|l| {
-                    l.iter()
-                        .filter_map(|p| p.as_s().ok())
-                        .map(|p| ShardId::new(p))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            finished: item
-                .get(A_FINISHED)
-                .and_then(|v| v.as_bool().ok())
-                .copied()
-                .unwrap_or(false),
-            shard: ShardId::new(&shard),
+            parents: attr::get_string_list(item, A_PARENTS)
+                .iter()
+                .map(|p| ShardId::new(p))
+                .collect(),
+            finished: attr::get_bool(item, A_FINISHED).unwrap_or(false),
+            shard: ShardId::new(shard),
         })
     }
 }
@@ -131,26 +118,6 @@ fn corrupt(message: String) -> IngestError {
         message,
         retriable: false,
     }
-}
-
-fn dynamo_error<E>(operation: &'static str, e: &SdkError<E, HttpResponse>) -> IngestError
-where
-    E: ProvideErrorMetadata + StdError + 'static,
-{
-    IngestError::Aws {
-        service: DYNAMODB,
-        operation,
-        message: describe(e),
-        retriable: is_retriable(e),
-    }
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
 }
 
 fn now_ms() -> i64 {
@@ -398,73 +365,11 @@ impl LeaseCoordinator {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Creates the lease table unless it exists, and waits until it is ACTIVE
-    /// (`recstream init`; idempotent).
+    /// Creates the lease table unless it exists (an existing one must have the lease
+    /// key schema), and waits until it is ACTIVE (`recstream init`; idempotent).
     pub async fn create_table_if_missing(&self) -> Result<bool, IngestError> {
         let i = &self.inner;
-        let mut created = false;
-        if self.table_status().await?.is_none() {
-            let res = retry(&i.policy, DYNAMODB, "CreateTable", is_retriable, || {
-                i.dynamo
-                    .create_table()
-                    .table_name(&i.table)
-                    .attribute_definitions(
-                        AttributeDefinition::builder()
-                            .attribute_name(A_SHARD)
-                            .attribute_type(ScalarAttributeType::S)
-                            .build()
-                            .expect("attribute definition has its required fields"),
-                    )
-                    .key_schema(
-                        KeySchemaElement::builder()
-                            .attribute_name(A_SHARD)
-                            .key_type(KeyType::Hash)
-                            .build()
-                            .expect("key schema element has its required fields"),
-                    )
-                    .billing_mode(BillingMode::PayPerRequest)
-                    .send()
-            })
-            .await;
-            match res {
-                Ok(_) => {
-                    created = true;
-                    tracing::info!(table = %i.table, "created lease table");
-                }
-                Err(SdkError::ServiceError(e)) if e.err().is_resource_in_use_exception() => {}
-                Err(e) => return Err(dynamo_error("CreateTable", &e)),
-            }
-        }
-        for _ in 0..120 {
-            if let Some(TableStatus::Active) = self.table_status().await? {
-                return Ok(created);
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        Err(IngestError::Aws {
-            service: DYNAMODB,
-            operation: "DescribeTable",
-            message: format!("table {} did not become ACTIVE within 120 s", i.table),
-            retriable: true,
-        })
-    }
-
-    async fn table_status(&self) -> Result<Option<TableStatus>, IngestError> {
-        let i = &self.inner;
-        let res = retry(&i.policy, DYNAMODB, "DescribeTable", is_retriable, || {
-            i.dynamo.describe_table().table_name(&i.table).send()
-        })
-        .await;
-        match res {
-            Ok(out) => Ok(Some(
-                out.table()
-                    .and_then(|t| t.table_status())
-                    .cloned()
-                    .unwrap_or(TableStatus::Creating),
-            )),
-            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => Ok(None),
-            Err(e) => Err(dynamo_error("DescribeTable", &e)),
-        }
+        ensure_table(&i.dynamo, &i.table, KeySchema::hash(A_SHARD), &i.policy).await
     }
 
     /// Every lease item (consistent Scan, paged).
