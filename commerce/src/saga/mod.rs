@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use recstream_ingest::Money;
+use recstream_ingest::aws::RetryPolicy;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -202,9 +203,18 @@ fn cursor_key(consumer: &str) -> Key {
     Key::new("cursor", consumer)
 }
 
-/// Backoff for consumer and relay retries: 20 ms doubling to 2 s.
+/// The retry policy of the saga consumers and the outbox relay: the AWS helper layer's
+/// one backoff (exponential with full jitter, so that relays and consumers that collided
+/// do not collide again in step), 20 ms doubling to 2 s.
+pub(crate) const RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 16,
+    base: Duration::from_millis(20),
+    max: Duration::from_secs(2),
+};
+
+/// The wait before retry `attempt` under [`RETRY`].
 pub(crate) fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((20u64 << attempt.min(7)).min(2_000))
+    RETRY.backoff(attempt)
 }
 
 /// Runs one consumer until `stop` turns true.

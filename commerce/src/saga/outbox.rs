@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use recstream_ingest::Event;
+use recstream_ingest::aws::RetryPolicy;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -212,7 +213,7 @@ async fn relay_once(
                     next: now,
                 });
                 b.attempts += 1;
-                let wait = Duration::from_millis((20u64 << b.attempts.min(11)).min(30_000));
+                let wait = ROW_RETRY.backoff(b.attempts);
                 b.next = now + wait;
                 tracing::warn!(row = %sk, dest, attempts = b.attempts, error = %e, "outbox delivery failed; will retry");
             }
@@ -232,8 +233,21 @@ async fn relay_once(
     Ok(done)
 }
 
+/// Per-row redelivery backoff of a failing destination: the AWS helper layer's one
+/// backoff (exponential with full jitter), 20 ms doubling to 30 s; rows are retried
+/// until delivered, so `max_attempts` is not used.
+const ROW_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    base: Duration::from_millis(20),
+    max: Duration::from_secs(30),
+};
+
+/// Conflicting appends tried per chunk before the chunk is left to the next relay pass
+/// (its rows stay in the outbox, so nothing is lost).
+const APPEND_ATTEMPTS: u32 = 4;
+
 async fn append(ctx: &Ctx, chunk: &[(String, u64, SagaEvent)]) -> Result<(), CommerceError> {
-    for attempt in 0..16 {
+    for attempt in 0..APPEND_ATTEMPTS {
         let head = get_json::<LogHead>(ctx.store.as_ref(), "log head", &head_key()).await?;
         let (mut h, cond) = match head {
             Some((h, v)) => (h, Cond::Version(v)),
@@ -256,10 +270,10 @@ async fn append(ctx: &Ctx, chunk: &[(String, u64, SagaEvent)]) -> Result<(), Com
                 return Ok(());
             }
             Err(StoreError::Conflict { .. }) => {
-                // Another relay moved the head or took these rows: re-read next pass.
-                tokio::time::sleep(super::backoff(attempt) / 4).await;
-                if attempt > 2 {
-                    return Ok(());
+                // Another relay moved the head or took these rows: re-read, after a
+                // jittered pause, or leave them to the next pass.
+                if attempt + 1 < APPEND_ATTEMPTS {
+                    tokio::time::sleep(super::backoff(attempt) / 4).await;
                 }
             }
             Err(e) => return Err(e.into()),

@@ -18,16 +18,16 @@
 //! optional; DynamoDB TTL is enabled on it by [`DynamoStore::create_table_if_missing`]).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement,
-    KeyType, ScalarAttributeType, TableStatus, TimeToLiveSpecification, TransactWriteItem, Update,
+    AttributeValue, ConditionCheck, Delete, TimeToLiveSpecification, TransactWriteItem, Update,
 };
+use recstream_ingest::IngestError;
+use recstream_ingest::aws::dynamodb::{self, KeySchema, attr, ensure_table, sdk_error};
 use recstream_ingest::aws::{AwsConfig, RetryPolicy, describe, is_retriable, retry, sdk_config};
 
 use super::{CommerceStore, Cond, Item, Key, StoreError, Write, validate_writes};
@@ -41,24 +41,37 @@ pub struct DynamoStore {
     policy: RetryPolicy,
 }
 
+/// The one AWS error mapping (`recstream_ingest::aws`), in this crate's error type.
+fn aws_error(e: IngestError) -> StoreError {
+    match e {
+        IngestError::Aws {
+            operation,
+            message,
+            retriable,
+            ..
+        } => StoreError::Dynamo {
+            operation,
+            message,
+            retriable,
+        },
+        other => StoreError::Dynamo {
+            operation: "table setup",
+            retriable: other.retriable(),
+            message: other.to_string(),
+        },
+    }
+}
+
 fn dynamo_error<E, R>(operation: &'static str, e: &SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    StoreError::Dynamo {
-        operation,
-        message: describe(e),
-        retriable: is_retriable(e),
-    }
+    aws_error(sdk_error(operation, e))
 }
 
 fn build_error(operation: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Dynamo {
-        operation,
-        message: format!("request build: {e}"),
-        retriable: false,
-    }
+    aws_error(dynamodb::build_error(operation, e))
 }
 
 fn corrupt(what: &'static str, message: impl Into<String>) -> StoreError {
@@ -70,23 +83,20 @@ fn corrupt(what: &'static str, message: impl Into<String>) -> StoreError {
 
 fn key_attrs(key: &Key) -> Attrs {
     HashMap::from([
-        ("pk".to_string(), AttributeValue::S(key.pk.clone())),
-        ("sk".to_string(), AttributeValue::S(key.sk.clone())),
+        ("pk".to_string(), attr::s(key.pk.as_str())),
+        ("sk".to_string(), attr::s(key.sk.as_str())),
     ])
 }
 
 fn item_of(attrs: &Attrs) -> Result<Item, StoreError> {
     let value = match attrs.get("v") {
-        Some(AttributeValue::B(b)) => b.as_ref().to_vec(),
         None => Vec::new(),
-        Some(_) => return Err(corrupt("dynamodb item", "`v` is not binary")),
+        Some(_) => attr::get_b(attrs, "v")
+            .ok_or_else(|| corrupt("dynamodb item", "`v` is not binary"))?
+            .to_vec(),
     };
-    let version = match attrs.get("ver") {
-        Some(AttributeValue::N(n)) => n
-            .parse()
-            .map_err(|_| corrupt("dynamodb item", "`ver` is not an integer"))?,
-        _ => return Err(corrupt("dynamodb item", "`ver` missing")),
-    };
+    let version = attr::get_n(attrs, "ver")
+        .ok_or_else(|| corrupt("dynamodb item", "`ver` is missing or not an integer"))?;
     Ok(Item { value, version })
 }
 
@@ -122,52 +132,17 @@ impl DynamoStore {
         &self.table
     }
 
-    /// Creates the table (on-demand, TTL on `ttl`) unless it exists; waits until ACTIVE.
+    /// Creates the table (on-demand, TTL on `ttl`) unless it exists (an existing one must
+    /// have the `pk` + `sk` key schema); waits until ACTIVE.
     pub async fn create_table_if_missing(&self) -> Result<(), StoreError> {
-        if self.status().await?.is_none() {
-            let mut req = self
-                .client
-                .create_table()
-                .table_name(&self.table)
-                .billing_mode(BillingMode::PayPerRequest);
-            for (name, kt) in [("pk", KeyType::Hash), ("sk", KeyType::Range)] {
-                req = req
-                    .attribute_definitions(
-                        AttributeDefinition::builder()
-                            .attribute_name(name)
-                            .attribute_type(ScalarAttributeType::S)
-                            .build()
-                            .map_err(|e| build_error("CreateTable", e))?,
-                    )
-                    .key_schema(
-                        KeySchemaElement::builder()
-                            .attribute_name(name)
-                            .key_type(kt)
-                            .build()
-                            .map_err(|e| build_error("CreateTable", e))?,
-                    );
-            }
-            match retry(&self.policy, SERVICE, "CreateTable", is_retriable, || {
-                req.clone().send()
-            })
-            .await
-            {
-                Ok(_) => tracing::info!(table = %self.table, "created dynamodb table"),
-                Err(SdkError::ServiceError(e)) if e.err().is_resource_in_use_exception() => {}
-                Err(e) => return Err(dynamo_error("CreateTable", &e)),
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.status().await? != Some(TableStatus::Active) {
-            if Instant::now() > deadline {
-                return Err(StoreError::Dynamo {
-                    operation: "DescribeTable",
-                    message: format!("table {} did not become ACTIVE within 120 s", self.table),
-                    retriable: true,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        ensure_table(
+            &self.client,
+            &self.table,
+            KeySchema::composite("pk", "sk"),
+            &self.policy,
+        )
+        .await
+        .map_err(aws_error)?;
         let ttl = TimeToLiveSpecification::builder()
             .attribute_name("ttl")
             .enabled(true)
@@ -193,18 +168,6 @@ impl DynamoStore {
             tracing::warn!(table = %self.table, error = %describe(&e), "could not enable ttl");
         }
         Ok(())
-    }
-
-    async fn status(&self) -> Result<Option<TableStatus>, StoreError> {
-        let out = retry(&self.policy, SERVICE, "DescribeTable", is_retriable, || {
-            self.client.describe_table().table_name(&self.table).send()
-        })
-        .await;
-        match out {
-            Ok(out) => Ok(out.table.and_then(|t| t.table_status)),
-            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => Ok(None),
-            Err(e) => Err(dynamo_error("DescribeTable", &e)),
-        }
     }
 
     fn transact_item(&self, w: &Write) -> Result<TransactWriteItem, StoreError> {
