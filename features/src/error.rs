@@ -34,17 +34,15 @@ impl From<recstream_ingest::IngestError> for StoreError {
     fn from(e: recstream_ingest::IngestError) -> Self {
         use recstream_ingest::IngestError;
         match e {
-            IngestError::Aws {
-                operation,
-                message,
-                retriable,
-                ..
-            } => StoreError::Dynamo {
-                operation,
-                message,
-                retriable,
-            },
             IngestError::Config(m) => StoreError::Config(m),
+            e @ IngestError::Aws { .. } => {
+                let (operation, message, retriable) = e.into_aws_parts("aws");
+                StoreError::Dynamo {
+                    operation,
+                    message,
+                    retriable,
+                }
+            }
             other => StoreError::Corrupt {
                 what: "aws response",
                 message: other.to_string(),

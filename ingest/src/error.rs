@@ -41,6 +41,21 @@ impl IngestError {
         }
     }
 
+    /// The parts of an AWS failure that other crates' error types carry (operation,
+    /// message, whether a retry can help), so they map the one AWS error mapping instead of
+    /// repeating it. A non-AWS error reports `fallback` as its operation.
+    pub fn into_aws_parts(self, fallback: &'static str) -> (&'static str, String, bool) {
+        match self {
+            IngestError::Aws {
+                operation,
+                message,
+                retriable,
+                ..
+            } => (operation, message, retriable),
+            other => (fallback, other.to_string(), other.retriable()),
+        }
+    }
+
     pub fn retriable(&self) -> bool {
         match self {
             IngestError::Aws { retriable, .. } => *retriable,

@@ -43,22 +43,11 @@ pub struct DynamoStore {
 
 /// The one AWS error mapping (`recstream_ingest::aws`), in this crate's error type.
 fn aws_error(e: IngestError) -> StoreError {
-    match e {
-        IngestError::Aws {
-            operation,
-            message,
-            retriable,
-            ..
-        } => StoreError::Dynamo {
-            operation,
-            message,
-            retriable,
-        },
-        other => StoreError::Dynamo {
-            operation: "table setup",
-            retriable: other.retriable(),
-            message: other.to_string(),
-        },
+    let (operation, message, retriable) = e.into_aws_parts("table setup");
+    StoreError::Dynamo {
+        operation,
+        message,
+        retriable,
     }
 }
 
