@@ -146,6 +146,40 @@ impl Worker {
     }
 }
 
+/// A fresh 4-shard stream on the emulator, its API client and a producer that sends one
+/// PutRecords at a time (moto loses records under concurrent puts into one shard).
+async fn emulator_stream(
+    tag: &str,
+    lease_duration_ms: u64,
+) -> (AwsConfig, Arc<dyn KinesisApi>, KinesisProducer) {
+    let aws = AwsConfig {
+        region: Some("us-east-1".into()),
+        stream: unique(tag),
+        table_prefix: format!("{}-", unique(tag)),
+        lease_duration_ms,
+        max_attempts: 6,
+        base_backoff_ms: 5,
+        max_backoff_ms: 100,
+        ..Default::default()
+    };
+    let policy: RetryPolicy = aws.retry_policy();
+    let kinesis = SdkKinesis::from_env(&aws).await;
+    ensure_stream(kinesis.client(), &aws.stream, 4, &policy)
+        .await
+        .unwrap();
+    let api: Arc<dyn KinesisApi> = Arc::new(kinesis);
+    let producer = KinesisProducer::new(
+        api.clone(),
+        aws.stream.clone(),
+        policy,
+        ProducerConfig {
+            max_in_flight: 1,
+            ..Default::default()
+        },
+    );
+    (aws, api, producer)
+}
+
 async fn put_events(producer: &KinesisProducer, users: usize, from: u64, per_user: u64) {
     let mut records = Vec::new();
     for n in from..from + per_user {
@@ -185,32 +219,7 @@ async fn two_workers_share_a_stream_and_the_survivor_takes_over_after_a_crash() 
     if !emulator_available("two_workers_share_a_stream_and_the_survivor_takes_over_after_a_crash") {
         return;
     }
-    let aws = AwsConfig {
-        region: Some("us-east-1".into()),
-        stream: unique("workers"),
-        table_prefix: format!("{}-", unique("workers")),
-        lease_duration_ms: 2_000,
-        max_attempts: 6,
-        base_backoff_ms: 5,
-        max_backoff_ms: 100,
-        ..Default::default()
-    };
-    let policy: RetryPolicy = aws.retry_policy();
-    let kinesis = SdkKinesis::from_env(&aws).await;
-    ensure_stream(kinesis.client(), &aws.stream, 4, &policy)
-        .await
-        .unwrap();
-    let api: Arc<dyn KinesisApi> = Arc::new(kinesis);
-    // One PutRecords at a time: moto loses records under concurrent puts into one shard.
-    let producer = KinesisProducer::new(
-        api.clone(),
-        aws.stream.clone(),
-        policy,
-        ProducerConfig {
-            max_in_flight: 1,
-            ..Default::default()
-        },
-    );
+    let (aws, api, producer) = emulator_stream("workers", 2_000).await;
     let lease_cfg = |w: &str| LeaseConfig {
         worker_id: Some(w.into()),
         renew_interval_ms: Some(400),
@@ -274,7 +283,7 @@ async fn two_workers_share_a_stream_and_the_survivor_takes_over_after_a_crash() 
         );
     }
     // Checkpoints end at each shard's last record, and the dead worker cannot move them.
-    let shards = list_all_shards(api.as_ref(), &aws.stream, &policy)
+    let shards = list_all_shards(api.as_ref(), &aws.stream, &aws.retry_policy())
         .await
         .unwrap();
     for s in &shards {
@@ -341,31 +350,7 @@ async fn three_workers_balance_two_one_one_and_take_over_a_killed_worker_within_
         .and_then(|v| v.parse().ok())
         .unwrap_or(3_000);
     let lease_duration = Duration::from_millis(lease_ms);
-    let aws = AwsConfig {
-        region: Some("us-east-1".into()),
-        stream: unique("three"),
-        table_prefix: format!("{}-", unique("three")),
-        lease_duration_ms: lease_ms,
-        max_attempts: 6,
-        base_backoff_ms: 5,
-        max_backoff_ms: 100,
-        ..Default::default()
-    };
-    let policy: RetryPolicy = aws.retry_policy();
-    let kinesis = SdkKinesis::from_env(&aws).await;
-    ensure_stream(kinesis.client(), &aws.stream, 4, &policy)
-        .await
-        .unwrap();
-    let api: Arc<dyn KinesisApi> = Arc::new(kinesis);
-    let producer = KinesisProducer::new(
-        api.clone(),
-        aws.stream.clone(),
-        policy,
-        ProducerConfig {
-            max_in_flight: 1,
-            ..Default::default()
-        },
-    );
+    let (aws, api, producer) = emulator_stream("three", lease_ms).await;
     let names = ["worker-a", "worker-b", "worker-c"];
     let mut coordinators = Vec::new();
     for w in names {
