@@ -7,7 +7,8 @@
 //!             | parent_shard_ids | finished
 //!
 //!  sync_shards   ListShards (paged) ─► PutItem if attribute_not_exists(shard_id)
-//!  acquire       every renew interval: Scan (consistent) ─► observe counters ─► plan
+//!  acquire       every renew interval, and at the instant the earliest observed foreign
+//!                lease would expire: Scan (consistent) ─► observe counters ─► plan
 //!                  ([`plan`]: fair share ⌈active / live workers⌉, free then expired
 //!                  leases, never a child whose parents are not all finished, still
 //!                  short? steal one from the busiest worker holding two more)
@@ -920,6 +921,22 @@ impl LeaseCoordinator {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// When the next acquisition round is due after one that ended at `now`: a renew
+    /// interval later, or earlier if an observed foreign lease expires before that.
+    fn next_round(&self, now: Instant, interval: Duration) -> Instant {
+        let regular = now + interval;
+        let expiry = self
+            .state()
+            .observed
+            .next_expiry(&self.inner.worker, self.inner.lease_duration);
+        match expiry {
+            // Only a future expiry: one already past is a lease this worker chose not to
+            // take (at its target), and must not turn the loop into a busy one.
+            Some(e) if e > now && e < regular => e,
+            _ => regular,
+        }
+    }
+
     /// Runs the coordinator in the background: renewals and acquisition rounds every
     /// renew interval, ListShards every sync interval, sending each newly taken
     /// lease on the returned channel. Stops when `shutdown` turns true. Leases are not
@@ -952,16 +969,18 @@ impl LeaseCoordinator {
         let acquirer = self.clone();
         let acquire_task = async move {
             // Acquisition rounds as often as renewals, so that a counter standing still is
-            // seen within a renew interval of its last change and taken within one of
-            // expiring: takeover at most a lease duration plus two renew intervals
-            // after the holder's last renewal. ListShards only every sync interval.
-            let mut tick = tokio::time::interval(acquirer.inner.renew_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // seen within a renew interval of its last change; and one extra round at the
+            // instant the earliest observed foreign lease would expire, so that a dead
+            // holder's lease is taken about one lease duration after its last renewal was
+            // seen (never more than a lease duration plus a renew interval after it).
+            // ListShards only every sync interval.
+            let interval = acquirer.inner.renew_interval;
+            let mut next_round = Instant::now();
             let mut synced: Option<Instant> = None;
             loop {
                 tokio::select! {
                     _ = shutdown.changed() => break,
-                    _ = tick.tick() => {
+                    _ = tokio::time::sleep_until(next_round) => {
                         if synced.is_none_or(|t| t.elapsed() >= acquirer.inner.sync_interval) {
                             match acquirer.sync_shards().await {
                                 Ok(_) => synced = Some(Instant::now()),
@@ -978,6 +997,7 @@ impl LeaseCoordinator {
                             }
                             Err(e) => tracing::warn!(error = %e, "lease acquisition round failed"),
                         }
+                        next_round = acquirer.next_round(Instant::now(), interval);
                     }
                 }
                 if *shutdown.borrow() {

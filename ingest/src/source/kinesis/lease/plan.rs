@@ -118,6 +118,19 @@ impl Observed {
         );
     }
 
+    /// The earliest instant at which a lease owned by another worker would count as
+    /// expired if its counter keeps standing still (first observation + `duration`), or
+    /// `None` when no such lease is observed. The acquisition loop schedules a round
+    /// for that instant, so a dead holder's lease is taken about one lease duration
+    /// after its last renewal was observed, instead of waiting for the next fixed round.
+    pub fn next_expiry(&self, me: &WorkerId, duration: Duration) -> Option<Instant> {
+        self.seen
+            .values()
+            .filter(|s| s.owner.as_deref().is_some_and(|o| o != me))
+            .map(|s| s.since + duration)
+            .min()
+    }
+
     /// Whether `lease` is owned and its counter, as it is now, has stood still for
     /// `duration` in this worker's observation.
     pub fn is_expired(&self, lease: &Lease, now: Instant, duration: Duration) -> bool {

@@ -167,6 +167,46 @@ fn lease_plan_expiry_counts_from_the_first_observation_of_the_counter() {
 }
 
 #[test]
+fn lease_plan_next_expiry_is_the_earliest_foreign_lease_standing_still() {
+    let t0 = Instant::now();
+    let leases = vec![
+        lease(0, Some("a"), 7),
+        lease(1, Some("b"), 3),
+        lease(2, None, 0),
+    ];
+    let mut seen = Observed::default();
+    assert_eq!(seen.next_expiry("b", D), None, "nothing observed yet");
+    seen.observe(&leases, t0);
+    // b's own lease and the free one never expire for b; a's does at t0 + D.
+    assert_eq!(seen.next_expiry("b", D), Some(t0 + D));
+    // a renews: its clock starts again at the observation of the new counter.
+    let mut renewed = leases.clone();
+    renewed[0].counter = 8;
+    seen.observe(&renewed, t0 + TICK);
+    assert_eq!(seen.next_expiry("b", D), Some(t0 + TICK + D));
+    // At that instant the plan takes it: a round scheduled there is not wasted.
+    let p = plan_for(&renewed, &seen, "b", t0 + TICK + D);
+    assert!(
+        p.take
+            .iter()
+            .any(|t| t.shard == sid(0) && t.how == How::Expired),
+        "the lease expires exactly at next_expiry: {p:?}"
+    );
+    let early = plan_for(
+        &renewed,
+        &seen,
+        "b",
+        t0 + TICK + D - Duration::from_millis(1),
+    );
+    assert!(
+        early.take.iter().all(|t| t.how != How::Expired),
+        "{early:?}"
+    );
+    // For a, only b's lease can expire.
+    assert_eq!(seen.next_expiry("a", D), Some(t0 + D));
+}
+
+#[test]
 fn lease_plan_children_wait_for_all_their_parents() {
     let now = Instant::now();
     let mut leases = vec![
