@@ -5,7 +5,7 @@
 //!  FlushBatch ─► encode (postcard `v` + readable attributes, ≤ 400 KB, lists truncated)
 //!      ─► chunks of 25 ─► BatchWriteItem (≤ write_concurrency in flight)
 //!            └─ UnprocessedItems / throttling ─► resend only those, backoff + jitter (aws::retry)
-//!  serving ─► TTL cache (users 200 ms, products / top lists 1 s) ─► miss ─► GetItem / BatchGetItem
+//!  serving ─► moka TTL cache (users 200 ms, products / top lists 1 s) ─► miss ─► GetItem / BatchGetItem
 //!            / Query, bounded by read_timeout ─► partials merged per shard (sorted by shard id)
 //!  batch jobs ─► scan_users: paginated Scan
 //! ```
@@ -42,7 +42,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -159,51 +159,40 @@ struct Tables {
     top_lists: String,
 }
 
-/// A small map whose entries expire after `ttl`; bounded by `cap` entries.
+/// The read-through cache in front of the tables: entries expire `ttl` after they were
+/// written, at most `cap` are kept (moka: TinyLFU admission, LRU eviction, expiry and
+/// eviction done in small amortised steps, never a scan of the whole map, and reads
+/// take no global lock). A zero `ttl` turns it off.
 struct TtlCache<V> {
-    ttl: Duration,
-    cap: usize,
-    map: Mutex<FxHashMap<String, (Instant, V)>>,
+    cache: Option<moka::sync::Cache<String, V>>,
 }
 
-impl<V: Clone> TtlCache<V> {
+impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
     fn new(ttl: Duration, cap: usize) -> TtlCache<V> {
-        TtlCache {
-            ttl,
-            cap: cap.max(1),
-            map: Mutex::new(FxHashMap::default()),
-        }
+        let cache = (!ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(cap.max(1) as u64)
+                .time_to_live(ttl)
+                .build()
+        });
+        TtlCache { cache }
     }
 
     fn get(&self, key: &str) -> Option<V> {
-        if self.ttl.is_zero() {
-            return None;
-        }
-        let map = self.map.lock().expect("cache lock");
-        map.get(key)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, v)| v.clone())
+        self.cache.as_ref()?.get(key)
     }
 
     fn put(&self, key: String, value: V) {
-        if self.ttl.is_zero() {
-            return;
+        if let Some(c) = &self.cache {
+            c.insert(key, value);
         }
-        let mut map = self.map.lock().expect("cache lock");
-        if map.len() >= self.cap && !map.contains_key(&key) {
-            let ttl = self.ttl;
-            map.retain(|_, (at, _)| at.elapsed() < ttl);
-            if map.len() >= self.cap {
-                map.clear();
-            }
-        }
-        map.insert(key, (Instant::now(), value));
     }
 
     fn remove<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
-        let mut map = self.map.lock().expect("cache lock");
-        for k in keys {
-            map.remove(k);
+        if let Some(c) = &self.cache {
+            for k in keys {
+                c.invalidate(k);
+            }
         }
     }
 }
@@ -1378,7 +1367,9 @@ mod tests {
         for (i, k) in ["b", "c", "d", "e"].into_iter().enumerate() {
             c.put(k.into(), i as u32);
         }
-        assert!(c.map.lock().unwrap().len() <= 3);
+        let inner = c.cache.as_ref().unwrap();
+        inner.run_pending_tasks();
+        assert!(inner.entry_count() <= 3, "{}", inner.entry_count());
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(c.get("e"), None);
         let off: TtlCache<u32> = TtlCache::new(Duration::ZERO, 3);
