@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub collector_queue: usize,
     /// API clients (hashed keys, scopes) and the JWT groups that carry roles.
     pub auth: recstream_serving::AccessConfig,
+    /// Header read and idle timeouts, request timeout, connection limit, URI length.
+    pub limits: recstream_serving::server::ServerLimits,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +50,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             collector_queue: 10_000,
             auth: recstream_serving::AccessConfig::default(),
+            limits: recstream_serving::server::ServerLimits::default(),
         }
     }
 }
@@ -136,6 +139,7 @@ impl Config {
             return Err("server.metrics_listen must differ from server.listen".into());
         }
         self.server.auth.validate()?;
+        self.server.limits.validate()?;
         self.commerce.validate()?;
         if self.mode == Mode::Aws {
             self.aws.validate()?;

@@ -282,7 +282,7 @@ impl Runtime {
         collector: Arc<dyn EventSink>,
         commerce: Option<CommerceState>,
         ready: Arc<AtomicBool>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
         // One catalog: with a shop, only what it can sell is recommended.
         if let Some(c) = &commerce {
@@ -302,11 +302,12 @@ impl Runtime {
             ready,
             max_record_bytes: self.cfg.processor.max_record_bytes,
         };
-        let app = recstream_serving::api(state, self.segments.clone(), commerce);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            })
+        let limits = self.cfg.server.limits.clone();
+        let app = recstream_serving::server::harden(
+            recstream_serving::api(state, self.segments.clone(), commerce),
+            &limits,
+        );
+        recstream_serving::server::serve(listener, app, limits, shutdown)
             .await
             .context("http server")
     }

@@ -524,7 +524,13 @@ async fn the_saga_survives_a_consumer_crash_without_charging_twice() {
     let provider = shop.provider.clone();
     shop.eventually("the capture", || provider.captures() == 1)
         .await;
-    assert_eq!(shop.order("gina", &id).await["status"], "prepared");
+    // The orders consumer records ORDER_PREPARED on its own schedule (the payment
+    // consumer may capture first): wait for it rather than race it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shop.order("gina", &id).await["status"] != "prepared" {
+        assert!(std::time::Instant::now() < deadline, "order never prepared");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Crash: every consumer, the relay and the timers die where they are.
     shop.workers.take().unwrap().kill().await;

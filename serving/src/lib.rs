@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod error;
 pub mod metrics;
 pub mod segments;
+pub mod server;
 
 pub use app::{AppState, metrics_router, router};
 pub use auth::{Access, AccessConfig, Caller};
