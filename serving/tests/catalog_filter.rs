@@ -138,3 +138,77 @@ async fn only_sellable_products_are_recommended() {
         .unwrap();
     assert_eq!(ids(&out.items), ["in-stock"], "{out:?}");
 }
+
+/// The filter's cost per request, warm cache (run: `cargo test --test catalog_filter --
+/// --ignored --nocapture`; the debug build's figure, for comparison with and without).
+#[tokio::test]
+#[ignore]
+async fn filter_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut events = Vec::new();
+    let mut t = 1_569_888_000_000i64;
+    for u in 0..300 {
+        for k in 0..8 {
+            t += 1000;
+            let p = format!("p{}", (u * 7 + k * 13) % 400);
+            events.push(
+                Event::new(
+                    &format!("e{}", events.len()),
+                    Timestamp(t),
+                    &format!("u{u}"),
+                    EventType::View,
+                )
+                .with_product(&p, Some(["a", "b", "c", "d"][k % 4]))
+                .with_session(&format!("s{u}")),
+            );
+        }
+    }
+    let features = Arc::new(
+        recstream_features::EmbeddedStore::open(
+            dir.path().join("f.redb"),
+            FeatureConfig::default(),
+        )
+        .unwrap(),
+    );
+    let mut agg = Aggregator::new(FeatureConfig::default());
+    agg.apply_all(&events);
+    features
+        .write(&ShardId::new("t"), &agg.drain())
+        .await
+        .unwrap();
+    let shop = Arc::new(StoreCatalog::new(Arc::new(
+        recstream_commerce::EmbeddedStore::open(dir.path().join("c.redb")).unwrap(),
+    )));
+    let seed: Vec<SeedProduct> = (0..400)
+        .map(|i| product(&format!("p{i}"), (i % 5) as i64, true))
+        .collect();
+    shop.seed(&seed).await.unwrap();
+    let run = |rec: Arc<Recommender>| async move {
+        let n = 2000;
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let req = Request {
+                user_id: format!("u{}", i % 300),
+                n: Some(10),
+                ..Default::default()
+            };
+            std::hint::black_box(rec.recommend(&req).await.unwrap());
+        }
+        started.elapsed() / n
+    };
+    let plain = Arc::new(Recommender::new(
+        features.clone(),
+        Arc::new(InProcessCache::new()),
+        ScoringConfig::default(),
+    ));
+    let filtered = Arc::new(Recommender::new(
+        features,
+        Arc::new(InProcessCache::new()),
+        ScoringConfig::default(),
+    ));
+    filtered.set_availability(Arc::new(CatalogAvailability::new(shop)));
+    run(filtered.clone()).await; // warm the cache
+    let a = run(plain).await;
+    let b = run(filtered).await;
+    println!("recommend n=10: {a:?} without the catalog filter, {b:?} with it (warm cache)");
+}
