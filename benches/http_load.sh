@@ -37,11 +37,14 @@ APP_PID=$!
 for _ in $(seq 600); do grep -q "serving on" "$WORK/demo.out" && break; sleep 0.1; done
 grep -q "serving on" "$WORK/demo.out" || { cat "$WORK/demo.out"; exit 1; }
 
-# The busiest user of the sample (printed first by the demo).
+# The busiest user of the sample (printed first by the demo) and the storefront's API key
+# (the demo prints its credentials; recommendations need one).
 USER_ID="$(grep -m1 -oP '^  user \K[^ ]+' "$WORK/demo.out")"
+KEY="$(grep -m1 -oP '^  storefront key: \K\S+' "$WORK/demo.out")"
+AUTH="x-api-key: $KEY"
 URL_APP="http://127.0.0.1:$APP_PORT/v1/recommendations/$USER_ID?n=10"
 mkdir -p "$WORK/www"
-curl -s "$URL_APP" > "$WORK/www/recs.json"
+curl -sf -H "$AUTH" "$URL_APP" > "$WORK/www/recs.json"
 BYTES=$(wc -c < "$WORK/www/recs.json")
 
 cat > "$WORK/nginx.conf" <<CONF
@@ -63,12 +66,13 @@ URL_NGINX="http://127.0.0.1:$NGINX_PORT/recs.json"
 sleep 0.5
 
 echo "payload: $BYTES bytes; user $USER_ID; wrk -t2 -c$CONNS -d${DURATION}s; oha -q $RATE -z ${DURATION}s"
-rps() { wrk -t2 -c"$CONNS" -d"${DURATION}s" "$1" | awk '/Requests\/sec/ {print $2}'; }
+# Both get the same header, so the request sizes match.
+rps() { wrk -t2 -c"$CONNS" -d"${DURATION}s" -H "$AUTH" "$1" | awk '/Requests\/sec/ {print $2}'; }
 R_NGINX="$(rps "$URL_NGINX")"
 R_APP="$(rps "$URL_APP")"
 echo "max throughput  nginx static: $R_NGINX req/s   recstream: $R_APP req/s   ratio: $(python3 -c "print(round($R_APP/$R_NGINX, 3))")"
 
-"$OHA" --no-tui --output-format json -q "$RATE" -z "${DURATION}s" -c "$CONNS" --latency-correction "$URL_APP" > "$WORK/oha.json"
+"$OHA" --no-tui --output-format json -q "$RATE" -z "${DURATION}s" -c "$CONNS" --latency-correction -H "$AUTH" "$URL_APP" > "$WORK/oha.json"
 python3 - "$WORK/oha.json" "$RATE" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))

@@ -19,6 +19,23 @@ use recstream::config::{Config, Mode};
 use recstream::runtime::Runtime;
 use serde_json::{Value, json};
 
+/// The storefront's key, as a deployment would configure it (hashed).
+const KEY: &str = "rsk_visibility-bench";
+
+fn with_storefront_key(cfg: &mut Config) {
+    cfg.server
+        .auth
+        .clients
+        .push(recstream_serving::auth::ApiClient {
+            id: "storefront".into(),
+            scopes: vec![
+                recstream_serving::auth::Scope::EventsWrite,
+                recstream_serving::auth::Scope::RecommendationsRead,
+            ],
+            key_sha256: vec![recstream_serving::auth::hash_key(KEY)],
+        });
+}
+
 fn median_p(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
     v.sort();
     let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
@@ -42,7 +59,6 @@ async fn measure(rt: Runtime, samples: usize, label: &str) {
                 listener,
                 collector,
                 None,
-                None,
                 Arc::new(AtomicBool::new(true)),
                 stop,
             )
@@ -61,6 +77,7 @@ async fn measure(rt: Runtime, samples: usize, label: &str) {
         let sent = Instant::now();
         let r = http
             .post(format!("{base}/v1/events"))
+            .header("x-api-key", KEY)
             .json(&event)
             .send()
             .await
@@ -70,6 +87,7 @@ async fn measure(rt: Runtime, samples: usize, label: &str) {
         loop {
             let body: Value = http
                 .get(format!("{base}/v1/recommendations/{user}"))
+                .header("x-api-key", KEY)
                 .send()
                 .await
                 .unwrap()
@@ -119,6 +137,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::default();
         cfg.embedded.data_dir = dir.path().join("embedded");
+        with_storefront_key(&mut cfg);
         measure(Runtime::open(cfg).await.unwrap(), samples, "embedded").await;
 
         if std::env::var("AWS_ENDPOINT_URL").is_err() {
@@ -146,6 +165,7 @@ fn main() {
         // The defaults of a production deployment: GetRecords every 200 ms at most
         // (Kinesis' 5 calls per second and shard), backing off to 1 s while idle.
         cfg.kinesis.lease.sync_interval_ms = Some(500);
+        with_storefront_key(&mut cfg);
         cfg.validate().unwrap();
         let rt = Runtime::open(cfg).await.unwrap();
         recstream::kinesis::init(&rt.cfg, rt.aws.as_ref())

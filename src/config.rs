@@ -32,15 +32,25 @@ pub enum Mode {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// The internal listener for `GET /metrics` (Prometheus); `None` = metrics are not
+    /// served over HTTP. Never on the public `listen` address.
+    pub metrics_listen: Option<SocketAddr>,
     /// Capacity of the in-process collector queue (embedded mode), in events.
     pub collector_queue: usize,
+    /// API clients (hashed keys, scopes) and the JWT groups that carry roles.
+    pub auth: recstream_serving::AccessConfig,
+    /// Header read and idle timeouts, request timeout, connection limit, URI length.
+    pub limits: recstream_serving::server::ServerLimits,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
+            metrics_listen: None,
             collector_queue: 10_000,
+            auth: recstream_serving::AccessConfig::default(),
+            limits: recstream_serving::server::ServerLimits::default(),
         }
     }
 }
@@ -122,6 +132,14 @@ impl Config {
         if self.server.collector_queue == 0 {
             return Err("server.collector_queue must be positive".into());
         }
+        if let Some(m) = self.server.metrics_listen
+            && m == self.server.listen
+            && m.port() != 0
+        {
+            return Err("server.metrics_listen must differ from server.listen".into());
+        }
+        self.server.auth.validate()?;
+        self.server.limits.validate()?;
         self.commerce.validate()?;
         if self.mode == Mode::Aws {
             self.aws.validate()?;
@@ -158,6 +176,33 @@ mod tests {
         std::fs::write(&f, "[server]\nlisten = \"127.0.0.1:9999\"\nlisen = 1\n").unwrap();
         let err = Config::load(Some(&f)).unwrap_err();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn api_clients_and_the_metrics_listener_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let hash = recstream_serving::auth::hash_key("rsk_x");
+        std::fs::write(
+            &f,
+            format!(
+                "[server]\nmetrics_listen = \"127.0.0.1:9100\"\n[[server.auth.clients]]\nid = \"storefront\"\nscopes = [\"events:write\", \"recommendations:read\"]\nkey_sha256 = [\"{hash}\"]\n"
+            ),
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&f)).unwrap();
+        assert_eq!(cfg.server.metrics_listen.unwrap().port(), 9100);
+        assert_eq!(cfg.server.auth.clients[0].key_sha256, vec![hash]);
+        std::fs::write(
+            &f,
+            "[server]\nlisten = \"127.0.0.1:9100\"\nmetrics_listen = \"127.0.0.1:9100\"\n",
+        )
+        .unwrap();
+        assert!(
+            Config::load(Some(&f))
+                .unwrap_err()
+                .contains("metrics_listen")
+        );
     }
 
     #[test]

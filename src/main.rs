@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use recstream::cmd_model::{self, TrainSource};
 use recstream::config::{Config, Mode};
-use recstream::runtime::{Runtime, install_metrics, reset_dir, shutdown_signal};
+use recstream::runtime::{Runtime, install_metrics, reset_dir, serve_metrics, shutdown_signal};
 use recstream_commerce::{CommerceState, Secret, Secrets};
 use recstream_ingest::datasets::{self, Dataset};
 use recstream_ingest::object_store::s3::S3ObjectStore;
@@ -532,50 +532,102 @@ async fn train(
     Ok(())
 }
 
-/// A random HS256 secret for the demo's commerce endpoints (when none is configured), and
-/// a token for `user` signed with it, so the cart can be tried with curl.
-fn demo_secrets(user: &str) -> (Secrets, Option<String>) {
-    let mut secrets = Secrets::from_env();
-    if secrets.jwt_hs256.is_some() {
-        return (secrets, None);
-    }
-    use recstream_commerce::auth::jsonwebtoken;
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let exp = jsonwebtoken::get_current_timestamp() + 24 * 3600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"sub": user, "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .ok();
-    secrets.jwt_hs256 = Some(Secret::new(secret));
-    (secrets, token)
+/// The demo's credentials: an HS256 secret (`RECSTREAM_JWT_HS256_SECRET` or a random one)
+/// with tokens signed by it, and a storefront API key registered in `cfg`.
+struct DemoCredentials {
+    secrets: Secrets,
+    storefront_key: String,
+    shopper: String,
+    shopper_token: String,
+    marketing_token: String,
+    admin_token: String,
 }
 
-async fn demo(cfg: Config, sample: &Path, exit_after: Option<Duration>) -> anyhow::Result<()> {
+fn demo_credentials(cfg: &mut Config, shopper: &str) -> anyhow::Result<DemoCredentials> {
+    use recstream_commerce::auth::jsonwebtoken;
+    use recstream_serving::auth::{ApiClient, Scope, new_key};
+    let mut secrets = Secrets::from_env();
+    let secret = match &secrets.jwt_hs256 {
+        Some(s) => s.expose().to_string(),
+        None => {
+            let s = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            secrets.jwt_hs256 = Some(Secret::new(s.clone()));
+            s
+        }
+    };
+    let exp = jsonwebtoken::get_current_timestamp() + 24 * 3600;
+    let groups_claim = cfg.commerce.auth.groups_claim.clone();
+    let mint = |sub: &str, groups: &[&str]| -> anyhow::Result<String> {
+        let mut claims = serde_json::json!({"sub": sub, "exp": exp});
+        if !groups.is_empty() {
+            claims[groups_claim.as_str()] = serde_json::json!(groups);
+        }
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .context("minting a demo token")
+    };
+    let (storefront_key, hash) = new_key();
+    cfg.server.auth.clients.push(ApiClient {
+        id: "demo-storefront".into(),
+        scopes: vec![Scope::EventsWrite, Scope::RecommendationsRead],
+        key_sha256: vec![hash],
+    });
+    Ok(DemoCredentials {
+        shopper_token: mint(shopper, &[])?,
+        marketing_token: mint("demo-marketing", &["marketing"])?,
+        admin_token: mint("demo-admin", &["admin"])?,
+        shopper: shopper.to_string(),
+        storefront_key,
+        secrets,
+    })
+}
+
+async fn demo(mut cfg: Config, sample: &Path, exit_after: Option<Duration>) -> anyhow::Result<()> {
     if !sample.exists() {
         bail!(
             "the demo sample {} is missing: run the demo from the repository root",
             sample.display()
         );
     }
-    let metrics = install_metrics();
-    let rt = Runtime::open(cfg.clone()).await?;
-    let (shutdown_tx, shutdown) = shutdown_signal(None);
-    let ready = Arc::new(AtomicBool::new(false));
-
     let rows = datasets::load(Dataset::Rees46, sample)
         .with_context(|| format!("loading {}", sample.display()))?;
     let top_users = busiest_users(&rows, 3);
     let demo_user = top_users.first().cloned().unwrap_or_else(|| "u1".into());
+    let creds = demo_credentials(&mut cfg, &demo_user)?;
+
+    let metrics = install_metrics();
+    let rt = Runtime::open(cfg.clone()).await?;
+    let (shutdown_tx, shutdown) = shutdown_signal(None);
+    let ready = Arc::new(AtomicBool::new(false));
+    // The demo serves metrics on an internal loopback listener unless one is configured.
+    let metrics_addr = match metrics {
+        Some(h) => Some(
+            serve_metrics(
+                cfg.server
+                    .metrics_listen
+                    .unwrap_or_else(|| "127.0.0.1:0".parse().expect("valid address")),
+                h,
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     let (collector, collector_task) = rt.spawn_collector(shutdown.clone()).await?;
-    let (secrets, token) = demo_secrets(&demo_user);
-    let commerce = CommerceState::open(cfg.commerce.clone(), secrets, collector.clone(), None)
+    // The demo's shop sells what the sample shows: every product seen, at its last price.
+    let shop = demo_shop(&rows);
+    let commerce = CommerceState::builder(cfg.commerce.clone(), collector.clone())
+        .secrets(creds.secrets.clone())
+        .seed(shop)
+        .build()
         .await
         .context("opening the commerce state")?;
     let workers = commerce.spawn_workers();
@@ -589,15 +641,8 @@ async fn demo(cfg: Config, sample: &Path, exit_after: Option<Duration>) -> anyho
         let shutdown = shutdown.clone();
         let collector = collector.clone();
         tokio::spawn(async move {
-            rt.serve(
-                listener,
-                collector,
-                Some(commerce),
-                metrics,
-                ready,
-                shutdown,
-            )
-            .await
+            rt.serve(listener, collector, Some(commerce), ready, shutdown)
+                .await
         })
     };
 
@@ -651,17 +696,33 @@ async fn demo(cfg: Config, sample: &Path, exit_after: Option<Duration>) -> anyho
             .collect();
         println!("  user {user} [{:?}]: {}", recs.strategy, items.join(", "));
     }
-    println!("\nserving on http://{addr}");
-    if let Some(u) = top_users.first() {
-        println!("  try: curl -s http://{addr}/v1/recommendations/{u}?n=5");
+    // Scripts and tests read these lines (prefix up to the colon is stable).
+    println!("\ncredentials (demo only, valid 24 h):");
+    println!("  storefront key: {}", creds.storefront_key);
+    println!("  shopper: {}", creds.shopper);
+    println!("  shopper token: {}", creds.shopper_token);
+    println!("  marketing token: {}", creds.marketing_token);
+    println!("  admin token: {}", creds.admin_token);
+    if let Some(m) = metrics_addr {
+        println!("  metrics (internal listener): http://{m}/metrics");
     }
-    println!("  segments: curl -s http://{addr}/v1/segments");
-    if let Some(t) = token {
-        println!(
-            "  cart (demo token for user {demo_user}): curl -s -H 'authorization: Bearer {t}' http://{addr}/v1/carts/{demo_user}"
-        );
-    }
-    println!("  metrics: http://{addr}/metrics  (Ctrl-C to stop)");
+    let (u, key) = (&creds.shopper, &creds.storefront_key);
+    println!("try:");
+    println!("  curl -s -H 'x-api-key: {key}' http://{addr}/v1/recommendations/{u}?n=5");
+    println!(
+        "  curl -s -H 'authorization: Bearer {}' http://{addr}/v1/recommendations/{u}?n=5",
+        creds.shopper_token
+    );
+    println!(
+        "  curl -s -H 'authorization: Bearer {}' http://{addr}/v1/carts/{u}",
+        creds.shopper_token
+    );
+    println!(
+        "  curl -s -H 'authorization: Bearer {}' http://{addr}/v1/segments",
+        creds.marketing_token
+    );
+    println!("serving on http://{addr}");
+    println!("(Ctrl-C to stop)");
 
     if let Some(d) = exit_after {
         tokio::select! {
@@ -712,11 +773,20 @@ async fn run(cfg: Config, role: Role, exit_after: Option<Duration>) -> anyhow::R
             .with_context(|| format!("binding {}", cfg.server.listen))?;
         // Scripts read the bound address (the port may be 0) from this line.
         println!("serving on http://{}", listener.local_addr()?);
+        match (cfg.server.metrics_listen, metrics) {
+            (Some(addr), Some(h)) => {
+                let bound = serve_metrics(addr, h, shutdown.clone()).await?;
+                println!("metrics on http://{bound}/metrics");
+            }
+            (None, _) => tracing::info!(
+                "metrics are not served over HTTP (set server.metrics_listen for an internal listener)"
+            ),
+            (Some(_), None) => tracing::warn!("the metrics recorder is not installed"),
+        }
         rt.serve(
             listener,
             collector,
             commerce,
-            metrics,
             Arc::new(AtomicBool::new(true)),
             shutdown.clone(),
         )
@@ -736,6 +806,49 @@ async fn run(cfg: Config, role: Role, exit_after: Option<Duration>) -> anyhow::R
     }
     reloader.abort();
     Ok(())
+}
+
+/// The demo shop: every product of the replayed sample, with its last price, category
+/// and brand, and a generated stock (deterministic per id, 5 to 54 units).
+fn demo_shop(rows: &[datasets::LoadedRow]) -> Vec<recstream_commerce::catalog::SeedProduct> {
+    let mut last: std::collections::BTreeMap<&str, &recstream_ingest::Event> = Default::default();
+    for r in rows {
+        if let Ok(e) = &r.event
+            && let Some(p) = &e.product_id
+        {
+            let seen = last.entry(p.as_str()).or_insert(e);
+            if e.ts >= seen.ts {
+                *seen = e;
+            }
+        }
+    }
+    last.into_iter()
+        .map(|(id, e)| {
+            let stock = 5 + id
+                .bytes()
+                .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+                % 50;
+            recstream_commerce::catalog::SeedProduct {
+                id: id.to_string(),
+                name: format!(
+                    "{} {}",
+                    e.brand
+                        .as_deref()
+                        .filter(|b| !b.is_empty())
+                        .unwrap_or("product"),
+                    id
+                ),
+                category: e.category.as_ref().map(|c| c.to_string()),
+                price: e
+                    .price
+                    .clone()
+                    .filter(|p| p.amount > 0)
+                    .unwrap_or_else(|| recstream_ingest::Money::new(100, "USD")),
+                stock: stock as i64,
+                active: true,
+            }
+        })
+        .collect()
 }
 
 /// The users with the most events in the sample (good demo subjects).

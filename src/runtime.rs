@@ -281,25 +281,61 @@ impl Runtime {
         listener: tokio::net::TcpListener,
         collector: Arc<dyn EventSink>,
         commerce: Option<CommerceState>,
-        metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
         ready: Arc<AtomicBool>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
+        // One catalog: with a shop, only what it can sell is recommended.
+        if let Some(c) = &commerce {
+            self.recommender.set_availability(Arc::new(
+                recstream_serving::catalog::CatalogAvailability::new(c.catalog_arc()),
+            ));
+        }
+        // Shoppers, marketing and admins by commerce's JWT verifier; services by API key.
+        let access = Arc::new(recstream_serving::Access::new(
+            &self.cfg.server.auth,
+            commerce.as_ref().map(CommerceState::authenticator),
+        ));
         let state = recstream_serving::AppState {
             recommender: self.recommender.clone(),
             collector,
-            metrics,
+            access,
             ready,
             max_record_bytes: self.cfg.processor.max_record_bytes,
         };
-        let app = recstream_serving::api(state, self.segments.clone(), commerce);
-        axum::serve(listener, app)
+        let limits = self.cfg.server.limits.clone();
+        let app = recstream_serving::server::harden(
+            recstream_serving::api(state, self.segments.clone(), commerce),
+            &limits,
+        );
+        recstream_serving::server::serve(listener, app, limits, shutdown)
+            .await
+            .context("http server")
+    }
+}
+
+/// Serves `GET /metrics` on the internal listener `addr` until `shutdown`; returns the
+/// bound address (the port may be 0 in the configuration).
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener {addr}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        let app = recstream_serving::metrics_router(handle);
+        if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|s| *s).await;
             })
             .await
-            .context("http server")
-    }
+        {
+            tracing::warn!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(bound)
 }
 
 /// Installs the Prometheus recorder once per process.

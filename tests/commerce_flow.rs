@@ -157,6 +157,15 @@ async fn declined_cards_cancel_the_order_and_release_the_stock() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(shop.stock("p-1005").await, before, "stock released");
+        // The cart is as it was before the checkout: the shopper retries with another card.
+        let cart: Value = shop
+            .get(user, &format!("/v1/carts/{user}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(cart["lines"][0]["product_id"], "p-1005", "{cart}");
+        assert_eq!(cart["lines"][0]["quantity"], 2, "{cart}");
     }
     assert_eq!(shop.provider.captures(), 0, "nothing was charged");
     shop.eventually("cancel notifications", || {
@@ -461,6 +470,35 @@ async fn users_reach_only_their_own_cart_and_orders() {
         .await
         .unwrap();
     assert_eq!(list["orders"], json!([]));
+    // Paging parameters are bounded and checked: limit 1..=100, `after` one of the
+    // caller's own orders.
+    for q in [
+        "limit=0",
+        "limit=101",
+        "limit=1000",
+        "after=zzz",
+        "after=%E2%80%AE",
+        &format!("after={id}"),
+    ] {
+        let r = shop.get("mallory", &format!("/v1/orders?{q}")).await;
+        assert_eq!(r.status(), 400, "{q}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{q}: {body}");
+    }
+    let page: Value = shop
+        .get("frank", &format!("/v1/orders?limit=1&after={id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["orders"], json!([]), "nothing after the only order");
+    let page: Value = shop
+        .get("frank", "/v1/orders?limit=100")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["orders"][0]["order_id"], json!(id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,7 +524,13 @@ async fn the_saga_survives_a_consumer_crash_without_charging_twice() {
     let provider = shop.provider.clone();
     shop.eventually("the capture", || provider.captures() == 1)
         .await;
-    assert_eq!(shop.order("gina", &id).await["status"], "prepared");
+    // The orders consumer records ORDER_PREPARED on its own schedule (the payment
+    // consumer may capture first): wait for it rather than race it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shop.order("gina", &id).await["status"] != "prepared" {
+        assert!(std::time::Instant::now() < deadline, "order never prepared");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Crash: every consumer, the relay and the timers die where they are.
     shop.workers.take().unwrap().kill().await;
@@ -803,7 +847,10 @@ async fn merges_into_the_api_router() {
     let api = recstream_serving::AppState {
         recommender,
         collector: shop.sink.clone(),
-        metrics: None,
+        access: Arc::new(recstream_serving::Access::new(
+            &recstream_serving::AccessConfig::default(),
+            Some(shop.state.authenticator()),
+        )),
         ready: Arc::new(AtomicBool::new(true)),
         max_record_bytes: 64 * 1024,
     };
@@ -1006,4 +1053,115 @@ async fn the_jwks_is_fetched_from_a_url_as_cognito_publishes_it() {
         .err()
         .expect("a JWKS that cannot be fetched fails the start");
     assert!(err.to_string().contains("JWKS"), "{err}");
+}
+
+/// The catalog's admin endpoints: only a token in an admin group may create or update a
+/// product, set its stock or deactivate it; what they write is what carts see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_administration_needs_the_admin_role() {
+    let shop = Shop::start().await;
+    let admin = token_with_groups("root", &["admin"]);
+    let marketing = token_with_groups("mia", &["marketing"]);
+    let product = json!({"title": "Lamp", "category": "home.light",
+        "price": {"amount": 1999, "currency": "USD"}, "stock": 2});
+    let put = |token: Option<String>, path: &str, body: Value| {
+        let mut r = shop.http.put(shop.url(path)).json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    // No token, a shopper, marketing: refused with a JSON error.
+    for (token, status) in [
+        (None, 401),
+        (Some(shop.token("alice")), 403),
+        (Some(marketing.clone()), 403),
+    ] {
+        let r = put(
+            token.clone(),
+            "/v1/catalog/products/lamp-1",
+            product.clone(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), status);
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"]["code"].is_string(), "{body}");
+        let r = shop
+            .http
+            .post(shop.url("/v1/catalog/products/p-1001/deactivate"))
+            .bearer_auth(token.unwrap_or_default())
+            .send()
+            .await
+            .unwrap();
+        assert!(matches!(r.status().as_u16(), 401 | 403));
+    }
+    assert_eq!(
+        shop.http
+            .get(shop.url("/v1/catalog/products/lamp-1"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "nothing was written"
+    );
+
+    // The admin creates, a shopper can buy; stock 0 and deactivation are seen by carts.
+    let r = put(
+        Some(admin.clone()),
+        "/v1/catalog/products/lamp-1",
+        product.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let view: Value = r.json().await.unwrap();
+    assert_eq!(view["available"], 2);
+    assert_eq!(shop.add("alice", "lamp-1", 1).await.status(), 200);
+    let r = put(
+        Some(admin.clone()),
+        "/v1/catalog/products/lamp-1",
+        product.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "an update");
+    let r = put(
+        Some(admin.clone()),
+        "/v1/catalog/products/lamp-1/stock",
+        json!({"on_hand": 0}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["available"], 0);
+    assert_eq!(shop.add("bob", "lamp-1", 1).await.status(), 409, "sold out");
+    let r = put(
+        Some(admin.clone()),
+        "/v1/catalog/products/nope/stock",
+        json!({"on_hand": 3}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = shop
+        .http
+        .post(shop.url("/v1/catalog/products/p-1001/deactivate"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["active"], false);
+    assert_ne!(shop.add("carol", "p-1001", 1).await.status(), 200);
+    // Bad bodies are 4xx JSON.
+    let r = put(
+        Some(admin),
+        "/v1/catalog/products/lamp-2",
+        json!({"title": "", "price": {"amount": -1, "currency": "USD"}, "stock": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
 }

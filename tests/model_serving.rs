@@ -30,10 +30,13 @@ fn cli(args: &[&str], config: &Path) -> String {
 async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
+    // One service key with every scope the test needs (segments too), stored hashed.
+    let key = "rsk_model-serving-test";
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[embedded]\ndata_dir = \"{}\"\n[model]\nreload_interval_ms = 200\n[commerce]\ndata_dir = \"{}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[[server.auth.clients]]\nid = \"test\"\nscopes = [\"events:write\", \"recommendations:read\", \"segments:read\"]\nkey_sha256 = [\"{}\"]\n[embedded]\ndata_dir = \"{}\"\n[model]\nreload_interval_ms = 200\n[commerce]\ndata_dir = \"{}\"\n",
+            recstream_serving::auth::hash_key(key),
             dir.path().join("data").display(),
             dir.path().join("commerce").display()
         ),
@@ -58,10 +61,16 @@ async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut metrics_line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    out.read_line(&mut metrics_line).unwrap();
     let _server = Server(child);
+    let metrics_url = metrics_line
+        .trim()
+        .strip_prefix("metrics on ")
+        .unwrap_or_else(|| panic!("unexpected second line {metrics_line:?}"))
+        .to_string();
     let base = line
         .trim()
         .strip_prefix("serving on ")
@@ -71,7 +80,7 @@ async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
     let get = |path: String| {
         let (http, url) = (http.clone(), format!("{base}{path}"));
         async move {
-            let r = http.get(url).send().await.unwrap();
+            let r = http.get(url).header("x-api-key", key).send().await.unwrap();
             (
                 r.status().as_u16(),
                 r.json::<Value>().await.unwrap_or(Value::Null),
@@ -167,13 +176,14 @@ async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
     });
     let r = http
         .post(format!("{base}/v1/events"))
+        .header("x-api-key", key)
         .json(&click)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
     let metrics = http
-        .get(format!("{base}/metrics"))
+        .get(&metrics_url)
         .send()
         .await
         .unwrap()

@@ -43,11 +43,24 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The stable code of a status an extractor rejection carries (a body over the limit is
+/// 413 `payload_too_large`, a missing JSON content type 415 `unsupported_media_type`).
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    }
+}
+
 macro_rules! rejection {
     ($($t:ty),*) => {$(
         impl From<$t> for ApiError {
             fn from(r: $t) -> Self {
-                ApiError::new(r.status(), "bad_request", r.body_text())
+                ApiError::new(r.status(), crate::api_error::code_for_status(r.status()), r.body_text())
             }
         }
     )*};

@@ -3,7 +3,8 @@
 //! ```text
 //!  Authorization: Bearer <jwt> ─► header.alg ─┬─ HS256 ─► configured secret (local use)
 //!                                             └─ RS256 ─► JWKS key by `kid` (Cognito)
-//!        ─► exp (+ leeway), iss, aud, token_use as configured ─► Principal { user_id = sub }
+//!        ─► exp, nbf (± leeway); iss, aud required and checked when configured; token_use
+//!        ─► Principal { user_id = sub, groups = <groups_claim> (Cognito: `cognito:groups`) }
 //! ```
 //!
 //! Any other algorithm, a missing `kid`, an unknown key or a bad claim is a 401 with
@@ -33,9 +34,36 @@ pub use jsonwebtoken;
 pub struct Principal {
     /// The token's `sub`: the user id everywhere in the commerce flow.
     pub user_id: String,
+    /// The token's groups (the configured `groups_claim`, e.g. Cognito's
+    /// `cognito:groups`): roles such as `marketing` or `admin`.
+    pub groups: Vec<String>,
 }
 
 impl Principal {
+    /// A principal with no groups (a shopper).
+    pub fn user(user_id: impl Into<String>) -> Principal {
+        Principal {
+            user_id: user_id.into(),
+            groups: Vec::new(),
+        }
+    }
+
+    /// Whether the caller is in one of `groups`.
+    pub fn in_any_group(&self, groups: &[String]) -> bool {
+        self.groups.iter().any(|g| groups.contains(g))
+    }
+
+    /// 403 unless the caller is in one of `groups` (`what` names the role in the message).
+    pub fn require_group(&self, groups: &[String], what: &str) -> Result<(), CommerceError> {
+        if self.in_any_group(groups) {
+            Ok(())
+        } else {
+            Err(CommerceError::Forbidden(format!(
+                "this needs the {what} role"
+            )))
+        }
+    }
+
     /// 403 unless the caller is `owner`.
     pub fn require_owner(&self, owner: &str) -> Result<(), CommerceError> {
         if self.user_id == owner {
@@ -53,6 +81,30 @@ struct Claims {
     sub: String,
     #[serde(default)]
     token_use: Option<String>,
+    /// Everything else; the groups claim is looked up here by its configured name.
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A groups claim: an array of strings (Cognito) or one space-separated string (OAuth
+/// `scope` style). Anything else counts as no groups.
+fn groups_of(v: Option<&serde_json::Value>) -> Vec<String> {
+    match v {
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|g| g.as_str())
+            .filter(|g| !g.is_empty() && g.len() <= 128)
+            .take(64)
+            .map(str::to_string)
+            .collect(),
+        Some(serde_json::Value::String(s)) => s
+            .split(' ')
+            .filter(|g| !g.is_empty() && g.len() <= 128)
+            .take(64)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 pub struct Authenticator {
@@ -140,15 +192,21 @@ impl Authenticator {
         };
         let mut v = Validation::new(header.alg);
         v.leeway = self.cfg.leeway_s;
-        v.set_required_spec_claims(&["exp", "sub"]);
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        // A configured issuer or audience is required, not only checked when present.
+        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &self.cfg.issuer {
             v.set_issuer(&[iss]);
+            required.push("iss");
         }
         if self.cfg.audience.is_empty() {
             v.validate_aud = false;
         } else {
             v.set_audience(&self.cfg.audience);
+            required.push("aud");
         }
+        v.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             let why = match e.kind() {
@@ -172,8 +230,10 @@ impl Authenticator {
             return Err(bad("wrong token_use"));
         }
         super::check_id("sub", &claims.sub).map_err(|_| bad("unusable sub"))?;
+        let groups = groups_of(claims.rest.get(&self.cfg.groups_claim));
         Ok(Principal {
             user_id: claims.sub,
+            groups,
         })
     }
 }
@@ -205,6 +265,23 @@ fn load_jwks(path: &Path) -> Result<JwkSet, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))
 }
 
+/// The bearer token of `Authorization: Bearer <token>`; 401 when missing or malformed.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, CommerceError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| CommerceError::Unauthorized("missing bearer token".into()))?;
+    let value = value
+        .to_str()
+        .map_err(|_| CommerceError::Unauthorized("malformed authorization header".into()))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| CommerceError::Unauthorized("expected `Bearer <token>`".into()))?;
+    Ok(token)
+}
+
 impl FromRequestParts<CommerceState> for Principal {
     type Rejection = CommerceError;
 
@@ -212,20 +289,7 @@ impl FromRequestParts<CommerceState> for Principal {
         parts: &mut Parts,
         state: &CommerceState,
     ) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| CommerceError::Unauthorized("missing bearer token".into()))?;
-        let value = value
-            .to_str()
-            .map_err(|_| CommerceError::Unauthorized("malformed authorization header".into()))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| CommerceError::Unauthorized("expected `Bearer <token>`".into()))?;
-        state.ctx.auth.verify(token)
+        state.ctx.auth.verify(bearer_token(&parts.headers)?)
     }
 }
 
@@ -304,6 +368,97 @@ mod tests {
             c[k] = json!(v);
             assert!(a.verify(&token(c)).is_err(), "{k}");
         }
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_is_refused_beyond_the_leeway() {
+        let a = auth(AuthConfig {
+            leeway_s: 30,
+            ..AuthConfig::default()
+        });
+        let later = token(json!({"sub": "u", "exp": now() + 7200, "nbf": now() + 3600}));
+        assert!(
+            matches!(a.verify(&later), Err(CommerceError::Unauthorized(m)) if m.contains("not yet valid")),
+            "a token valid an hour from now"
+        );
+        // Within the leeway: accepted.
+        a.verify(&token(
+            json!({"sub": "u", "exp": now() + 60, "nbf": now() + 10}),
+        ))
+        .unwrap();
+        a.verify(&token(
+            json!({"sub": "u", "exp": now() + 60, "nbf": now() - 10}),
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn the_leeway_is_configurable() {
+        let expired_20s_ago = token(json!({"sub": "u", "exp": now() - 20}));
+        let strict = auth(AuthConfig {
+            leeway_s: 0,
+            ..AuthConfig::default()
+        });
+        assert!(strict.verify(&expired_20s_ago).is_err());
+        let lenient = auth(AuthConfig {
+            leeway_s: 60,
+            ..AuthConfig::default()
+        });
+        lenient.verify(&expired_20s_ago).unwrap();
+        let nbf_20s_ahead = token(json!({"sub": "u", "exp": now() + 60, "nbf": now() + 20}));
+        assert!(strict.verify(&nbf_20s_ahead).is_err());
+        lenient.verify(&nbf_20s_ahead).unwrap();
+    }
+
+    #[test]
+    fn a_configured_issuer_or_audience_must_be_present() {
+        let a = auth(AuthConfig {
+            issuer: Some("https://issuer".into()),
+            audience: vec!["shop".into()],
+            ..AuthConfig::default()
+        });
+        let no_iss = token(json!({"sub": "u", "exp": now() + 60, "aud": "shop"}));
+        assert!(
+            matches!(a.verify(&no_iss), Err(CommerceError::Unauthorized(m)) if m.contains("missing claim")),
+            "no iss"
+        );
+        let no_aud = token(json!({"sub": "u", "exp": now() + 60, "iss": "https://issuer"}));
+        assert!(
+            matches!(a.verify(&no_aud), Err(CommerceError::Unauthorized(m)) if m.contains("missing claim")),
+            "no aud"
+        );
+        // Not configured: not required.
+        auth(AuthConfig::default())
+            .verify(&token(json!({"sub": "u", "exp": now() + 60})))
+            .unwrap();
+    }
+
+    #[test]
+    fn groups_come_from_the_configured_claim() {
+        let a = auth(AuthConfig::default());
+        let p = a
+            .verify(&token(
+                json!({"sub": "m", "exp": now() + 60, "cognito:groups": ["marketing", "x"]}),
+            ))
+            .unwrap();
+        assert_eq!(p.groups, vec!["marketing".to_string(), "x".into()]);
+        assert!(p.in_any_group(&["marketing".into()]));
+        assert!(p.require_group(&["admin".into()], "admin").is_err());
+        let custom = auth(AuthConfig {
+            groups_claim: "roles".into(),
+            ..AuthConfig::default()
+        });
+        let p = custom
+            .verify(&token(json!({"sub": "m", "exp": now() + 60, "roles": "admin ops", "cognito:groups": ["marketing"]})))
+            .unwrap();
+        assert_eq!(p.groups, vec!["admin".to_string(), "ops".into()]);
+        // A malformed claim is no groups, not an error.
+        let p = a
+            .verify(&token(
+                json!({"sub": "m", "exp": now() + 60, "cognito:groups": {"a": 1}}),
+            ))
+            .unwrap();
+        assert!(p.groups.is_empty());
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub trait Catalog: Send + Sync + 'static {
 #[serde(deny_unknown_fields)]
 pub struct SeedProduct {
     pub id: String,
+    /// The product's title (`title` in a feed).
+    #[serde(alias = "title")]
     pub name: String,
     #[serde(default)]
     pub category: Option<String>,
@@ -109,6 +111,88 @@ struct CsvRow {
     price_minor: i64,
     currency: String,
     stock: i64,
+}
+
+/// A row of a CSV product feed: `id,title,category,price,stock,active` (`price` in minor
+/// units; optional `currency`, USD when absent; `active` true when empty).
+#[derive(Debug, Deserialize)]
+struct FeedRow {
+    id: String,
+    title: String,
+    #[serde(default)]
+    category: Option<String>,
+    price: i64,
+    #[serde(default)]
+    currency: Option<String>,
+    stock: i64,
+    #[serde(default)]
+    active: Option<String>,
+}
+
+fn feed_bool(v: Option<&str>) -> Result<bool, String> {
+    match v.map(str::trim).unwrap_or("") {
+        "" | "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => Err(format!("active: `{other}` is not true/false")),
+    }
+}
+
+/// Reads a product feed: JSON lines (`.jsonl` / `.ndjson`, one [`SeedProduct`] per line,
+/// `title` or `name`), CSV (`id,title,category,price,stock,active`, price in minor units,
+/// optional `currency`), or what [`load_seed`] reads. Every product is validated; the
+/// first bad one fails the whole feed with its line.
+pub fn load_feed(path: &Path) -> Result<Vec<SeedProduct>, String> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let items = match ext.as_str() {
+        "jsonl" | "ndjson" => parse_json_lines(&text),
+        "csv"
+            if text
+                .lines()
+                .next()
+                .is_some_and(|h| h.split(',').any(|c| c.trim() == "title")) =>
+        {
+            parse_feed_csv(&text)
+        }
+        _ => return load_seed(path),
+    }
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    for p in &items {
+        validate_seed(p).map_err(|e| format!("{}: product `{}`: {e}", path.display(), p.id))?;
+    }
+    Ok(items)
+}
+
+/// JSON lines: one product object per non-blank line.
+pub fn parse_json_lines(text: &str) -> Result<Vec<SeedProduct>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1)))
+        .collect()
+}
+
+/// CSV with the header `id,title,category,price,stock,active` (any order; `currency`
+/// optional).
+pub fn parse_feed_csv(text: &str) -> Result<Vec<SeedProduct>, String> {
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let mut out = Vec::new();
+    for (i, row) in rdr.deserialize::<FeedRow>().enumerate() {
+        let r = row.map_err(|e| format!("row {}: {e}", i + 1))?;
+        out.push(SeedProduct {
+            id: r.id,
+            name: r.title,
+            category: r.category.filter(|c| !c.is_empty()),
+            price: Money::new(r.price, r.currency.as_deref().unwrap_or("USD")),
+            stock: r.stock,
+            active: feed_bool(r.active.as_deref()).map_err(|e| format!("row {}: {e}", i + 1))?,
+        });
+    }
+    Ok(out)
 }
 
 /// The built-in demo catalog.
@@ -170,35 +254,76 @@ impl StoreCatalog {
     }
 
     /// Adds the products that do not exist yet (with their stock); returns how many.
+    /// Products are written in transactions of up to 50 (a feed of thousands loads in a
+    /// second); a batch in which one already exists is retried product by product.
     pub async fn seed(&self, items: &[SeedProduct]) -> Result<usize, CommerceError> {
         let mut added = 0;
         for p in items {
             validate_seed(p).map_err(CommerceError::BadRequest)?;
-            let product = Product {
-                id: p.id.clone(),
-                name: p.name.clone(),
-                category: p.category.clone(),
-                price: p.price.clone(),
-                active: p.active,
-            };
-            let writes = vec![
-                Write::put_json(product_key(&p.id), &product, Cond::Absent)?,
-                Write::put_json(
-                    stock_key(&p.id),
-                    &Stock {
-                        on_hand: p.stock,
-                        reserved: 0,
-                    },
-                    Cond::Absent,
-                )?,
-            ];
+        }
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<&SeedProduct> = items.iter().filter(|p| seen.insert(&p.id)).collect();
+        for chunk in unique.chunks(super::store::MAX_WRITES / 2) {
+            let mut writes = Vec::with_capacity(chunk.len() * 2);
+            for p in chunk {
+                writes.extend(Self::seed_writes(p)?);
+            }
             match self.store.transact(writes).await {
-                Ok(()) => added += 1,
+                Ok(()) => {
+                    added += chunk.len();
+                    continue;
+                }
                 Err(StoreError::Conflict { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
+            for p in chunk {
+                match self.store.transact(Self::seed_writes(p)?).await {
+                    Ok(()) => added += 1,
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         Ok(added)
+    }
+
+    fn seed_writes(p: &SeedProduct) -> Result<Vec<Write>, CommerceError> {
+        let product = Product {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            category: p.category.clone(),
+            price: p.price.clone(),
+            active: p.active,
+        };
+        Ok(vec![
+            Write::put_json(product_key(&p.id), &product, Cond::Absent)?,
+            Write::put_json(
+                stock_key(&p.id),
+                &Stock {
+                    on_hand: p.stock,
+                    reserved: 0,
+                },
+                Cond::Absent,
+            )?,
+        ])
+    }
+
+    /// Creates the product or replaces its title, category, price and active flag and
+    /// sets its units on hand (reservations are kept). Returns whether it was created.
+    pub async fn upsert(&self, p: &SeedProduct) -> Result<bool, CommerceError> {
+        validate_seed(p).map_err(CommerceError::BadRequest)?;
+        if self.seed(std::slice::from_ref(p)).await? == 1 {
+            return Ok(true);
+        }
+        self.update_product(&p.id, |cur| {
+            cur.name = p.name.clone();
+            cur.category = p.category.clone();
+            cur.price = p.price.clone();
+            cur.active = p.active;
+        })
+        .await?;
+        self.set_on_hand(&p.id, p.stock).await?;
+        Ok(false)
     }
 
     /// Changes a price (carts see it on the next sweep or checkout).
@@ -344,6 +469,81 @@ mod tests {
         )
         .unwrap();
         assert!(load_seed(&path).is_err());
+    }
+
+    #[test]
+    fn feeds_in_json_lines_and_csv() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("feed.jsonl");
+        std::fs::write(
+            &jsonl,
+            concat!(
+                r#"{"id":"a","title":"Alpha","category":"x.y","price":{"amount":100,"currency":"EUR"},"stock":3}"#,
+                "\n\n",
+                r#"{"id":"b","title":"Beta","price":{"amount":5,"currency":"USD"},"stock":0,"active":false}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let f = load_feed(&jsonl).unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].name, "Alpha");
+        assert_eq!(f[0].category.as_deref(), Some("x.y"));
+        assert!(!f[1].active);
+        std::fs::write(
+            &jsonl,
+            r#"{"id":"","title":"x","price":{"amount":1,"currency":"USD"},"stock":1}"#,
+        )
+        .unwrap();
+        assert!(load_feed(&jsonl).is_err(), "a blank id fails the feed");
+
+        let csv = dir.path().join("feed.csv");
+        std::fs::write(
+            &csv,
+            "id,title,category,price,stock,active\na,Alpha,x.y,100,3,true\nb,Beta,,5,0,false\nc,Gamma,,7,1,\n",
+        )
+        .unwrap();
+        let f = load_feed(&csv).unwrap();
+        assert_eq!(f.len(), 3);
+        assert_eq!(f[0].price, Money::new(100, "USD"));
+        assert!(!f[1].active && f[2].active);
+        assert_eq!(f[1].category, None);
+        std::fs::write(
+            &csv,
+            "id,title,category,price,stock,active\na,Alpha,,100,3,maybe\n",
+        )
+        .unwrap();
+        assert!(load_feed(&csv).unwrap_err().contains("active"));
+        // The seed format still loads through load_feed.
+        std::fs::write(
+            &csv,
+            "id,name,category,price_minor,currency,stock\na,Alpha,,100,EUR,3\n",
+        )
+        .unwrap();
+        assert_eq!(load_feed(&csv).unwrap()[0].price, Money::new(100, "EUR"));
+    }
+
+    #[tokio::test]
+    async fn upsert_creates_then_updates_keeping_reservations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn CommerceStore> =
+            Arc::new(EmbeddedStore::open(dir.path().join("c.redb")).unwrap());
+        let cat = StoreCatalog::new(store);
+        let mut p = SeedProduct {
+            id: "n1".into(),
+            name: "New".into(),
+            category: None,
+            price: Money::new(100, "USD"),
+            stock: 2,
+            active: true,
+        };
+        assert!(cat.upsert(&p).await.unwrap());
+        p.name = "Renamed".into();
+        p.stock = 0;
+        assert!(!cat.upsert(&p).await.unwrap());
+        let v = cat.product("n1").await.unwrap().unwrap();
+        assert_eq!(v.product.name, "Renamed");
+        assert!(!v.buyable(), "no stock");
     }
 
     #[tokio::test]

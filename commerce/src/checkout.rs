@@ -47,6 +47,26 @@ pub struct Outcome {
     pub replayed: bool,
 }
 
+/// Whether any string (or key) in `v` holds something that looks like a card number.
+fn holds_card_number(v: &serde_json::Value) -> bool {
+    use super::payment::contains_card_number as card;
+    match v {
+        serde_json::Value::String(s) => card(s),
+        serde_json::Value::Array(a) => a.iter().any(holds_card_number),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| card(k) || holds_card_number(v)),
+        serde_json::Value::Number(n) => card(&n.to_string()),
+        _ => false,
+    }
+}
+
+fn card_number_refused() -> CommerceError {
+    CommerceError::Api(crate::ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "card_number_refused",
+        "card numbers are not accepted in any field; pay with a payment method id (pm_…) from Stripe.js",
+    ))
+}
+
 fn check_address(a: &Address) -> Result<(), CommerceError> {
     let field = |name: &str, v: &str, max: usize| {
         if v.trim().is_empty() || v.len() > max || v.chars().any(char::is_control) {
@@ -88,8 +108,23 @@ pub(crate) async fn checkout(
     idempotency::check_key(key)?;
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| CommerceError::BadRequest(format!("malformed json: {e}")))?;
-    let req: CheckoutRequest = serde_json::from_value(value.clone())
-        .map_err(|e| CommerceError::BadRequest(format!("invalid checkout request: {e}")))?;
+    // Nothing that looks like a card number is accepted in any field (the payment method
+    // is checked by its own rule below, which maps the public test cards in test mode).
+    if let Some(obj) = value.as_object()
+        && obj
+            .iter()
+            .any(|(k, v)| k != "payment_method" && holds_card_number(v))
+    {
+        return Err(card_number_refused());
+    }
+    let req: CheckoutRequest = serde_json::from_value(value.clone()).map_err(|e| {
+        // serde's message may quote the offending value: never echo a PAN.
+        if holds_card_number(&value) {
+            card_number_refused()
+        } else {
+            CommerceError::BadRequest(format!("invalid checkout request: {e}"))
+        }
+    })?;
     let pm =
         super::payment::normalize_payment_method(&req.payment_method, ctx.provider.test_mode())?;
     if let Some(a) = &req.shipping {
@@ -281,22 +316,35 @@ async fn place_order(
     ))
 }
 
-/// The user's orders, newest first (ids only; at most `limit`, among the first 1 000).
+/// The user's orders, newest first (ids only; at most `limit`, among the first 1 000),
+/// starting after the order `after` (a page's last id). An `after` that is not one of the
+/// user's orders is a 400, not an empty page.
 pub(crate) async fn order_ids(
     ctx: &Ctx,
     user_id: &str,
+    after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<String>, CommerceError> {
     let rows = ctx
         .store
         .query(&format!("user_orders#{user_id}"), None, 1_000)
         .await?;
-    Ok(rows
+    let ids = rows
         .into_iter()
         .rev()
-        .take(limit)
-        .map(|(_, item)| String::from_utf8_lossy(&item.value).into_owned())
-        .collect())
+        .map(|(_, item)| String::from_utf8_lossy(&item.value).into_owned());
+    match after {
+        None => Ok(ids.take(limit).collect()),
+        Some(a) => {
+            let mut ids = ids.skip_while(|id| id != a);
+            if ids.next().is_none() {
+                return Err(CommerceError::BadRequest(format!(
+                    "after: `{a}` is not one of your orders"
+                )));
+            }
+            Ok(ids.take(limit).collect())
+        }
+    }
 }
 
 /// Reads an order.

@@ -33,8 +33,9 @@ pub struct CommerceConfig {
     pub store: StoreKind,
     /// Embedded database, notification outbox file.
     pub data_dir: PathBuf,
-    /// Products to seed the catalog with (JSON array or CSV); `None` = the built-in demo
-    /// catalog. Seeding only adds products that do not exist yet.
+    /// Products to seed the catalog with: a product feed (JSON lines, or CSV
+    /// `id,title,category,price,stock,active`) or a JSON array / seed CSV; `None` = the
+    /// built-in demo catalog. Seeding only adds products that do not exist yet.
     pub catalog_seed: Option<PathBuf>,
     /// Most units of one product in a cart.
     pub max_quantity: u32,
@@ -153,6 +154,13 @@ pub struct AuthConfig {
     pub token_use: Vec<String>,
     /// Clock skew allowed on `exp` / `nbf`, seconds.
     pub leeway_s: u64,
+    /// The claim that lists the caller's groups (roles such as `marketing`, `admin`):
+    /// Cognito's `cognito:groups` by default; an array of strings or a space-separated
+    /// string.
+    pub groups_claim: String,
+    /// Groups (in `groups_claim`) that administer the catalog: create and update
+    /// products, set stock, deactivate.
+    pub admin_groups: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -164,6 +172,8 @@ impl Default for AuthConfig {
             audience: Vec::new(),
             token_use: Vec::new(),
             leeway_s: 30,
+            groups_claim: "cognito:groups".into(),
+            admin_groups: vec!["admin".into()],
         }
     }
 }
@@ -172,6 +182,12 @@ impl AuthConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.leeway_s > 300 {
             return Err("commerce.auth.leeway_s must be at most 300".into());
+        }
+        if self.groups_claim.is_empty() || self.groups_claim.len() > 128 {
+            return Err("commerce.auth.groups_claim must be 1 to 128 characters".into());
+        }
+        if self.admin_groups.iter().any(String::is_empty) {
+            return Err("commerce.auth.admin_groups: group names must not be empty".into());
         }
         if self.jwks_path.is_some() && self.jwks_url.is_some() {
             return Err("commerce.auth: set jwks_path or jwks_url, not both".into());

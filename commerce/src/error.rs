@@ -126,7 +126,7 @@ macro_rules! rejection {
     ($($t:ty),*) => {$(
         impl From<$t> for CommerceError {
             fn from(r: $t) -> Self {
-                CommerceError::Api(ApiError::new(r.status(), "bad_request", r.body_text()))
+                CommerceError::Api(ApiError::new(r.status(), crate::api_error::code_for_status(r.status()), r.body_text()))
             }
         }
     )*};

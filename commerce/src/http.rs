@@ -8,8 +8,11 @@
 //! | PUT | `/v1/carts/{user_id}/items/{product_id}` `{"quantity"}` (0 deletes) | owner |
 //! | DELETE | `/v1/carts/{user_id}/items/{product_id}` | owner |
 //! | POST | `/v1/checkout` + `Idempotency-Key` | caller's cart |
-//! | GET | `/v1/orders`, `/v1/orders/{order_id}` | owner |
+//! | GET | `/v1/orders?limit=1..=100&after=<order_id>`, `/v1/orders/{order_id}` | owner |
 //! | GET | `/v1/catalog/products`, `/v1/catalog/products/{product_id}` | public |
+//! | PUT | `/v1/catalog/products/{product_id}` (create or update) | admin group |
+//! | PUT | `/v1/catalog/products/{product_id}/stock` `{"on_hand"}` | admin group |
+//! | POST | `/v1/catalog/products/{product_id}/deactivate` | admin group |
 //! | POST | `/v1/payments/webhook` | `Stripe-Signature` |
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -30,6 +33,9 @@ use super::checkout;
 use super::error::CommerceError;
 use super::webhook;
 
+/// Most orders on one page of `GET /v1/orders`.
+const MAX_ORDERS_PAGE: usize = 100;
+
 /// Largest cart or checkout body.
 const MAX_BODY: usize = 16 * 1024;
 
@@ -46,7 +52,15 @@ pub fn routes(state: CommerceState) -> Router {
         .route("/v1/orders", get(list_orders))
         .route("/v1/orders/{order_id}", get(get_order))
         .route("/v1/catalog/products", get(list_products))
-        .route("/v1/catalog/products/{product_id}", get(get_product))
+        .route(
+            "/v1/catalog/products/{product_id}",
+            get(get_product).put(put_product),
+        )
+        .route("/v1/catalog/products/{product_id}/stock", put(put_stock))
+        .route(
+            "/v1/catalog/products/{product_id}/deactivate",
+            post(deactivate_product),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route(
             "/v1/payments/webhook",
@@ -212,15 +226,26 @@ async fn list_orders(
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, CommerceError> {
     let Query(q) = q?;
-    let limit = q.limit.unwrap_or(20).clamp(1, 100);
-    let ids = checkout::order_ids(&st.ctx, &who.user_id, limit).await?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=MAX_ORDERS_PAGE).contains(&limit) {
+        return Err(CommerceError::BadRequest(format!(
+            "limit must be in 1..={MAX_ORDERS_PAGE}"
+        )));
+    }
+    if let Some(a) = &q.after {
+        super::check_id("after", a)?;
+    }
+    let ids = checkout::order_ids(&st.ctx, &who.user_id, q.after.as_deref(), limit).await?;
     let mut orders = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some(o) = checkout::order(&st.ctx, &id).await? {
             orders.push(json!({"order_id": o.id, "status": o.status, "total": o.total, "created_at_ms": o.created_at_ms}));
         }
     }
-    Ok(Json(json!({"orders": orders})).into_response())
+    let next = (orders.len() == limit)
+        .then(|| orders.last().map(|o| o["order_id"].clone()))
+        .flatten();
+    Ok(Json(json!({"orders": orders, "next_after": next})).into_response())
 }
 
 async fn get_order(
@@ -263,6 +288,101 @@ async fn get_product(
         Some(p) => Ok(Json(p).into_response()),
         None => Err(CommerceError::NotFound(format!("unknown product `{id}`"))),
     }
+}
+
+/// 403 unless the caller is in one of `commerce.auth.admin_groups`.
+fn require_admin(st: &CommerceState, who: &Principal) -> Result<(), CommerceError> {
+    who.require_group(&st.ctx.cfg.auth.admin_groups, "admin")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProductBody {
+    #[serde(alias = "name")]
+    title: String,
+    #[serde(default)]
+    category: Option<String>,
+    price: recstream_ingest::Money,
+    stock: i64,
+    #[serde(default = "yes")]
+    active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn put_product(
+    State(st): State<CommerceState>,
+    who: Principal,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<ProductBody>, JsonRejection>,
+) -> Result<Response, CommerceError> {
+    require_admin(&st, &who)?;
+    let Path(id) = path?;
+    super::check_id("product_id", &id)?;
+    let Json(b) = body?;
+    let seed = super::catalog::SeedProduct {
+        id: id.clone(),
+        name: b.title,
+        category: b.category.filter(|c| !c.is_empty()),
+        price: b.price,
+        stock: b.stock,
+        active: b.active,
+    };
+    let created = st.ctx.catalog.upsert(&seed).await?;
+    tracing::info!(admin = %who.user_id, product = %id, created, "catalog product written");
+    let view = st
+        .ctx
+        .catalog
+        .product(&id)
+        .await?
+        .ok_or_else(|| CommerceError::NotFound(format!("unknown product `{id}`")))?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StockBody {
+    on_hand: i64,
+}
+
+async fn put_stock(
+    State(st): State<CommerceState>,
+    who: Principal,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<StockBody>, JsonRejection>,
+) -> Result<Response, CommerceError> {
+    require_admin(&st, &who)?;
+    let Path(id) = path?;
+    super::check_id("product_id", &id)?;
+    let Json(b) = body?;
+    if st.ctx.catalog.product(&id).await?.is_none() {
+        return Err(CommerceError::NotFound(format!("unknown product `{id}`")));
+    }
+    st.ctx.catalog.set_on_hand(&id, b.on_hand).await?;
+    tracing::info!(admin = %who.user_id, product = %id, on_hand = b.on_hand, "stock set");
+    let view = st.ctx.catalog.product(&id).await?;
+    Ok(Json(view).into_response())
+}
+
+async fn deactivate_product(
+    State(st): State<CommerceState>,
+    who: Principal,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, CommerceError> {
+    require_admin(&st, &who)?;
+    let Path(id) = path?;
+    super::check_id("product_id", &id)?;
+    st.ctx.catalog.set_active(&id, false).await?;
+    tracing::info!(admin = %who.user_id, product = %id, "product deactivated");
+    let view = st.ctx.catalog.product(&id).await?;
+    Ok(Json(view).into_response())
 }
 
 async fn webhook_handler(

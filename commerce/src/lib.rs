@@ -114,7 +114,7 @@ pub(crate) struct Ctx {
     pub sink: Arc<dyn EventSink>,
     pub clock: Arc<dyn Clock>,
     pub cfg: CommerceConfig,
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     pub webhook_secret: Option<Secret>,
     pub signals: Signals,
     pub consumer_names: Vec<String>,
@@ -242,7 +242,7 @@ impl CommerceBuilder {
         let catalog = Arc::new(StoreCatalog::new(store.clone()));
         let seed = match (self.seed, &cfg.catalog_seed) {
             (Some(s), _) => s,
-            (None, Some(path)) => catalog::load_seed(path).map_err(CommerceError::BadRequest)?,
+            (None, Some(path)) => catalog::load_feed(path).map_err(CommerceError::BadRequest)?,
             (None, None) => catalog::demo_seed(),
         };
         let added = catalog.seed(&seed).await?;
@@ -262,7 +262,7 @@ impl CommerceBuilder {
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             webhook_secret: self.secrets.stripe_webhook_secret,
             cfg,
-            auth,
+            auth: Arc::new(auth),
             signals: Signals {
                 outbox: Notify::new(),
                 log,
@@ -338,6 +338,16 @@ impl CommerceState {
         &self.ctx.catalog
     }
 
+    /// The catalog, shared (the recommendation filter holds it).
+    pub fn catalog_arc(&self) -> Arc<StoreCatalog> {
+        self.ctx.catalog.clone()
+    }
+
+    /// The one JWT verifier: serving authenticates shoppers, marketing and admins with it.
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.ctx.auth.clone()
+    }
+
     pub fn store(&self) -> Arc<dyn CommerceStore> {
         self.ctx.store.clone()
     }
@@ -395,14 +405,15 @@ async fn run_purger(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Ids (user, product, event): 1 to 128 printable characters.
+/// Ids (user, product, event): 1 to 128 printable characters, not blank, no bidi
+/// controls (the decoder's rule, [`recstream_ingest::decode::id_problem`]).
 pub(crate) fn check_id(what: &str, id: &str) -> Result<(), CommerceError> {
-    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
-        return Err(CommerceError::BadRequest(format!(
-            "{what} must be 1 to 128 printable characters"
-        )));
+    match recstream_ingest::decode::id_problem(id) {
+        Some(problem) => Err(CommerceError::BadRequest(format!(
+            "{what} {problem} (1 to 128 printable characters)"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Money: a non-negative amount and a three-letter upper-case currency.

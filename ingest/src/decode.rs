@@ -89,7 +89,74 @@ fn check_id(field: &'static str, value: &str) -> Result<(), DecodeError> {
     if value.is_empty() {
         return Err(DecodeError::invalid(field, "must not be empty"));
     }
-    check_text(field, value, MAX_ID_BYTES)
+    check_text(field, value, MAX_ID_BYTES)?;
+    match id_problem(value) {
+        Some(p) => Err(DecodeError::invalid(field, p)),
+        None => Ok(()),
+    }
+}
+
+/// Whether an event's time `ts` is plausible for a record that arrived at `arrival`: at
+/// most `max_future_ms` after it and (unless `max_age_ms` is 0) at most `max_age_ms`
+/// before it. A file replay's arrival is the event time, so it always passes; records
+/// from outside (the collector, Kinesis) are judged against when they arrived.
+pub fn check_time_bounds(
+    ts: Timestamp,
+    arrival: Timestamp,
+    max_future_ms: u64,
+    max_age_ms: u64,
+) -> Result<(), DecodeError> {
+    let ahead = ts.0.saturating_sub(arrival.0);
+    if ahead > 0 && ahead as u64 > max_future_ms {
+        return Err(DecodeError::invalid(
+            "ts",
+            format!(
+                "{} s after the record's arrival (at most {} s in the future)",
+                ahead / 1000,
+                max_future_ms / 1000
+            ),
+        ));
+    }
+    let behind = arrival.0.saturating_sub(ts.0);
+    if max_age_ms > 0 && behind > 0 && behind as u64 > max_age_ms {
+        return Err(DecodeError::invalid(
+            "ts",
+            format!(
+                "{} s before the record's arrival (at most {} s old)",
+                behind / 1000,
+                max_age_ms / 1000
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Unicode bidirectional controls (embeddings, overrides, isolates, marks): they make an
+/// id display as another one (Trojan Source, CVE-2021-42574).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// Why `id` is not an acceptable identifier (user, product, event, session …), if it is
+/// not: empty, over 128 bytes, blank (only whitespace), or holding control or bidi
+/// characters. Shared by the decoder, the collector and the commerce handlers.
+pub fn id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() {
+        Some("must not be empty")
+    } else if id.len() > MAX_ID_BYTES {
+        Some("must be at most 128 bytes")
+    } else if id.chars().all(char::is_whitespace) {
+        Some("must not be blank")
+    } else if id.chars().any(char::is_control) {
+        Some("contains control characters")
+    } else if id.chars().any(is_bidi_control) {
+        Some("contains bidirectional control characters")
+    } else {
+        None
+    }
 }
 
 fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), DecodeError> {
@@ -264,6 +331,42 @@ mod tests {
                 "{json}"
             );
         }
+    }
+
+    #[test]
+    fn event_time_is_bounded_by_arrival() {
+        let now = Timestamp(1_700_000_000_000);
+        let at = |d: i64| Timestamp(now.0 + d);
+        check_time_bounds(now, now, 300_000, 0).unwrap();
+        check_time_bounds(at(299_000), now, 300_000, 0).unwrap();
+        let e = check_time_bounds(at(301_000), now, 300_000, 0).unwrap_err();
+        assert_eq!(field_of(e), "ts");
+        // 2099 against today.
+        assert!(check_time_bounds(Timestamp(4_070_908_800_000), now, 300_000, 0).is_err());
+        // Age: unbounded by default, bounded when configured.
+        check_time_bounds(Timestamp(1_569_888_000_000), now, 300_000, 0).unwrap();
+        assert!(check_time_bounds(at(-3_600_001), now, 300_000, 3_600_000).is_err());
+        check_time_bounds(at(-3_599_000), now, 300_000, 3_600_000).unwrap();
+    }
+
+    #[test]
+    fn blank_and_bidi_ids_are_refused() {
+        for (field, value) in [
+            ("user_id", "   "),
+            ("user_id", "\u{202E}resu"),
+            ("event_id", "e\u{2066}1"),
+            ("product_id", "\t"),
+            ("product_id", "p\u{200F}"),
+        ] {
+            let mut v = serde_json::json!({"event_id":"e","ts":1569888000000i64,"user_id":"u",
+                "type":"view","product_id":"p"});
+            v[field] = serde_json::json!(value);
+            let err = decode(v.to_string().as_bytes()).unwrap_err();
+            assert_eq!(field_of(err), field, "{value:?}");
+        }
+        assert_eq!(id_problem("u 1"), None, "inner spaces are fine");
+        assert_eq!(id_problem("ユーザー"), None);
+        assert!(id_problem(" ").is_some());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The shard processor: the loop that joins the stages for one shard.
 //!
 //! ```text
-//!  Source::next_batch ─► decode ─┬─ Ok  ─► Aggregator::apply ─► (every flush interval) FeatureStore::write
+//!  Source::next_batch ─► decode + time bounds (vs arrival) ─┬─ Ok  ─► Aggregator::apply ─► (every flush interval) FeatureStore::write
 //!                                │        └► ArchiveWriter::push
 //!                                └─ Err ─► ArchiveWriter::push_dead (reason kept)
 //!
@@ -47,6 +47,14 @@ pub struct ProcessorConfig {
     pub archive_max_rows: usize,
     /// Roll the archive early when this many raw bytes are buffered.
     pub archive_max_bytes: usize,
+    /// Events dated more than this after their record's arrival (the collector's clock,
+    /// Kinesis' ApproximateArrivalTimestamp) are dead-lettered, never applied: a clock
+    /// far ahead would otherwise dominate time-decayed state (trending) for everyone.
+    pub max_future_skew_ms: u64,
+    /// Events dated more than this before their record's arrival are dead-lettered;
+    /// 0 = no bound. Off by default: replays of historical logs into a stream are
+    /// legitimate (a file replay's arrival is the event time, so it is never judged).
+    pub max_event_age_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -58,6 +66,8 @@ impl Default for ProcessorConfig {
             checkpoint_interval_ms: 10_000,
             archive_max_rows: 250_000,
             archive_max_bytes: 64 * 1024 * 1024,
+            max_future_skew_ms: 5 * 60 * 1000,
+            max_event_age_ms: 0,
         }
     }
 }
@@ -80,6 +90,9 @@ impl ProcessorConfig {
         }
         if self.archive_max_rows == 0 || self.archive_max_bytes == 0 {
             return Err("processor.archive_max_rows and archive_max_bytes must be positive".into());
+        }
+        if self.max_future_skew_ms > 24 * 3600 * 1000 {
+            return Err("processor.max_future_skew_ms must be at most a day".into());
         }
         Ok(())
     }
@@ -285,7 +298,16 @@ impl ShardProcessor {
                 None => recstream_ingest::decode::decode_with_limit(
                     &rec.data,
                     self.cfg.max_record_bytes,
-                ),
+                )
+                .and_then(|ev| {
+                    recstream_ingest::decode::check_time_bounds(
+                        ev.ts,
+                        rec.arrival,
+                        self.cfg.max_future_skew_ms,
+                        self.cfg.max_event_age_ms,
+                    )?;
+                    Ok(ev)
+                }),
             };
             match decoded {
                 Ok(event) => {

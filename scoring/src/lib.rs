@@ -5,8 +5,10 @@
 //!  ColdStartCache (segment → top-N) ─────────┼─► Recommender::recommend ─► Recommendations
 //!  request (user, n, context) ───────────────┘        │ served features
 //!  feedback events (recommendation_id) ─► feedback::OnlineLearner ─► FTRL ranks the next
+//!  Availability (the shop's catalog) ─► only sellable products are served
 //! ```
 
+pub mod availability;
 pub mod cold_start;
 pub mod config;
 pub mod error;
@@ -17,6 +19,7 @@ pub mod recommend;
 #[cfg(test)]
 mod test_support;
 
+pub use availability::{Availability, ProductState};
 pub use cold_start::{ColdStartCache, ColdStartList, InProcessCache};
 pub use config::ScoringConfig;
 pub use error::ScoringError;

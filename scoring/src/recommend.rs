@@ -6,7 +6,7 @@
 //!                 ├─ best sellers of the user's top categories          (w_category)
 //!                 └─ trending                                           (w_trending)
 //!                        ▼ blend (each source normalised to [0,1]) ─► filter (bought, in cart,
-//!                          context) ─► best `rerank_depth` by the blend ─► Ranker (the
+//!                          context, not sellable per the shop's catalog) ─► best `rerank_depth` by the blend ─► Ranker (the
 //!                          affinity model when one is loaded) ─► diversify (≤ k per category)
 //!                          ─► top n
 //!  no history ─► cold-start list of the user's segment, else overall, else trending
@@ -89,6 +89,9 @@ pub struct Recommender {
     ranker: Arc<dyn Ranker>,
     model: Option<Arc<ModelHandle>>,
     learner: Option<Arc<OnlineLearner>>,
+    /// The shop's catalog: only sellable products are served (unset = no filter). Set
+    /// once, after start-up opened the shop ([`Recommender::set_availability`]).
+    availability: std::sync::OnceLock<Arc<dyn crate::availability::Availability>>,
 }
 
 /// One candidate: its blend score, the strongest source (the reason, borrowing the seed or
@@ -131,7 +134,22 @@ impl Recommender {
             ranker,
             model: None,
             learner: None,
+            availability: std::sync::OnceLock::new(),
         }
+    }
+
+    /// From now on, serves only products `availability` says the shop can sell (active,
+    /// in stock). Once per recommender: `false` when a filter was already set.
+    pub fn set_availability(
+        &self,
+        availability: Arc<dyn crate::availability::Availability>,
+    ) -> bool {
+        self.availability.set(availability).is_ok()
+    }
+
+    /// The catalog filter, when one is set.
+    pub fn availability(&self) -> Option<&Arc<dyn crate::availability::Availability>> {
+        self.availability.get()
     }
 
     /// Ranks with whatever model `handle` holds (hot reload; the blend until one is
@@ -368,6 +386,15 @@ impl Recommender {
         }
 
         cands.retain(|id, _| !excluded.contains(id));
+        if let Some(av) = self.availability.get() {
+            let ids: Vec<&str> = cands.keys().copied().collect();
+            let ok = crate::availability::sellable(av.as_ref(), &ids, degraded).await;
+            for (id, ok) in ids.iter().zip(ok) {
+                if !ok {
+                    cands.remove(id);
+                }
+            }
+        }
         metrics::histogram!(m::CANDIDATES).record(cands.len() as f64);
         let mut ranked: Vec<(&str, Cand<'_>)> = cands.into_iter().collect();
         let depth = cfg.rerank_depth.max(n);
@@ -523,9 +550,18 @@ impl Recommender {
         };
         let excluded: FxHashSet<&str> = req.context.iter().map(String::as_str).collect();
         let max = top_weight(list);
+        let sellable = match self.availability.get() {
+            Some(av) => {
+                let ids: Vec<&str> = list.iter().map(|(p, _)| p.as_str()).collect();
+                crate::availability::sellable(av.as_ref(), &ids, degraded).await
+            }
+            None => vec![true; list.len()],
+        };
         let items = list
             .iter()
-            .filter(|(p, _)| !excluded.contains(p.as_str()))
+            .zip(sellable)
+            .filter(|((p, _), ok)| *ok && !excluded.contains(p.as_str()))
+            .map(|(pw, _)| pw)
             .take(n)
             .map(|(p, w)| Item {
                 product_id: p.clone(),
@@ -542,6 +578,26 @@ impl Recommender {
     /// of the co-visitation graph, else (no model, or a product newer than it) the
     /// products most often visited together with it.
     pub async fn similar(
+        &self,
+        product_id: &str,
+        n: usize,
+    ) -> Result<Option<Vec<Item>>, ScoringError> {
+        let Some(av) = self.availability.get() else {
+            return self.similar_unfiltered(product_id, n).await;
+        };
+        // Over-fetch, then keep the sellable ones.
+        let Some(mut items) = self.similar_unfiltered(product_id, n * 3 + 10).await? else {
+            return Ok(None);
+        };
+        let ids: Vec<&str> = items.iter().map(|i| i.product_id.as_str()).collect();
+        let ok = crate::availability::sellable(av.as_ref(), &ids, &mut Vec::new()).await;
+        let mut ok = ok.into_iter();
+        items.retain(|_| ok.next().unwrap_or(false));
+        items.truncate(n);
+        Ok(Some(items))
+    }
+
+    async fn similar_unfiltered(
         &self,
         product_id: &str,
         n: usize,

@@ -1,4 +1,5 @@
-//! The router: recommendation endpoints, the collector, health and metrics.
+//! The router: recommendation endpoints, the collector and health; the metrics router for
+//! the internal listener.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use recstream_scoring::{Recommender, Request as RecRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::auth::{Access, Caller};
 use crate::error::ApiError;
 use crate::metrics as m;
 use recstream_ingest::sink::{EventSink, OutRecord, SinkError};
@@ -30,13 +32,15 @@ pub const MAX_EVENTS_PER_REQUEST: usize = 500;
 pub struct AppState {
     pub recommender: Arc<Recommender>,
     pub collector: Arc<dyn EventSink>,
-    pub metrics: Option<PrometheusHandle>,
+    /// Who may call what (API keys, the JWT verifier, role groups).
+    pub access: Arc<Access>,
     /// Turns true once the initial load (replay, model) is done.
     pub ready: Arc<AtomicBool>,
     pub max_record_bytes: usize,
 }
 
 pub fn router(state: AppState) -> Router {
+    let access = state.access.clone();
     Router::new()
         .route("/v1/recommendations/{user_id}", get(recommendations))
         .route("/v1/products/{product_id}/similar", get(similar))
@@ -46,7 +50,6 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -56,7 +59,28 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(middleware::from_fn(track))
+        .layer(axum::Extension(access))
         .with_state(state)
+}
+
+/// `GET /metrics` (Prometheus text) alone, for the internal listener
+/// (`server.metrics_listen`): operations data never shares the public port.
+pub fn metrics_router(handle: PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let h = handle.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        h.render(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
 }
 
 /// Per-request metrics by route pattern (bounded labels; never the user id).
@@ -91,22 +115,24 @@ struct RecResponse {
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!(
-            "{what} must be 1 to 128 printable characters"
-        )));
+    match recstream_ingest::decode::id_problem(id) {
+        Some(problem) => Err(ApiError::bad_request(format!(
+            "{what} {problem} (1 to 128 printable characters)"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 async fn recommendations(
     State(st): State<AppState>,
+    caller: Caller,
     user: Result<Path<String>, PathRejection>,
     q: Result<Query<RecQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Path(user_id) = user?;
     let Query(q) = q?;
     check_id("user_id", &user_id)?;
+    caller.may_read_recommendations_of(&user_id)?;
     let context: Vec<String> = q
         .context
         .as_deref()
@@ -174,7 +200,11 @@ async fn similar(
 }
 
 /// `POST /v1/events`: one event object, or an array of them.
-async fn collect(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn collect(
+    State(st): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => "malformed").increment(1);
         ApiError::bad_request(format!("malformed json: {e}"))
@@ -195,10 +225,31 @@ async fn collect(State(st): State<AppState>, body: Bytes) -> Result<Response, Ap
     }
     let mut out = Vec::with_capacity(items.len());
     let mut feedback = Vec::new();
+    // A repeated `event_id` within one request is one event: the first copy is sent, the
+    // others are counted as duplicates (a retrying client must not double-count a view).
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    let mut duplicates = 0usize;
+    let mut product_ids = std::collections::BTreeSet::new();
     for (i, item) in items.iter().enumerate() {
         let data = serde_json::to_vec(item).map_err(|e| ApiError::internal(e.to_string()))?;
         match recstream_ingest::decode::decode_with_limit(&data, st.max_record_bytes) {
+            Ok(ev) if !seen.insert(ev.event_id.clone()) => {
+                if let Err(e) = caller.may_write_events_of(&ev.user_id) {
+                    return Err(e.into());
+                }
+                duplicates += 1;
+            }
             Ok(ev) => {
+                if let Err(e) = caller.may_write_events_of(&ev.user_id) {
+                    metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => "forbidden")
+                        .increment(1);
+                    return Err(e.into());
+                }
+                if let Some(p) = &ev.product_id
+                    && !product_ids.contains(p.as_str())
+                {
+                    product_ids.insert(p.to_string());
+                }
                 out.push(OutRecord {
                     partition_key: ev.user_id.to_string(),
                     data: Bytes::from(data),
@@ -217,17 +268,46 @@ async fn collect(State(st): State<AppState>, body: Bytes) -> Result<Response, Ap
             }
         }
     }
+    // Product ids from outside must be in the shop's catalog (when there is one): an
+    // unknown id would otherwise become every shopper's `trending`.
+    if let Some(av) = st.recommender.availability() {
+        let ids: Vec<&str> = product_ids.iter().map(String::as_str).collect();
+        let states = av
+            .lookup(&ids)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("catalog unavailable: {e}")))?;
+        if let Some((id, _)) = ids
+            .iter()
+            .zip(&states)
+            .find(|(_, s)| **s == recstream_scoring::ProductState::Unknown)
+        {
+            metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => "unknown_product").increment(1);
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_product",
+                format!("product `{id}` is not in the catalog"),
+            ));
+        }
+    }
     let n = out.len();
     st.collector.send(out).await.map_err(|e| match e {
         SinkError::Busy(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m),
         SinkError::Unavailable(m) => ApiError::unavailable(m),
     })?;
     metrics::counter!(m::EVENTS_COLLECTED_TOTAL).increment(n as u64);
+    if duplicates > 0 {
+        metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => "duplicate")
+            .increment(duplicates as u64);
+    }
     // Feedback on a list this server served teaches the online ranker (once accepted).
     for ev in &feedback {
         st.recommender.observe(ev);
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": n}))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"accepted": n, "duplicates": duplicates})),
+    )
+        .into_response())
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
@@ -235,16 +315,5 @@ async fn readyz(State(st): State<AppState>) -> Response {
         Json(json!({"status": "ready"})).into_response()
     } else {
         ApiError::unavailable("still loading").into_response()
-    }
-}
-
-async fn metrics_text(State(st): State<AppState>) -> Response {
-    match &st.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => ApiError::not_found("metrics are not enabled").into_response(),
     }
 }

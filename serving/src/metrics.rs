@@ -8,3 +8,5 @@ pub const REQUEST_SECONDS: &str = "recstream_serving_request_seconds";
 pub const EVENTS_COLLECTED_TOTAL: &str = "recstream_serving_events_collected_total";
 /// Events rejected by the collector (label: `reason`).
 pub const EVENTS_REJECTED_TOTAL: &str = "recstream_serving_events_rejected_total";
+/// Connections closed on accept because `server.limits.max_connections` were open.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "recstream_serving_connections_refused_total";

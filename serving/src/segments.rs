@@ -19,6 +19,7 @@ use axum::{Json, Router};
 use recstream_model::{SegmentMember, SegmentProfile, Segments};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Access, Caller};
 use crate::error::ApiError;
 
 /// Default and largest page size.
@@ -71,7 +72,22 @@ fn current(st: &SegmentsState) -> Result<Arc<Segments>, ApiError> {
         .ok_or_else(|| ApiError::unavailable("no segmentation loaded yet (train a model first)"))
 }
 
-async fn list(State(st): State<SegmentsState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// Marketing data needs the marketing role (or a `segments:read` key).
+fn require_marketing(caller: &Caller, access: Option<&Arc<Access>>) -> Result<(), ApiError> {
+    let access = access.ok_or_else(|| {
+        ApiError::from(crate::auth::AuthError::Unauthorized(
+            "no credentials are accepted".into(),
+        ))
+    })?;
+    caller.may_read_marketing(access).map_err(ApiError::from)
+}
+
+async fn list(
+    State(st): State<SegmentsState>,
+    caller: Caller,
+    access: Option<axum::Extension<Arc<Access>>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_marketing(&caller, access.as_ref().map(|a| &a.0))?;
     let s = current(&st)?;
     let body = ListResponse {
         version: &s.version,
@@ -101,9 +117,12 @@ struct UsersResponse<'a> {
 
 async fn users(
     State(st): State<SegmentsState>,
+    caller: Caller,
+    access: Option<axum::Extension<Arc<Access>>>,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<UsersQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    require_marketing(&caller, access.as_ref().map(|a| &a.0))?;
     let Path(id) = id?;
     let Query(q) = q?;
     if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) {
@@ -176,10 +195,36 @@ mod tests {
         Arc::new(Segments::fit(&users, &params).unwrap())
     }
 
-    async fn get(app: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
+    const KEY: &str = "rsk_marketing-export-test-key";
+
+    /// The routes behind an [`Access`] with one `segments:read` key and one without.
+    fn app(state: SegmentsState) -> Router {
+        let cfg = crate::auth::AccessConfig {
+            clients: vec![
+                crate::auth::ApiClient {
+                    id: "export".into(),
+                    scopes: vec![crate::auth::Scope::SegmentsRead],
+                    key_sha256: vec![crate::auth::hash_key(KEY)],
+                },
+                crate::auth::ApiClient {
+                    id: "storefront".into(),
+                    scopes: vec![crate::auth::Scope::EventsWrite],
+                    key_sha256: vec![crate::auth::hash_key("rsk_storefront")],
+                },
+            ],
+            ..Default::default()
+        };
+        routes(state).layer(axum::Extension(Arc::new(Access::new(&cfg, None))))
+    }
+
+    async fn get_as(app: &Router, uri: &str, key: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::get(uri);
+        if let Some(k) = key {
+            req = req.header(crate::auth::API_KEY_HEADER, k);
+        }
         let resp = app
             .clone()
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .oneshot(req.body(Body::empty()).unwrap())
             .await
             .unwrap();
         let status = resp.status();
@@ -187,10 +232,38 @@ mod tests {
         (status, serde_json::from_slice(&body).unwrap())
     }
 
+    async fn get(app: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
+        get_as(app, uri, Some(KEY)).await
+    }
+
+    #[tokio::test]
+    async fn members_need_the_marketing_role() {
+        let state = SegmentsState::default();
+        let segs = segments();
+        state.set(Some(segs.clone()));
+        let app = app(state);
+        let id = &segs.profiles[0].id;
+        for uri in [
+            "/v1/segments".to_string(),
+            format!("/v1/segments/{id}/users"),
+        ] {
+            let (status, body) = get_as(&app, &uri, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}: {body}");
+            assert_eq!(body["error"]["code"], "unauthorized");
+            let (status, body) = get_as(&app, &uri, Some("rsk_not-a-key")).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}: {body}");
+            let (status, body) = get_as(&app, &uri, Some("rsk_storefront")).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{uri}: {body}");
+            assert_eq!(body["error"]["code"], "forbidden");
+            let (status, _) = get_as(&app, &uri, Some(KEY)).await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+        }
+    }
+
     #[tokio::test]
     async fn lists_and_pages_through_segments() {
         let state = SegmentsState::default();
-        let app: Router = routes(state.clone());
+        let app: Router = app(state.clone());
         let (status, body) = get(&app, "/v1/segments").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["error"]["code"], "unavailable");

@@ -169,6 +169,66 @@ pub const TEST_CARDS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Whether `digits` (ASCII digits only) passes the Luhn check card numbers carry.
+pub fn luhn_valid(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d.wrapping_sub(b'0'));
+        if v > 9 {
+            return false;
+        }
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    !digits.is_empty() && sum.is_multiple_of(10)
+}
+
+/// Whether `text` holds something that looks like a card number (a PAN): a run of 13 to
+/// 19 digits, optionally grouped by single spaces or dashes, starting with a card
+/// network's major industry digit (2 to 6: Mastercard, Visa, Amex, Discover, JCB,
+/// UnionPay, Maestro) and passing the Luhn check, wherever it is (`pm_5555555555554444`,
+/// a shipping name, a note).
+pub fn contains_card_number(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        // One run: digits, with single separators between digits.
+        let mut digits = Vec::new();
+        let mut j = i;
+        while j < b.len() {
+            if b[j].is_ascii_digit() {
+                digits.push(b[j]);
+                j += 1;
+            } else if (b[j] == b' ' || b[j] == b'-')
+                && j + 1 < b.len()
+                && b[j + 1].is_ascii_digit()
+                && j > i
+            {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if (13..=19).contains(&digits.len())
+            && (b'2'..=b'6').contains(&digits[0])
+            && luhn_valid(&digits)
+        {
+            return true;
+        }
+        i = j.max(i + 1);
+    }
+    false
+}
+
 /// What checkout accepts as `payment_method`: a payment method id (`pm_…`) or, against a
 /// test-mode provider, one of [`TEST_CARDS`]' numbers (spaces and dashes allowed). Any
 /// other card-like number is refused without echoing it.
@@ -178,6 +238,14 @@ pub fn normalize_payment_method(input: &str, test_mode: bool) -> Result<String, 
         if test_mode && let Some((_, pm)) = TEST_CARDS.iter().find(|(n, _)| *n == compact) {
             return Ok((*pm).to_string());
         }
+        return Err(CommerceError::BadRequest(
+            "raw card numbers are not accepted; send a payment method id (pm_…) from Stripe.js"
+                .into(),
+        ));
+    }
+    if contains_card_number(input) {
+        // A PAN dressed as a payment method id (`pm_5555555555554444`): refused, never
+        // echoed, stored or logged.
         return Err(CommerceError::BadRequest(
             "raw card numbers are not accepted; send a payment method id (pm_…) from Stripe.js"
                 .into(),
@@ -217,5 +285,37 @@ mod tests {
         );
         assert!(normalize_payment_method("pm_<script>", true).is_err());
         assert!(normalize_payment_method("", true).is_err());
+        // A PAN inside a payment method id.
+        let e = normalize_payment_method("pm_5555555555554444", true).unwrap_err();
+        assert!(!e.to_string().contains("5555"));
+        assert!(normalize_payment_method("pm_card_5555555555554444", false).is_err());
+    }
+
+    #[test]
+    fn card_numbers_are_found_anywhere() {
+        for s in [
+            "5555555555554444",
+            "pm_5555555555554444",
+            "my card 4242 4242 4242 4242 thanks",
+            "4000-0566-5566-5556",
+            "x378282246310005y", // Amex, 15 digits
+            "6011111111111117",
+        ] {
+            assert!(contains_card_number(s), "{s}");
+        }
+        for s in [
+            "pm_card_visa",
+            "4242424242424241",             // fails Luhn
+            "123456789012",                 // 12 digits
+            "order 1569888000000 at 12:00", // an epoch-ms timestamp (Luhn-valid, starts with 1)
+            "541312140",
+            "",
+            "4242  4242 4242 4242", // double space: not one run
+            "99995555555555554444", // 20 digits: no card number
+        ] {
+            assert!(!contains_card_number(s), "{s}");
+        }
+        assert!(luhn_valid(b"79927398713"));
+        assert!(!luhn_valid(b"79927398710"));
     }
 }

@@ -219,6 +219,15 @@ impl Service for Orders {
         };
         let mut detail = None;
         let mut emit = Vec::new();
+        let mut writes = Vec::new();
+        // A declined payment gives the shopper the cart back as it was, so they can retry
+        // with another payment method (checkout emptied it in the order's transaction).
+        if let SagaKind::PaymentFail { .. } = &ev.kind
+            && to == OrderStatus::Cancelled
+            && o.status != OrderStatus::Cancelled
+        {
+            writes.push(self.restore_cart(&o, now).await?);
+        }
         let notify = |t: Template, subject: String, body: String| OutboxMessage::Notify {
             notification: Notification::new(&o.user_id, &o.id, t, subject, body, now),
         };
@@ -309,10 +318,51 @@ impl Service for Orders {
             status: to,
             detail,
         });
-        Ok(Effects {
-            writes: vec![Write::put_json(order_key(&o.id), &o, Cond::Version(v))?],
-            emit,
-        })
+        writes.push(Write::put_json(order_key(&o.id), &o, Cond::Version(v))?);
+        Ok(Effects { writes, emit })
+    }
+}
+
+impl Orders {
+    /// The write that puts `o`'s lines back into its owner's cart: the whole cart when
+    /// there is none, else the lines the current cart lacks (a shopper who started a new
+    /// cart keeps it). Conditional on the cart read here, so a concurrent change makes
+    /// the consumer retry with a fresh read.
+    async fn restore_cart(&self, o: &Order, now: i64) -> Result<Write, CommerceError> {
+        use crate::cart::{Cart, CartLine, cart_key};
+        let line = |l: &OrderLine| CartLine {
+            product_id: l.product_id.clone(),
+            name: l.name.clone(),
+            category: l.category.clone(),
+            quantity: l.quantity,
+            unit_price: l.unit_price.clone(),
+            flag: None,
+        };
+        let key = cart_key(&o.user_id);
+        Ok(
+            match get_json::<Cart>(self.ctx.store.as_ref(), "cart", &key).await? {
+                None => Write::put_json(
+                    key,
+                    &Cart {
+                        lines: o.lines.iter().map(line).collect(),
+                        notices: Vec::new(),
+                        updated_at_ms: now,
+                    },
+                    Cond::Absent,
+                )?,
+                Some((mut cart, v)) => {
+                    for l in &o.lines {
+                        if cart.lines.len() < self.ctx.cfg.max_lines
+                            && !cart.lines.iter().any(|c| c.product_id == l.product_id)
+                        {
+                            cart.lines.push(line(l));
+                        }
+                    }
+                    cart.updated_at_ms = now;
+                    Write::put_json(key, &cart, Cond::Version(v))?
+                }
+            },
+        )
     }
 }
 

@@ -223,6 +223,17 @@ pub fn token_for(user: &str, ttl_s: i64) -> String {
     .unwrap()
 }
 
+/// An HS256 token for `user` in `groups` (Cognito's `cognito:groups` claim).
+#[allow(dead_code)]
+pub fn token_with_groups(user: &str, groups: &[&str]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": user, "exp": now_s() + 600, "cognito:groups": groups}),
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// An RS256 token signed with [`RSA_PEM`], key id `test-key-1`.
 pub fn rs256_token(user: &str) -> String {
     let mut h = Header::new(Algorithm::RS256);

@@ -1,0 +1,214 @@
+//! One catalog: with the shop's catalog wired in, recommendations (personalised, cold
+//! start, similar) name only products that are active and in stock; sold-out, inactive and
+//! unknown products never appear, and a product that sells out drops out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use recstream_commerce::StoreCatalog;
+use recstream_commerce::catalog::SeedProduct;
+use recstream_features::{Aggregator, FeatureConfig, FeatureStore};
+use recstream_ingest::Money;
+use recstream_ingest::{Event, EventType, ShardId, Timestamp};
+use recstream_scoring::{InProcessCache, Recommender, Request, ScoringConfig};
+use recstream_serving::catalog::CatalogAvailability;
+
+fn product(id: &str, stock: i64, active: bool) -> SeedProduct {
+    SeedProduct {
+        id: id.into(),
+        name: id.into(),
+        category: Some("c".into()),
+        price: Money::new(1000, "USD"),
+        stock,
+        active,
+    }
+}
+
+#[tokio::test]
+async fn only_sellable_products_are_recommended() {
+    let dir = tempfile::tempdir().unwrap();
+    // Features: many sessions view `seed` and then every other product.
+    let mut events = Vec::new();
+    let mut t = 1_569_888_000_000i64;
+    for u in 0..30 {
+        for p in [
+            "seed",
+            "in-stock",
+            "sold-out",
+            "inactive",
+            "not-in-catalog",
+            "late",
+        ] {
+            t += 1000;
+            events.push(
+                Event::new(
+                    &format!("e{}", events.len()),
+                    Timestamp(t),
+                    &format!("u{u}"),
+                    EventType::View,
+                )
+                .with_product(p, Some("c"))
+                .with_session(&format!("s{u}")),
+            );
+        }
+    }
+    t += 1000;
+    events.push(
+        Event::new("me-1", Timestamp(t), "me", EventType::View)
+            .with_product("seed", Some("c"))
+            .with_session("me-s"),
+    );
+    let features = Arc::new(
+        recstream_features::EmbeddedStore::open(
+            dir.path().join("f.redb"),
+            FeatureConfig::default(),
+        )
+        .unwrap(),
+    );
+    let mut agg = Aggregator::new(FeatureConfig::default());
+    agg.apply_all(&events);
+    features
+        .write(&ShardId::new("t"), &agg.drain())
+        .await
+        .unwrap();
+
+    let shop = Arc::new(StoreCatalog::new(Arc::new(
+        recstream_commerce::EmbeddedStore::open(dir.path().join("c.redb")).unwrap(),
+    )));
+    shop.seed(&[
+        product("in-stock", 5, true),
+        product("late", 1, true),
+        product("sold-out", 0, true),
+        product("inactive", 5, false),
+    ])
+    .await
+    .unwrap();
+
+    let rec = Recommender::new(
+        features,
+        Arc::new(InProcessCache::new()),
+        ScoringConfig::default(),
+    );
+    let ids = |items: &[recstream_scoring::Item]| {
+        let mut v: Vec<String> = items.iter().map(|i| i.product_id.clone()).collect();
+        v.sort();
+        v
+    };
+    // Without the catalog, everything co-visited is a candidate (the defect).
+    let before = rec
+        .recommend(&Request {
+            user_id: "me".into(),
+            n: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(ids(&before.items).contains(&"not-in-catalog".to_string()));
+
+    assert!(rec.set_availability(Arc::new(CatalogAvailability::with(
+        shop.clone(),
+        Duration::from_millis(50),
+        1000
+    ))));
+    for user in ["me", "a-new-visitor"] {
+        let out = rec
+            .recommend(&Request {
+                user_id: user.into(),
+                n: Some(10),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(&out.items), ["in-stock", "late"], "{user}: {out:?}");
+        assert!(out.degraded.is_empty(), "{out:?}");
+    }
+    let similar = rec.similar("seed", 10).await.unwrap().unwrap();
+    assert_eq!(ids(&similar), ["in-stock", "late"]);
+
+    // `late` sells out: within the cache's time it is no longer recommended.
+    shop.set_on_hand("late", 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let out = rec
+        .recommend(&Request {
+            user_id: "me".into(),
+            n: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&out.items), ["in-stock"], "{out:?}");
+}
+
+/// The filter's cost per request, warm cache (run: `cargo test --test catalog_filter --
+/// --ignored --nocapture`; the debug build's figure, for comparison with and without).
+#[tokio::test]
+#[ignore]
+async fn filter_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut events = Vec::new();
+    let mut t = 1_569_888_000_000i64;
+    for u in 0..300 {
+        for k in 0..8 {
+            t += 1000;
+            let p = format!("p{}", (u * 7 + k * 13) % 400);
+            events.push(
+                Event::new(
+                    &format!("e{}", events.len()),
+                    Timestamp(t),
+                    &format!("u{u}"),
+                    EventType::View,
+                )
+                .with_product(&p, Some(["a", "b", "c", "d"][k % 4]))
+                .with_session(&format!("s{u}")),
+            );
+        }
+    }
+    let features = Arc::new(
+        recstream_features::EmbeddedStore::open(
+            dir.path().join("f.redb"),
+            FeatureConfig::default(),
+        )
+        .unwrap(),
+    );
+    let mut agg = Aggregator::new(FeatureConfig::default());
+    agg.apply_all(&events);
+    features
+        .write(&ShardId::new("t"), &agg.drain())
+        .await
+        .unwrap();
+    let shop = Arc::new(StoreCatalog::new(Arc::new(
+        recstream_commerce::EmbeddedStore::open(dir.path().join("c.redb")).unwrap(),
+    )));
+    let seed: Vec<SeedProduct> = (0..400)
+        .map(|i| product(&format!("p{i}"), (i % 5) as i64, true))
+        .collect();
+    shop.seed(&seed).await.unwrap();
+    let run = |rec: Arc<Recommender>| async move {
+        let n = 2000;
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let req = Request {
+                user_id: format!("u{}", i % 300),
+                n: Some(10),
+                ..Default::default()
+            };
+            std::hint::black_box(rec.recommend(&req).await.unwrap());
+        }
+        started.elapsed() / n
+    };
+    let plain = Arc::new(Recommender::new(
+        features.clone(),
+        Arc::new(InProcessCache::new()),
+        ScoringConfig::default(),
+    ));
+    let filtered = Arc::new(Recommender::new(
+        features,
+        Arc::new(InProcessCache::new()),
+        ScoringConfig::default(),
+    ));
+    filtered.set_availability(Arc::new(CatalogAvailability::new(shop)));
+    run(filtered.clone()).await; // warm the cache
+    let a = run(plain).await;
+    let b = run(filtered).await;
+    println!("recommend n=10: {a:?} without the catalog filter, {b:?} with it (warm cache)");
+}
