@@ -608,7 +608,7 @@ where
             let mut start = 0;
             while start < x.nrows() {
                 let end = (start + self.batch_size).min(x.nrows());
-                let rows = x.slice(ndarray::s![start..end, ..]);
+                let rows = x.slice_axis(ndarray::Axis(0), ndarray::Slice::from(start..end));
                 let z = ranker.design(rows);
                 let ds = Dataset::new(z, Array1::from(labels[start..end].to_vec()));
                 ranker.ftrl = fp.fit_with(Some(ranker.ftrl.clone()), &ds)?;
