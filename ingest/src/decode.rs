@@ -25,13 +25,24 @@ const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
 /// Why a record was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The payload is longer than the decoder accepts; nothing of it is parsed.
     #[error("record is {len} bytes, over the {max} byte limit")]
-    Oversized { len: usize, max: usize },
+    Oversized {
+        /// Length of the payload in bytes.
+        len: usize,
+        /// The byte limit.
+        max: usize,
+    },
+    /// The payload is not a JSON object, or a field has the wrong JSON type.
     #[error("malformed json: {0}")]
     Malformed(String),
+    /// A field is present but its value is not accepted (an unparseable timestamp, a bad
+    /// currency code, a value out of bounds, a missing required field).
     #[error("field `{field}`: {problem}")]
     Invalid {
+        /// The field's JSON name.
         field: &'static str,
+        /// What is wrong with it.
         problem: Cow<'static, str>,
     },
     /// The record could not be mapped from its source format (e.g. a bad CSV row).

@@ -53,6 +53,7 @@ pub enum Dataset {
 }
 
 impl Dataset {
+    /// Every dataset, in the order the CLI lists them.
     pub const ALL: [Dataset; 4] = [
         Dataset::Rees46,
         Dataset::Diginetica,
