@@ -49,7 +49,7 @@ pub enum LineFlag {
 pub struct CartLine {
     /// The catalog's product id.
     pub product_id: String,
-    /// Product name when added (refreshed by the sweep).
+    /// Product name when the line was added.
     pub name: String,
     /// Category path, when the catalog has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -33,11 +33,12 @@ pub enum DecodeError {
         /// The byte limit.
         max: usize,
     },
-    /// The payload is not a JSON object, or a field has the wrong JSON type.
+    /// The payload does not parse as an event (not JSON, a field of the wrong JSON type,
+    /// a missing required field).
     #[error("malformed json: {0}")]
     Malformed(String),
-    /// A field is present but its value is not accepted (an unparseable timestamp, a bad
-    /// currency code, a value out of bounds, a missing required field).
+    /// A field parsed but its value is not accepted (a timestamp outside 2000..2100, an
+    /// empty id or one with control characters, a bad price or quantity).
     #[error("field `{field}`: {problem}")]
     Invalid {
         /// The field's JSON name.

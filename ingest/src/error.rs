@@ -27,7 +27,8 @@ pub enum IngestError {
     /// Writing or reading the Parquet archive failed (schema mismatch, corrupt file).
     #[error("parquet encoding failed: {0}")]
     Parquet(String),
-    /// The object store failed for a reason other than I/O on a local file or an AWS call.
+    /// An object's content could not be encoded or decoded (a dead-letter file), or the
+    /// store failed for a reason that is neither local I/O nor an AWS call.
     #[error("object store: {0}")]
     ObjectStore(String),
     /// An AWS call failed after the retry policy's attempts.
@@ -54,8 +55,7 @@ pub enum IngestError {
     /// A setting is out of range or inconsistent; found at start-up, never retriable.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The checkpoint store failed (the embedded database, or a lease table item that
-    /// cannot be read back).
+    /// The embedded checkpoint store failed, or a checkpoint it holds cannot be read back.
     #[error("checkpoint store: {0}")]
     Checkpoint(String),
 }

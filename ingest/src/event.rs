@@ -226,7 +226,7 @@ impl Profile {
 pub struct Event {
     /// The producer's id of the event, unique per event.
     pub event_id: CompactString,
-    /// When the event happened on the client side (not when it arrived).
+    /// When the event happened, as the producer stamped it (event time, not arrival).
     pub ts: Timestamp,
     /// The shop's user id, or an anonymous visitor id; also the stream's partition key.
     pub user_id: CompactString,

@@ -20,7 +20,8 @@ use crate::event::Timestamp;
 pub struct ShardId(pub Arc<str>);
 
 impl ShardId {
-    /// A shard id as given (`shardId-000000000000` on Kinesis, a file name for replay).
+    /// A shard id as given (`shardId-000000000000` on Kinesis, `file:<dataset>` for
+    /// replay, `collector` for the collector channel).
     pub fn new(s: &str) -> ShardId {
         ShardId(Arc::from(s))
     }

@@ -100,9 +100,10 @@ impl RankMetrics {
 /// One line of an evaluation: a method's metrics on a task at a cut-off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricRow {
-    /// The recommender evaluated, e.g. `model`, `trending`.
+    /// The recommender evaluated: `popularity`, `covisit`, `heuristic`, `model` or
+    /// `model_ftrl`.
     pub method: String,
-    /// What was predicted, e.g. the next item.
+    /// Which targets: `any` next item, or `discovery` (items the user had not seen).
     pub task: String,
     /// The cut-off.
     pub k: usize,

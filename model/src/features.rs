@@ -112,8 +112,8 @@ const HOUR_MS: f64 = 3_600_000.0;
 /// with, and the standardisation learnt on the training rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureSchema {
-    /// Feature definitions version ([`FEATURE_VERSION`]); a model only scores views of its
-    /// own version.
+    /// Feature definitions version ([`FEATURE_VERSION`]); an artifact of another version
+    /// is refused on load ([`crate::ModelError::Incompatible`]).
     pub version: u32,
     /// Feature names, in column order.
     pub names: Vec<String>,

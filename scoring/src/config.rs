@@ -75,7 +75,8 @@ impl Default for ScoringConfig {
 }
 
 impl ScoringConfig {
-    /// Checks lengths, budgets and weights; `Err` names the bad setting.
+    /// Checks list lengths, weights (non-negative), rerank depth, diversity and feedback
+    /// bounds; `Err` names the bad setting.
     pub fn validate(&self) -> Result<(), String> {
         if self.default_n == 0 || self.default_n > self.max_n || self.max_n > 1000 {
             return Err("scoring: need 0 < default_n <= max_n <= 1000".into());

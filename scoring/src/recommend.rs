@@ -35,9 +35,10 @@ use recstream_model::ModelHandle;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
-    /// The user viewed it recently.
+    /// The user touched it recently (viewed, carted, …): re-engagement.
     RecentlyViewed,
-    /// Often viewed in the same session as one of the user's recent items.
+    /// Often visited in the same session as one of the user's recent items or the
+    /// request's context items.
     CoVisited,
     /// A best seller of one of the user's strongest categories.
     TopCategory,

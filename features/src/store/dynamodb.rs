@@ -243,7 +243,7 @@ impl DynamoFeatureStore {
         DynamoFeatureStore::new(&sdk, aws, cfg)
     }
 
-    /// A store using `client` (tests point it at DynamoDB Local).
+    /// A store using an already built `client` (e.g. one pointed at a local endpoint).
     pub fn with_client(client: Client, aws: &AwsConfig, cfg: FeatureConfig) -> DynamoFeatureStore {
         let policy = aws.retry_policy();
         let opts = DynamoOptions::default();

@@ -53,7 +53,7 @@ pub enum Dataset {
 }
 
 impl Dataset {
-    /// Every dataset, in the order the CLI lists them.
+    /// Every supported dataset (for commands and examples that run over all of them).
     pub const ALL: [Dataset; 4] = [
         Dataset::Rees46,
         Dataset::Diginetica,

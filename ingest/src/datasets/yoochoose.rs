@@ -37,7 +37,7 @@ pub enum YooChooseSplit {
 }
 
 impl YooChooseSplit {
-    /// Every split, in the order the CLI lists them.
+    /// Every split of the YooChoose files.
     pub const ALL: [YooChooseSplit; 4] = [
         YooChooseSplit::TrainFull,
         YooChooseSplit::Test,
