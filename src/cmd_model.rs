@@ -29,11 +29,18 @@ pub enum TrainSource {
     /// A Parquet archive (`events/dt=…/hour=…/….parquet`) in an object store, read from
     /// `prefix` (normally `events/`).
     Archive {
+        /// The store holding the archive.
         store: Arc<dyn ObjectStore>,
+        /// Key prefix of the event objects.
         prefix: String,
     },
     /// One of the public datasets, from a file or directory.
-    Dataset { dataset: Dataset, path: PathBuf },
+    Dataset {
+        /// Which dataset the file holds (its format).
+        dataset: Dataset,
+        /// The file or directory.
+        path: PathBuf,
+    },
 }
 
 impl TrainSource {
@@ -56,12 +63,19 @@ impl TrainSource {
 /// What `train` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSummary {
+    /// The version written ([`TrainingMeta::version`]).
     pub version: String,
+    /// The object store the model was written to.
     pub output: String,
+    /// What the training run did.
     pub meta: TrainingMeta,
+    /// Products with an embedding vector (0 when skipped).
     pub similar_products: usize,
+    /// User segments (0 when skipped).
     pub segments: usize,
+    /// Cold-start lists, the overall one included.
     pub cold_start_lists: usize,
+    /// Wall-clock duration of the whole command, seconds (two decimals).
     pub wall_seconds: f64,
 }
 

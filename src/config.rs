@@ -28,9 +28,11 @@ pub enum Mode {
     Aws,
 }
 
+/// The `[server]` section: the HTTP listener.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
+    /// Address the HTTP API listens on (default `127.0.0.1:8080`).
     pub listen: SocketAddr,
     /// The internal listener for `GET /metrics` (Prometheus); `None` = metrics are not
     /// served over HTTP. Never on the public `listen` address.
@@ -55,6 +57,7 @@ impl Default for ServerConfig {
     }
 }
 
+/// The `[embedded]` section (used when `mode = "embedded"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmbeddedConfig {
@@ -70,14 +73,22 @@ impl Default for EmbeddedConfig {
     }
 }
 
+/// The whole configuration: defaults, overridden by the TOML file, overridden by
+/// `RECSTREAM__*` environment variables.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// Which implementations sit behind the seams (default `embedded`).
     pub mode: Mode,
+    /// The HTTP listener.
     pub server: ServerConfig,
+    /// Local storage of the embedded mode.
     pub embedded: EmbeddedConfig,
+    /// How shard processors batch, flush and checkpoint.
     pub processor: ProcessorConfig,
+    /// Aggregation settings (half-lives, state bounds); training must use the same.
     pub features: FeatureConfig,
+    /// Candidate budgets, blend weights, filters and online learning.
     pub scoring: ScoringConfig,
     /// AWS resource names, retry policy, Redis (used when `mode = "aws"`).
     pub aws: AwsConfig,

@@ -25,6 +25,7 @@ pub struct KinesisSink {
 }
 
 impl KinesisSink {
+    /// A sink putting records through `producer` (partition key = user id).
     pub fn new(producer: Arc<KinesisProducer>) -> KinesisSink {
         KinesisSink { producer }
     }

@@ -38,12 +38,17 @@ use crate::kinesis::KinesisSink;
 /// The stores of one process, behind their traits.
 #[derive(Clone)]
 pub struct Runtime {
+    /// The configuration the runtime was opened with.
     pub cfg: Config,
+    /// The feature, checkpoint and object stores the shard processors write to.
     pub sinks: Sinks,
+    /// The cold-start cache (in process, or Redis in AWS mode).
     pub cold: Arc<dyn ColdStartCache>,
+    /// The recommender the HTTP API answers with.
     pub recommender: Arc<Recommender>,
     /// The model in use (none until `recstream train` wrote one); hot-reloaded.
     pub model: Arc<ModelHandle>,
+    /// The user segmentation the marketing endpoints serve (from the model in use).
     pub segments: SegmentsState,
     /// Set in AWS mode.
     pub aws: Option<AwsParts>,

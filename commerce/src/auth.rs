@@ -107,6 +107,8 @@ fn groups_of(v: Option<&serde_json::Value>) -> Vec<String> {
     }
 }
 
+/// Verifies bearer tokens (HS256 with the configured secret, RS256 with JWKS keys) and
+/// checks the configured claims.
 pub struct Authenticator {
     hs256: Option<DecodingKey>,
     rs256: HashMap<String, DecodingKey>,
@@ -133,6 +135,8 @@ impl Authenticator {
         Authenticator::with_jwks(cfg, hs256, jwks)
     }
 
+    /// Like [`Authenticator::new`], with the JWKS given instead of read from
+    /// `auth.jwks_path`. `Err` when neither keys nor a secret are there, or a key is bad.
     pub fn with_jwks(
         cfg: &AuthConfig,
         hs256: Option<&Secret>,

@@ -24,80 +24,117 @@ use super::error::CommerceError;
 use super::saga::outbox::{self, OutboxMessage};
 use super::store::{Cond, Key, Write, get_json};
 
+/// The store key of a user's cart.
 pub fn cart_key(user_id: &str) -> Key {
     Key::new(format!("cart#{user_id}"), "-")
 }
 
 const CART_INDEX: &str = "cart_index";
 
+/// Why a cart line cannot be checked out as it is (set by the availability sweep).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LineFlag {
+    /// The product has no stock left.
     OutOfStock,
-    LowStock { available: i64 },
+    /// Fewer units in stock than the line asks for.
+    LowStock {
+        /// Units still available.
+        available: i64,
+    },
 }
 
+/// One line of a stored cart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartLine {
+    /// The catalog's product id.
     pub product_id: String,
+    /// Product name when the line was added.
     pub name: String,
+    /// Category path, when the catalog has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// Units (at least 1; setting 0 deletes the line).
     pub quantity: u32,
+    /// The catalog price of one unit, refreshed by the sweep.
     pub unit_price: Money,
+    /// Set while the line is out of stock or low on stock; checkout is blocked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flag: Option<LineFlag>,
 }
 
+/// What the availability sweep changed in a cart, reported once on the next GET.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NoticeKind {
     /// The product is gone or no longer sold; the line was removed.
     Removed,
+    /// The catalog price changed; the line now has the new price.
     Repriced {
+        /// The price the line had.
         old: Money,
+        /// The catalog's price now.
         new: Money,
     },
+    /// The product ran out of stock; the line is flagged.
     OutOfStock,
+    /// Fewer units in stock than the line asks for; the line is flagged.
     LowStock {
+        /// Units still available.
         available: i64,
     },
+    /// A flagged line is available again; the flag was cleared.
     BackInStock,
 }
 
+/// One change the sweep made to a cart line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartNotice {
+    /// The product of the line.
     pub product_id: String,
+    /// What changed.
     #[serde(flatten)]
     pub kind: NoticeKind,
+    /// When the sweep noticed, epoch ms.
     pub at_ms: i64,
 }
 
+/// A user's stored cart (`cart#<user>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Cart {
+    /// The lines, in the order first added.
     pub lines: Vec<CartLine>,
+    /// Changes the sweep made since the last GET.
     #[serde(default)]
     pub notices: Vec<CartNotice>,
+    /// When the cart last changed, epoch ms.
     pub updated_at_ms: i64,
 }
 
 /// What clients see: lines with totals, the subtotal, notices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CartView {
+    /// The cart's owner.
     pub user_id: String,
+    /// The lines with their totals.
     pub lines: Vec<LineView>,
+    /// Units over all lines.
     pub item_count: u64,
     /// `None` for an empty cart.
     pub subtotal: Option<Money>,
     /// False while a line is flagged out of stock / low stock.
     pub checkout_ready: bool,
+    /// Changes since the last GET (reported once).
     pub notices: Vec<CartNotice>,
 }
 
+/// A cart line with its total.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LineView {
+    /// The stored line.
     #[serde(flatten)]
     pub line: CartLine,
+    /// Unit price × quantity.
     pub line_total: Money,
 }
 
@@ -128,6 +165,8 @@ pub fn subtotal(lines: &[CartLine]) -> Result<Option<Money>, CommerceError> {
 }
 
 impl Cart {
+    /// The cart as clients see it: line totals, the subtotal, whether checkout may
+    /// proceed. `Err` when lines mix currencies or a total overflows.
     pub fn view(&self, user_id: &str) -> Result<CartView, CommerceError> {
         let lines = self
             .lines
@@ -168,15 +207,33 @@ impl Cart {
 /// A cart mutation, as requested.
 #[derive(Debug, Clone)]
 pub enum CartOp {
-    Add { product_id: String, quantity: u32 },
-    Set { product_id: String, quantity: u32 },
-    Remove { product_id: String },
+    /// Adds `quantity` units (to the line if there is one).
+    Add {
+        /// The catalog's product id.
+        product_id: String,
+        /// Units to add (at least 1).
+        quantity: u32,
+    },
+    /// Sets the line's quantity; 0 deletes the line.
+    Set {
+        /// The catalog's product id.
+        product_id: String,
+        /// The new quantity.
+        quantity: u32,
+    },
+    /// Deletes the line of the product.
+    Remove {
+        /// The catalog's product id.
+        product_id: String,
+    },
+    /// Empties the cart.
     Clear,
 }
 
 /// Who asked, for the clickstream events.
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
+    /// The storefront session, copied into the clickstream events.
     pub session_id: Option<String>,
 }
 

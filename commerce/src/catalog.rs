@@ -21,22 +21,30 @@ use serde::{Deserialize, Serialize};
 use super::error::CommerceError;
 use super::store::{CommerceStore, Cond, Key, StoreError, Write, get_json};
 
+/// Partition of the product items.
 pub const CATALOG_PK: &str = "catalog";
 
+/// The store key of a product.
 pub fn product_key(id: &str) -> Key {
     Key::new(CATALOG_PK, id)
 }
 
+/// The store key of a product's stock (owned by inventory).
 pub fn stock_key(id: &str) -> Key {
     Key::new(format!("stock#{id}"), "-")
 }
 
+/// A product as the catalog stores it (`catalog` / id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
+    /// The product id (also the clickstream's `product_id`).
     pub id: String,
+    /// Display name (1 to 512 bytes).
     pub name: String,
+    /// Category path, e.g. `electronics.audio`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// Price of one unit.
     pub price: Money,
     /// Inactive products cannot be bought and are removed from carts by the sweep.
     #[serde(default = "yes")]
@@ -50,18 +58,23 @@ fn yes() -> bool {
 /// Units on hand and units held by open reservations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Stock {
+    /// Units in the warehouse (committed sales already taken off).
     pub on_hand: i64,
+    /// Units held by open reservations.
     pub reserved: i64,
 }
 
 impl Stock {
+    /// Units that can be sold now: on hand minus reserved, never below 0.
     pub fn available(&self) -> i64 {
         (self.on_hand - self.reserved).max(0)
     }
 }
 
+/// A product with its availability, as carts and the API see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProductView {
+    /// The stored product.
     #[serde(flatten)]
     pub product: Product,
     /// Units that can be sold now.
@@ -69,13 +82,16 @@ pub struct ProductView {
 }
 
 impl ProductView {
+    /// Whether it can be bought now: active and in stock.
     pub fn buyable(&self) -> bool {
         self.product.active && self.available > 0
     }
 }
 
+/// What carts and checkout read of the catalog.
 #[async_trait]
 pub trait Catalog: Send + Sync + 'static {
+    /// The product `id` with its availability; `None` if it does not exist.
     async fn product(&self, id: &str) -> Result<Option<ProductView>, CommerceError>;
     /// Products with id `> after`, ascending, at most `limit`.
     async fn list(
@@ -89,14 +105,19 @@ pub trait Catalog: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeedProduct {
+    /// The product id.
     pub id: String,
     /// The product's title (`title` in a feed).
     #[serde(alias = "title")]
     pub name: String,
+    /// Category path.
     #[serde(default)]
     pub category: Option<String>,
+    /// Price of one unit.
     pub price: Money,
+    /// Initial units on hand (not negative).
     pub stock: i64,
+    /// Whether it is for sale (default true).
     #[serde(default = "yes")]
     pub active: bool,
 }
@@ -249,6 +270,7 @@ pub struct StoreCatalog {
 }
 
 impl StoreCatalog {
+    /// A catalog over `store`.
     pub fn new(store: Arc<dyn CommerceStore>) -> StoreCatalog {
         StoreCatalog { store }
     }
@@ -332,6 +354,7 @@ impl StoreCatalog {
         self.update_product(id, |p| p.price = price.clone()).await
     }
 
+    /// Activates or deactivates a product (the sweep then removes it from carts).
     pub async fn set_active(&self, id: &str, active: bool) -> Result<(), CommerceError> {
         self.update_product(id, |p| p.active = active).await
     }
@@ -365,6 +388,7 @@ impl StoreCatalog {
         ))
     }
 
+    /// The product's stock, or `None` if it has none.
     pub async fn stock(&self, id: &str) -> Result<Option<Stock>, CommerceError> {
         Ok(
             get_json::<Stock>(self.store.as_ref(), "stock", &stock_key(id))

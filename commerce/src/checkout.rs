@@ -28,11 +28,13 @@ use super::store::{Cond, Write, get_json};
 /// Checkouts by outcome (`created`, `replayed`, `rejected`).
 pub const CHECKOUTS_TOTAL: &str = "recstream_commerce_checkouts_total";
 
+/// The body of `POST /v1/checkout`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
     /// A payment method id (`pm_…`), or a Stripe test card number in test mode.
     pub payment_method: String,
+    /// Where to deliver (checked when given).
     #[serde(default)]
     pub shipping: Option<Address>,
     /// If given, checkout fails with 409 unless the cart total equals it.
@@ -42,8 +44,11 @@ pub struct CheckoutRequest {
 
 /// The outcome as an HTTP status and JSON body (what is stored for replays).
 pub struct Outcome {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// The JSON body.
     pub body: String,
+    /// Whether it was replayed from an earlier request with the same idempotency key.
     pub replayed: bool,
 }
 

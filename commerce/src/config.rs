@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// Which commerce store backs carts, orders and the saga.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
@@ -17,6 +18,7 @@ pub enum StoreKind {
     Dynamodb,
 }
 
+/// Which payment provider charges orders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -27,9 +29,12 @@ pub enum ProviderKind {
     Stripe,
 }
 
+/// The `[commerce]` section: store, catalog seed, cart and checkout bounds, saga timing,
+/// authentication and payments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CommerceConfig {
+    /// Which store (default `embedded`).
     pub store: StoreKind,
     /// Embedded database, notification outbox file.
     pub data_dir: PathBuf,
@@ -59,7 +64,9 @@ pub struct CommerceConfig {
     pub timer_poll_ms: u64,
     /// Simulated carrier: time from shipment to delivery.
     pub delivery_delay_ms: u64,
+    /// Bearer-token authentication.
     pub auth: AuthConfig,
+    /// The payment provider and its timeouts.
     pub payments: PaymentsConfig,
 }
 
@@ -104,6 +111,7 @@ impl CommerceConfig {
         }
     }
 
+    /// Checks the bounds and intervals of this section; `Err` names the bad setting.
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=10_000).contains(&self.max_quantity) {
             return Err("commerce.max_quantity must be in 1..=10000".into());
@@ -138,6 +146,8 @@ impl CommerceConfig {
     }
 }
 
+/// The `[commerce.auth]` section: where token keys come from and which claims are
+/// required.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
@@ -179,6 +189,8 @@ impl Default for AuthConfig {
 }
 
 impl AuthConfig {
+    /// Checks the leeway (at most 300 s) and the JWKS source (a path or an http(s) URL,
+    /// not both); `Err` names the bad setting.
     pub fn validate(&self) -> Result<(), String> {
         if self.leeway_s > 300 {
             return Err("commerce.auth.leeway_s must be at most 300".into());
@@ -201,9 +213,11 @@ impl AuthConfig {
     }
 }
 
+/// The `[commerce.payments]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PaymentsConfig {
+    /// Which provider (default `simulated`).
     pub provider: ProviderKind,
     /// Stripe API base URL (tests point it at a local server).
     pub stripe_api_base: String,
@@ -225,6 +239,8 @@ impl Default for PaymentsConfig {
 }
 
 impl PaymentsConfig {
+    /// Checks the Stripe base URL (HTTPS, or a loopback address for tests) and the
+    /// timeouts; `Err` names the bad setting.
     pub fn validate(&self) -> Result<(), String> {
         if !self.stripe_api_base.starts_with("https://")
             && !self.stripe_api_base.starts_with("http://127.0.0.1")
@@ -246,9 +262,11 @@ impl PaymentsConfig {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `s`.
     pub fn new(s: impl Into<String>) -> Secret {
         Secret(s.into())
     }
+    /// The secret itself; only for the place that sends it (a header, an HMAC key).
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -272,10 +290,14 @@ pub struct Secrets {
 }
 
 impl Secrets {
+    /// The variable holding the HS256 JWT secret.
     pub const JWT_HS256_ENV: &'static str = "RECSTREAM_JWT_HS256_SECRET";
+    /// The variable holding the Stripe secret key.
     pub const STRIPE_KEY_ENV: &'static str = "STRIPE_SECRET_KEY";
+    /// The variable holding the Stripe webhook signing secret.
     pub const STRIPE_WEBHOOK_ENV: &'static str = "STRIPE_WEBHOOK_SECRET";
 
+    /// Reads the variables above; unset or empty ones are `None`.
     pub fn from_env() -> Secrets {
         let get = |k: &str| {
             std::env::var(k)

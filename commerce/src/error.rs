@@ -8,8 +8,11 @@ use super::payment::PaymentError;
 use super::store::StoreError;
 use crate::api_error::ApiError;
 
+/// Errors of the commerce flows, each with its HTTP status ([`CommerceError::to_api`])
+/// and a retry hint ([`CommerceError::retriable`]).
 #[derive(Debug, thiserror::Error)]
 pub enum CommerceError {
+    /// The request is malformed: bad JSON, a bad header, an invalid field (400).
     #[error("{0}")]
     BadRequest(String),
     /// Missing, malformed, expired or wrongly signed bearer token (401).
@@ -18,20 +21,35 @@ pub enum CommerceError {
     /// Authenticated, but not the owner of the resource (403).
     #[error("{0}")]
     Forbidden(String),
+    /// The order, cart item or product does not exist, or is not the caller's (404).
     #[error("{0}")]
     NotFound(String),
     /// The request conflicts with the current state (409).
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict {
+        /// Machine-readable code, e.g. `currency_mismatch`.
+        code: &'static str,
+        /// What conflicts, for people.
+        message: String,
+    },
     /// Well-formed but not acceptable (422).
     #[error("{message}")]
-    Unprocessable { code: &'static str, message: String },
+    Unprocessable {
+        /// Machine-readable code, e.g. `amount_too_large`.
+        code: &'static str,
+        /// What is wrong, for people.
+        message: String,
+    },
+    /// The commerce store failed; a write conflict maps to 409, a retriable failure to 503.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The payment provider failed: 402 when declined or invalid, 503 when unavailable.
     #[error(transparent)]
     Payment(#[from] PaymentError),
+    /// A dependency is down or not configured; retriable (503).
     #[error("{0}")]
     Unavailable(String),
+    /// A bug or an impossible state; the details are logged, not returned (500).
     #[error("{0}")]
     Internal(String),
     /// An already-shaped API error (extractor rejections).
@@ -40,6 +58,7 @@ pub enum CommerceError {
 }
 
 impl CommerceError {
+    /// A [`CommerceError::Conflict`] with `code`.
     pub fn conflict(code: &'static str, message: impl Into<String>) -> CommerceError {
         CommerceError::Conflict {
             code,
@@ -47,6 +66,7 @@ impl CommerceError {
         }
     }
 
+    /// A [`CommerceError::Unprocessable`] with `code`.
     pub fn unprocessable(code: &'static str, message: impl Into<String>) -> CommerceError {
         CommerceError::Unprocessable {
             code,
@@ -64,10 +84,12 @@ impl CommerceError {
         }
     }
 
+    /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         self.to_api().status
     }
 
+    /// The JSON error body and status this error answers with.
     pub fn to_api(&self) -> ApiError {
         use CommerceError as E;
         match self {

@@ -21,21 +21,37 @@ use super::Ctx;
 use super::error::CommerceError;
 use super::store::{Cond, Key, StoreError, Write, get_json};
 
+/// The state of an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum IdemState {
-    InFlight { started_at_ms: i64 },
-    Done { status: u16, body: String },
+    /// An operation under this key is running (or its holder died).
+    InFlight {
+        /// When the lock was taken or last taken over, epoch ms.
+        started_at_ms: i64,
+    },
+    /// The operation finished; its response is stored for replay.
+    Done {
+        /// The HTTP status answered.
+        status: u16,
+        /// The JSON body answered.
+        body: String,
+    },
 }
 
+/// The stored record of one key (`idem#<user>` / key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdemRecord {
+    /// [`request_hash`] of the request that first used the key.
     pub request_hash: String,
+    /// Running or done.
     #[serde(flatten)]
     pub state: IdemState,
+    /// When the record may be dropped, epoch seconds.
     pub expires_at_s: i64,
 }
 
+/// The store key of `user_id`'s idempotency key `key`.
 pub fn idem_key(user_id: &str, key: &str) -> Key {
     Key::new(format!("idem#{user_id}"), key)
 }
@@ -64,10 +80,18 @@ pub fn check_key(key: &str) -> Result<(), CommerceError> {
     Ok(())
 }
 
+/// What `begin` decided for a request with an idempotency key.
 #[derive(Debug)]
 pub enum Begin {
+    /// First use (or a stale lock taken over): run the operation under this lock.
     Proceed(Lease),
-    Replay { status: u16, body: String },
+    /// Already done: answer with the stored response.
+    Replay {
+        /// The HTTP status stored.
+        status: u16,
+        /// The JSON body stored.
+        body: String,
+    },
 }
 
 /// The lock on a key, held while the operation runs.

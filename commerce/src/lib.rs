@@ -65,9 +65,11 @@ use recstream_ingest::sink::EventSink;
 
 /// Time, injectable so tests can move it.
 pub trait Clock: Send + Sync + 'static {
+    /// Now, epoch ms.
     fn now_ms(&self) -> i64;
 }
 
+/// The wall clock.
 pub struct SystemClock;
 
 impl Clock for SystemClock {
@@ -83,9 +85,11 @@ impl Clock for SystemClock {
 pub struct ManualClock(AtomicI64);
 
 impl ManualClock {
+    /// A clock standing at `now_ms`.
     pub fn new(now_ms: i64) -> ManualClock {
         ManualClock(AtomicI64::new(now_ms))
     }
+    /// Moves the clock forward by `by`.
     pub fn advance(&self, by: Duration) {
         self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
     }
@@ -141,6 +145,7 @@ pub struct CommerceBuilder {
 }
 
 impl CommerceBuilder {
+    /// The secrets (default: none).
     pub fn secrets(mut self, s: Secrets) -> Self {
         self.secrets = s;
         self
@@ -150,18 +155,22 @@ impl CommerceBuilder {
         self.aws = Some(aws);
         self
     }
+    /// The commerce store to use instead of the configured one.
     pub fn store(mut self, s: Arc<dyn CommerceStore>) -> Self {
         self.store = Some(s);
         self
     }
+    /// The payment provider to use instead of the configured one.
     pub fn provider(mut self, p: Arc<dyn PaymentProvider>) -> Self {
         self.provider = Some(p);
         self
     }
+    /// The notifier to use instead of the notifications file.
     pub fn notifier(mut self, n: Arc<dyn Notifier>) -> Self {
         self.notifier = Some(n);
         self
     }
+    /// The clock to use instead of the wall clock (tests).
     pub fn clock(mut self, c: Arc<dyn Clock>) -> Self {
         self.clock = Some(c);
         self
@@ -177,6 +186,9 @@ impl CommerceBuilder {
         self
     }
 
+    /// Opens whatever was not given (store, provider, notifier, authenticator), seeds the
+    /// catalog, and returns the state. `Err` for an invalid configuration or a part that
+    /// cannot be opened.
     pub async fn build(self) -> Result<CommerceState, CommerceError> {
         let cfg = self.cfg;
         cfg.validate().map_err(CommerceError::BadRequest)?;
@@ -276,6 +288,7 @@ impl CommerceBuilder {
 }
 
 impl CommerceState {
+    /// A builder from `cfg`, writing clickstream events to `sink`.
     pub fn builder(cfg: CommerceConfig, sink: Arc<dyn EventSink>) -> CommerceBuilder {
         CommerceBuilder {
             cfg,
@@ -334,6 +347,7 @@ impl CommerceState {
         Workers::new(stop, tasks)
     }
 
+    /// The product catalog.
     pub fn catalog(&self) -> &StoreCatalog {
         &self.ctx.catalog
     }
@@ -348,10 +362,12 @@ impl CommerceState {
         self.ctx.auth.clone()
     }
 
+    /// The commerce store.
     pub fn store(&self) -> Arc<dyn CommerceStore> {
         self.ctx.store.clone()
     }
 
+    /// The configuration the state was built with.
     pub fn config(&self) -> &CommerceConfig {
         &self.ctx.cfg
     }
@@ -361,6 +377,7 @@ impl CommerceState {
         self.ctx.cfg.data_dir.join("notifications.jsonl")
     }
 
+    /// The order `order_id`, as `GET /v1/orders/{id}` shows it; `None` if unknown.
     pub async fn order(&self, order_id: &str) -> Result<Option<Order>, CommerceError> {
         checkout::order(&self.ctx, order_id).await
     }

@@ -20,25 +20,36 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+/// How a notification reaches the customer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
+    /// By email (what the orders service sends).
     Email,
+    /// By text message.
     Sms,
+    /// By push notification.
     Push,
 }
 
+/// Which message a notification is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Template {
+    /// The order was placed.
     OrderConfirmed,
+    /// The order was handed to the carrier.
     OrderShipped,
+    /// The order was delivered.
     OrderDelivered,
+    /// The order was cancelled.
     OrderCancelled,
+    /// The payment was refunded.
     OrderRefunded,
 }
 
 impl Template {
+    /// The template's name, as in the notification id (`order_confirmed`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Template::OrderConfirmed => "order_confirmed",
@@ -50,20 +61,29 @@ impl Template {
     }
 }
 
+/// One message to a customer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     /// Stable: `<order id>:<template>`.
     pub id: String,
+    /// The recipient.
     pub user_id: String,
+    /// The order it is about.
     pub order_id: String,
+    /// How it is sent.
     pub channel: Channel,
+    /// Which message it is.
     pub template: Template,
+    /// Subject line.
     pub subject: String,
+    /// Message text.
     pub body: String,
+    /// When it was produced, epoch ms.
     pub at_ms: i64,
 }
 
 impl Notification {
+    /// An email about `order_id` with the stable id `<order id>:<template>`.
     pub fn new(
         user_id: &str,
         order_id: &str,
@@ -85,16 +105,21 @@ impl Notification {
     }
 }
 
+/// Why a notification was not delivered; the relay retries the row.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
+    /// The notifications file could not be created or written.
     #[error("notification outbox file: {0}")]
     Io(String),
+    /// The notification gateway cannot take messages now.
     #[error("notification gateway unavailable: {0}")]
     Unavailable(String),
 }
 
+/// Where notifications go: the JSON-lines file (embedded), or a gateway.
 #[async_trait]
 pub trait Notifier: Send + Sync + 'static {
+    /// Delivers `n`; at least once, so a notifier should drop ids it has delivered.
     async fn send(&self, n: &Notification) -> Result<(), NotifyError>;
 }
 
@@ -128,6 +153,7 @@ impl FileNotifier {
         })
     }
 
+    /// The file the messages are appended to.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -29,16 +29,22 @@ pub const MAX_WEBHOOK_BODY: usize = 256 * 1024;
 /// How long event ids are remembered for deduplication (Stripe retries for 3 days).
 const DEDUP_TTL_S: i64 = 30 * 24 * 3600;
 
+/// Why a `Stripe-Signature` header was refused (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
+    /// No header.
     #[error("missing Stripe-Signature header")]
     Missing,
+    /// The header is not `t=…,v1=…` pairs.
     #[error("malformed Stripe-Signature header")]
     Malformed,
+    /// No `v1` signature in it.
     #[error("no v1 signature")]
     NoV1,
+    /// Its timestamp is outside the tolerance (300 s): possibly a replay.
     #[error("timestamp outside the tolerance zone")]
     Stale,
+    /// No `v1` signature matches the body under the configured secret.
     #[error("no signature matches the payload")]
     Mismatch,
 }
@@ -134,13 +140,19 @@ struct EventData {
 /// What is kept of an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookRecord {
+    /// Stripe's event id (`evt_…`), the deduplication key.
     pub event_id: String,
+    /// Stripe's event type, e.g. `payment_intent.succeeded`.
     pub kind: String,
+    /// Id of the object the event is about (`pi_…`, `re_…`), if any.
     pub object_id: Option<String>,
+    /// The order id from the object's metadata, if any.
     pub order_id: Option<String>,
+    /// When it was received, epoch ms.
     pub received_at_ms: i64,
 }
 
+/// The store key of a received webhook event.
 pub fn webhook_key(event_id: &str) -> Key {
     Key::new("webhook", event_id)
 }

@@ -110,7 +110,9 @@ struct ProductState<K: std::hash::Hash + Eq> {
 /// A batch of changed views, ready for the feature store.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FlushBatch {
+    /// Users whose view changed since the last flush.
     pub users: Vec<UserFeatures>,
+    /// Products whose view (this shard's partial) changed since the last flush.
     pub products: Vec<ProductFeatures>,
     /// This shard's trending list (always present after the first event).
     pub trending: TopList,
@@ -121,6 +123,7 @@ pub struct FlushBatch {
 }
 
 impl FlushBatch {
+    /// Whether there is nothing to write (the trending list alone does not count).
     pub fn is_empty(&self) -> bool {
         self.users.is_empty() && self.products.is_empty() && self.categories.is_empty()
     }
@@ -172,6 +175,7 @@ fn bump_decayed<K: PartialEq + Copy>(list: &mut Vec<(K, Decayed)>, key: K, w: f6
 }
 
 impl Aggregator {
+    /// An empty aggregator with the half-lives and bounds of `cfg`.
     pub fn new(cfg: FeatureConfig) -> Aggregator {
         Aggregator {
             user_h: cfg.user_half_life_ms(),
@@ -190,6 +194,7 @@ impl Aggregator {
         }
     }
 
+    /// The settings the aggregator was built with.
     pub fn config(&self) -> &FeatureConfig {
         &self.cfg
     }
@@ -204,10 +209,12 @@ impl Aggregator {
         self.watermark
     }
 
+    /// Users with state in this aggregator.
     pub fn user_count(&self) -> usize {
         self.users.len()
     }
 
+    /// Products with state in this aggregator (this shard's partials).
     pub fn product_count(&self) -> usize {
         self.products.len()
     }

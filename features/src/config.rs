@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The `[features]` section: half-lives of the decayed values and the bounds of
+/// per-user and per-product state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeatureConfig {
@@ -82,10 +84,12 @@ impl FeatureConfig {
         Ok(())
     }
 
+    /// `user_half_life_secs` in milliseconds (the unit of event times).
     pub fn user_half_life_ms(&self) -> f64 {
         self.user_half_life_secs * 1000.0
     }
 
+    /// `trending_half_life_secs` in milliseconds (the unit of event times).
     pub fn trending_half_life_ms(&self) -> f64 {
         self.trending_half_life_secs * 1000.0
     }

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A sum of weights decayed with one half-life to a reference event time (see the
+/// module docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Decayed {
     /// The value as of `at`.

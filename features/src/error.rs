@@ -1,22 +1,36 @@
 //! The features crate's error type.
 
+/// Errors of the feature stores. `retriable()` says whether trying again can help.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The embedded database (redb) failed: I/O, a full disk, a failed transaction.
     #[error("embedded database: {0}")]
     Embedded(String),
+    /// A DynamoDB call failed after the retry policy's attempts.
     #[error("dynamodb {operation} failed: {message}")]
     Dynamo {
+        /// The API operation, e.g. `BatchWriteItem`.
         operation: &'static str,
+        /// The service's (or the transport's) description.
         message: String,
+        /// Whether a later retry can help (throttling, timeouts, 5xx).
         retriable: bool,
     },
+    /// A stored value could not be decoded (written by an incompatible version, or damaged).
     #[error("corrupt {what}: {message}")]
-    Corrupt { what: &'static str, message: String },
+    Corrupt {
+        /// What was being read, e.g. `user`.
+        what: &'static str,
+        /// The decoder's message.
+        message: String,
+    },
+    /// A setting is out of range or inconsistent; found at start-up, never retriable.
     #[error("invalid configuration: {0}")]
     Config(String),
 }
 
 impl StoreError {
+    /// Whether trying again can help: only DynamoDB errors the service marked retriable.
     pub fn retriable(&self) -> bool {
         matches!(
             self,

@@ -11,16 +11,24 @@ use crate::decay::Decayed;
 /// Event counts by type.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventCounts {
+    /// Product views.
     pub view: u64,
+    /// Additions to the cart.
     pub add_to_cart: u64,
+    /// Removals from the cart.
     pub remove_from_cart: u64,
+    /// Purchases.
     pub purchase: u64,
+    /// Searches.
     pub search: u64,
+    /// Clicks on recommendations or results.
     pub click: u64,
+    /// Events of any other type.
     pub other: u64,
 }
 
 impl EventCounts {
+    /// Events of every type together.
     pub fn total(&self) -> u64 {
         self.view
             + self.add_to_cart
@@ -31,6 +39,7 @@ impl EventCounts {
             + self.other
     }
 
+    /// Adds `o`'s counts to these (merging shards' partials).
     pub fn add(&mut self, o: &EventCounts) {
         self.view += o.view;
         self.add_to_cart += o.add_to_cart;
@@ -45,7 +54,9 @@ impl EventCounts {
 /// An item the user touched recently.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecentItem {
+    /// The product touched.
     pub product_id: String,
+    /// When, epoch ms (event time).
     pub ts: i64,
     /// The event type (`view`, `add_to_cart`, `purchase`, …).
     pub action: String,
@@ -54,20 +65,27 @@ pub struct RecentItem {
 /// A scored id with a time-decayed weight.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Weighted {
+    /// A product id or a category, depending on the list.
     pub id: String,
+    /// The decayed weight.
     pub weight: Decayed,
 }
 
+/// A product in the user's cart, as the cart events left it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartLine {
+    /// The product in the cart.
     pub product_id: String,
+    /// Units of it in the cart.
     pub quantity: u32,
 }
 
 /// Everything recstream knows about one user.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserFeatures {
+    /// The user id of the events.
     pub user_id: String,
+    /// Event counts over the user's whole history.
     pub counts: EventCounts,
     /// Most recent first, distinct products, bounded.
     pub recent: Vec<RecentItem>,
@@ -75,32 +93,44 @@ pub struct UserFeatures {
     pub items: Vec<Weighted>,
     /// Decayed engagement per category, strongest first.
     pub categories: Vec<Weighted>,
+    /// The cart as the user's add/remove events left it.
     pub cart: Vec<CartLine>,
+    /// Products the user bought, most recent first, bounded.
     pub purchased: Vec<String>,
     /// Demographic segment key from the last profile seen (`age|gender|region`).
     pub segment: Option<String>,
     /// Total purchase spend in minor units (of the first currency seen).
     pub spend_minor: i64,
+    /// Currency of `spend_minor` (ISO 4217), once a priced purchase was seen.
     pub currency: Option<String>,
+    /// Event time of the user's first event, epoch ms.
     pub first_ts: i64,
+    /// Event time of the user's latest event, epoch ms.
     pub last_ts: i64,
 }
 
 /// Everything recstream knows about one product (one shard's partial, or merged).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProductFeatures {
+    /// The product id of the events.
     pub product_id: String,
+    /// Event counts over the product's whole history.
     pub counts: EventCounts,
     /// Decayed popularity (trending) with the trending half-life.
     pub popularity: Decayed,
+    /// Category path from the latest event that carried one.
     pub category: Option<String>,
+    /// Brand from the latest event that carried one.
     pub brand: Option<String>,
+    /// Unit price in minor units from the latest event that carried one.
     pub price_minor: Option<i64>,
+    /// Currency of `price_minor` (ISO 4217).
     pub currency: Option<String>,
     /// Co-visited products (same session, within a short window), strongest first.
     pub covisit: Vec<(String, f32)>,
     /// Distinct users who bought it.
     pub buyers: u64,
+    /// Event time of the latest event about the product, epoch ms.
     pub last_ts: i64,
 }
 
@@ -109,6 +139,7 @@ pub struct ProductFeatures {
 pub struct TopList {
     /// The event time the weights are decayed to.
     pub at: i64,
+    /// Product ids with their weights decayed to `at`, strongest first.
     pub items: Vec<(String, f64)>,
 }
 

@@ -52,6 +52,7 @@ pub struct AwsConfig {
     pub max_attempts: u32,
     /// First backoff; doubles per attempt up to `max_backoff_ms`, with full jitter.
     pub base_backoff_ms: u64,
+    /// Upper bound of one backoff, in ms (default 5 000).
     pub max_backoff_ms: u64,
 }
 
@@ -74,6 +75,9 @@ impl Default for AwsConfig {
 }
 
 impl AwsConfig {
+    /// Checks names and bounds before any client is built: stream, table prefix and bucket
+    /// names must be valid for AWS, shard count and retry settings in range. `Err` holds a
+    /// message naming the bad setting.
     pub fn validate(&self) -> Result<(), String> {
         let name_ok = |s: &str| {
             !s.is_empty()
@@ -119,6 +123,8 @@ impl AwsConfig {
         Ok(())
     }
 
+    /// The full name of table `name` (`users`, `products`, `top-lists`, `leases`) with the
+    /// configured prefix.
     pub fn table(&self, name: &str) -> String {
         format!("{}{name}", self.table_prefix)
     }
@@ -132,6 +138,7 @@ impl AwsConfig {
         }
     }
 
+    /// The retry policy of AWS calls built from `max_attempts` and the backoff bounds.
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             max_attempts: self.max_attempts,
@@ -157,10 +164,14 @@ pub async fn sdk_config(region: Option<&str>) -> aws_config::SdkConfig {
     loader.load().await
 }
 
+/// How often and how patiently an AWS call is retried ([`retry`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
+    /// Attempts per call, the first included (1 = no retry).
     pub max_attempts: u32,
+    /// First backoff; doubles per retry up to `max`.
     pub base: Duration,
+    /// Upper bound of one backoff.
     pub max: Duration,
 }
 

@@ -25,13 +25,25 @@ const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
 /// Why a record was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The payload is longer than the decoder accepts; nothing of it is parsed.
     #[error("record is {len} bytes, over the {max} byte limit")]
-    Oversized { len: usize, max: usize },
+    Oversized {
+        /// Length of the payload in bytes.
+        len: usize,
+        /// The byte limit.
+        max: usize,
+    },
+    /// The payload does not parse as an event (not JSON, a field of the wrong JSON type,
+    /// a missing required field).
     #[error("malformed json: {0}")]
     Malformed(String),
+    /// A field parsed but its value is not accepted (a timestamp outside 2000..2100, an
+    /// empty id or one with control characters, a bad price or quantity).
     #[error("field `{field}`: {problem}")]
     Invalid {
+        /// The field's JSON name.
         field: &'static str,
+        /// What is wrong with it.
         problem: Cow<'static, str>,
     },
     /// The record could not be mapped from its source format (e.g. a bad CSV row).

@@ -6,34 +6,62 @@ use std::io;
 /// trying again can help (throttling, timeouts) or not (bad configuration, bad data).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// A file could not be read or written (dataset files, the local object store).
     #[error("io error on {path}: {source}")]
     Io {
+        /// The file's path.
         path: String,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
+    /// A dataset file does not look like the dataset it is said to be (missing columns,
+    /// unknown layout).
     #[error("dataset `{dataset}`: {message}")]
-    Dataset { dataset: String, message: String },
+    Dataset {
+        /// The dataset's name, e.g. `rees46`.
+        dataset: String,
+        /// What is wrong, with the file and line where known.
+        message: String,
+    },
+    /// Writing or reading the Parquet archive failed (schema mismatch, corrupt file).
     #[error("parquet encoding failed: {0}")]
     Parquet(String),
+    /// An object's content could not be encoded or decoded (a dead-letter file), or the
+    /// store failed for a reason that is neither local I/O nor an AWS call.
     #[error("object store: {0}")]
     ObjectStore(String),
+    /// An AWS call failed after the retry policy's attempts.
     #[error("{service} call {operation} failed: {message}")]
     Aws {
+        /// `kinesis`, `dynamodb` or `s3`.
         service: &'static str,
+        /// The API operation, e.g. `PutRecords`.
         operation: &'static str,
+        /// The service's (or the transport's) description.
         message: String,
+        /// Whether a later retry can help (throttling, timeouts, 5xx).
         retriable: bool,
     },
+    /// This worker no longer holds the shard's lease: another worker took it (the
+    /// processor stops reading the shard and does not checkpoint).
     #[error("lease for shard {shard} is held by {owner}")]
-    LeaseLost { shard: String, owner: String },
+    LeaseLost {
+        /// The shard whose lease was lost.
+        shard: String,
+        /// The worker (or tenure) the table names now.
+        owner: String,
+    },
+    /// A setting is out of range or inconsistent; found at start-up, never retriable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The embedded checkpoint store failed, or a checkpoint it holds cannot be read back.
     #[error("checkpoint store: {0}")]
     Checkpoint(String),
 }
 
 impl IngestError {
+    /// An [`IngestError::Io`] on `path`.
     pub fn io(path: impl Into<String>, source: io::Error) -> IngestError {
         IngestError::Io {
             path: path.into(),
@@ -56,6 +84,8 @@ impl IngestError {
         }
     }
 
+    /// Whether trying again can help: AWS errors as the service said, I/O errors that are
+    /// interruptions or timeouts; never bad data or configuration.
     pub fn retriable(&self) -> bool {
         match self {
             IngestError::Aws { retriable, .. } => *retriable,

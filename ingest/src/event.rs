@@ -20,10 +20,13 @@ impl Timestamp {
     /// Latest accepted event time (2100-01-01T00:00:00Z).
     pub const MAX: Timestamp = Timestamp(4_102_444_800_000);
 
+    /// Milliseconds since the Unix epoch.
     pub fn millis(self) -> i64 {
         self.0
     }
 
+    /// The instant as a UTC date-time (the epoch if out of chrono's range, which the
+    /// accepted range [`Timestamp::MIN`]..=[`Timestamp::MAX`] never is).
     pub fn to_datetime(self) -> chrono::DateTime<chrono::Utc> {
         chrono::DateTime::from_timestamp_millis(self.0).unwrap_or_default()
     }
@@ -82,16 +85,25 @@ impl<'de> Deserialize<'de> for Timestamp {
 /// What the shopper did. Unknown types are kept (and counted), never fatal.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EventType {
+    /// A product page was viewed.
     View,
+    /// A product was put into the cart.
     AddToCart,
+    /// A product was taken out of the cart.
     RemoveFromCart,
+    /// An order was placed for the product.
     Purchase,
+    /// A search was run (`query` holds the text).
     Search,
+    /// A recommendation or search result was clicked.
     Click,
+    /// Any other type string, kept verbatim so that nothing the producer sent is lost.
     Other(CompactString),
 }
 
 impl EventType {
+    /// Maps the wire name (`view`, `add_to_cart`, …) to a type; unknown names become
+    /// [`EventType::Other`], never an error.
     pub fn parse(s: &str) -> EventType {
         match s {
             "view" => EventType::View,
@@ -104,6 +116,7 @@ impl EventType {
         }
     }
 
+    /// The wire name; the inverse of [`EventType::parse`].
     pub fn as_str(&self) -> &str {
         match self {
             EventType::View => "view",
@@ -169,6 +182,7 @@ pub struct Money {
 }
 
 impl Money {
+    /// `amount` minor units of `currency` (not validated here; decoding checks the code).
     pub fn new(amount: i64, currency: &str) -> Money {
         Money {
             amount,
@@ -180,10 +194,13 @@ impl Money {
 /// Optional demographics, used for cold start.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Profile {
+    /// Age band as the shop reports it, e.g. `25-34`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_band: Option<CompactString>,
+    /// Gender as the shop reports it, e.g. `f`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gender: Option<CompactString>,
+    /// Region as the shop reports it, e.g. `eu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<CompactString>,
 }
@@ -207,29 +224,44 @@ impl Profile {
 /// One validated clickstream event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// The producer's id of the event, unique per event.
     pub event_id: CompactString,
+    /// When the event happened, as the producer stamped it (event time, not arrival).
     pub ts: Timestamp,
+    /// The shop's user id, or an anonymous visitor id; also the stream's partition key.
     pub user_id: CompactString,
+    /// The browsing session, when the shop tracks one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<CompactString>,
+    /// What happened.
     #[serde(rename = "type")]
     pub event_type: EventType,
+    /// The product the event is about (views, cart changes, purchases, clicks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product_id: Option<CompactString>,
+    /// Category path of the product, e.g. `electronics.smartphone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<CompactString>,
+    /// Brand of the product, as the shop names it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub brand: Option<CompactString>,
+    /// Unit price of the product at the time of the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Money>,
+    /// Units bought or put into the cart (at most 10 000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantity: Option<u32>,
+    /// Search text of a `search` event (at most 1 KiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// Demographics sent with the event, used for cold start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<Profile>,
+    /// The recommendation response this event answers (clicks and purchases after a
+    /// recommendation), for attribution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recommendation_id: Option<CompactString>,
+    /// Product ids shown to the user with this event (at most 200).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub impressions: Vec<CompactString>,
 }
@@ -255,12 +287,14 @@ impl Event {
         }
     }
 
+    /// Sets the product and its category.
     pub fn with_product(mut self, product_id: &str, category: Option<&str>) -> Event {
         self.product_id = Some(product_id.into());
         self.category = category.map(Into::into);
         self
     }
 
+    /// Sets the session.
     pub fn with_session(mut self, session_id: &str) -> Event {
         self.session_id = Some(session_id.into());
         self

@@ -20,9 +20,12 @@ use crate::event::Timestamp;
 pub struct ShardId(pub Arc<str>);
 
 impl ShardId {
+    /// A shard id as given (`shardId-000000000000` on Kinesis, `file:<dataset>` for
+    /// replay, `collector` for the collector channel).
     pub fn new(s: &str) -> ShardId {
         ShardId(Arc::from(s))
     }
+    /// The id as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -53,6 +56,7 @@ impl fmt::Display for ShardId {
 pub struct SeqNo(Arc<str>);
 
 impl SeqNo {
+    /// The sequence number `n` (file replay positions).
     pub fn from_u64(n: u64) -> SeqNo {
         SeqNo(Arc::from(n.to_string()))
     }
@@ -66,6 +70,7 @@ impl SeqNo {
         ok.then(|| SeqNo(Arc::from(s)))
     }
 
+    /// The decimal digits, as Kinesis wrote them.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -119,13 +124,17 @@ impl From<SeqNo> for String {
 /// One record read from a shard, not yet decoded.
 #[derive(Debug, Clone)]
 pub struct RawRecord {
+    /// The shard the record was read from.
     pub shard: ShardId,
+    /// Position of the record in its shard; increases along the shard.
     pub seq: SeqNo,
     /// Kinesis sub-sequence number of a KPL-aggregated user record (0 otherwise).
     pub sub_seq: u32,
+    /// The partition key the producer chose (the user id for clickstream events).
     pub partition_key: CompactString,
     /// When the stream accepted the record (ApproximateArrivalTimestamp).
     pub arrival: Timestamp,
+    /// The payload, normally one JSON event.
     pub data: Bytes,
     /// Set when the source already knows the record cannot be decoded (e.g. a CSV row
     /// that does not map onto an event); such records go straight to the dead letters.
@@ -140,7 +149,10 @@ pub struct RawRecord {
 /// sequence number and overwrites that object instead of writing an overlapping one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardCheckpoint {
+    /// Last sequence number whose effects are durable; `None` = start from the beginning.
     pub committed: Option<SeqNo>,
+    /// Last sequence number of the range whose archive object is being uploaded, written
+    /// before the upload (see above).
     pub pending_end: Option<SeqNo>,
     /// Object key of the aggregation state snapshot taken at `committed`.
     pub snapshot: Option<String>,

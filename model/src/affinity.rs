@@ -29,9 +29,11 @@ fn sigmoid(z: f64) -> f64 {
 
 /// A linear scorer over raw pair features: `bias + Σ wᵢ·xᵢ`.
 pub trait LinearScorer {
+    /// The schema the weights are over (names, half-lives, standardisation).
     fn schema(&self) -> &FeatureSchema;
     /// Weights over raw (unstandardised) features.
     fn raw_weights(&self) -> &[f64; NUM_FEATURES];
+    /// Intercept over raw (unstandardised) features.
     fn raw_bias(&self) -> f64;
 
     /// The logit of one pair.
@@ -118,10 +120,13 @@ fn check_rows<D: Data<Elem = f64>>(x: &ArrayBase<D, Ix2>) -> Result<()> {
 pub struct AffinityValidParams {
     /// L2 penalty of the logistic regression.
     pub l2: f64,
+    /// Most iterations of the optimiser (L-BFGS) before it stops.
     pub max_iterations: u64,
+    /// The optimiser stops once the gradient norm is below this.
     pub gradient_tolerance: f64,
     /// Half-lives the feature views were built with (recorded in the schema).
     pub user_half_life_ms: f64,
+    /// Half-life of product popularity the views were built with.
     pub trending_half_life_ms: f64,
 }
 
@@ -143,21 +148,26 @@ impl Default for AffinityParams {
 }
 
 impl AffinityParams {
+    /// The defaults (see [`Default`]).
     pub fn new() -> Self {
         Self::default()
     }
+    /// Sets the L2 penalty (positive, finite).
     pub fn l2(mut self, l2: f64) -> Self {
         self.0.l2 = l2;
         self
     }
+    /// Sets the most optimiser iterations (at least 1).
     pub fn max_iterations(mut self, n: u64) -> Self {
         self.0.max_iterations = n;
         self
     }
+    /// Sets the gradient tolerance (greater than 0).
     pub fn gradient_tolerance(mut self, t: f64) -> Self {
         self.0.gradient_tolerance = t;
         self
     }
+    /// Sets the half-lives the feature views were built with, in ms.
     pub fn half_lives(mut self, user_ms: f64, trending_ms: f64) -> Self {
         self.0.user_half_life_ms = user_ms;
         self.0.trending_half_life_ms = trending_ms;
@@ -208,9 +218,11 @@ impl ParamGuard for AffinityParams {
 /// The fitted batch model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AffinityModel {
+    /// The feature schema, with the standardisation learnt on the training rows.
     pub schema: FeatureSchema,
     /// Weights over standardised features, and the intercept, as fitted.
     pub weights: Vec<f64>,
+    /// Intercept over standardised features, as fitted.
     pub intercept: f64,
     #[serde(skip)]
     folded: Option<Folded>,
@@ -363,14 +375,17 @@ fn predict_rows<M: LinearScorer, D: Data<Elem = f64>>(
 pub struct OnlineValidParams {
     /// FTRL learning rate.
     pub alpha: f64,
+    /// FTRL smoothing of the per-coordinate learning rate.
     pub beta: f64,
     /// L1 and L2 strengths (linfa-ftrl keeps them in `[0, 1]`).
     pub l1: f64,
+    /// L2 strength (see `l1`).
     pub l2: f64,
     /// Rows per `fit_with` step when pre-training from the batch rows.
     pub batch_size: usize,
     /// Passes over the batch rows.
     pub epochs: usize,
+    /// Seed of the row shuffle in pre-training.
     pub seed: u64,
 }
 
@@ -395,33 +410,41 @@ impl Default for OnlineParams {
 }
 
 impl OnlineParams {
+    /// The defaults (see [`Default`]).
     pub fn new() -> Self {
         Self::default()
     }
+    /// Sets the learning rate (greater than 0).
     pub fn alpha(mut self, a: f64) -> Self {
         self.0.alpha = a;
         self
     }
+    /// Sets the learning-rate smoothing (at least 0).
     pub fn beta(mut self, b: f64) -> Self {
         self.0.beta = b;
         self
     }
+    /// Sets the L1 strength, in `[0, 1]`.
     pub fn l1(mut self, l1: f64) -> Self {
         self.0.l1 = l1;
         self
     }
+    /// Sets the L2 strength, in `[0, 1]`.
     pub fn l2(mut self, l2: f64) -> Self {
         self.0.l2 = l2;
         self
     }
+    /// Sets the rows per pre-training step (at least 1).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.0.batch_size = n;
         self
     }
+    /// Sets the passes over the batch rows.
     pub fn epochs(mut self, n: usize) -> Self {
         self.0.epochs = n;
         self
     }
+    /// Sets the shuffle seed.
     pub fn seed(mut self, s: u64) -> Self {
         self.0.seed = s;
         self
@@ -472,7 +495,9 @@ impl OnlineValidParams {
 /// the live stream with `update` between batch retrainings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OnlineRanker {
+    /// The feature schema the ranker scores over (the batch model's, at pre-training).
     pub schema: FeatureSchema,
+    /// The checked hyper-parameters it was built with.
     pub params: OnlineValidParams,
     ftrl: Ftrl<f64>,
     /// Updates applied (rows), batch pre-training included.
@@ -608,7 +633,7 @@ where
             let mut start = 0;
             while start < x.nrows() {
                 let end = (start + self.batch_size).min(x.nrows());
-                let rows = x.slice(ndarray::s![start..end, ..]);
+                let rows = x.slice_axis(ndarray::Axis(0), ndarray::Slice::from(start..end));
                 let z = ranker.design(rows);
                 let ds = Dataset::new(z, Array1::from(labels[start..end].to_vec()));
                 ranker.ftrl = fp.fit_with(Some(ranker.ftrl.clone()), &ds)?;

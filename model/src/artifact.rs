@@ -25,7 +25,9 @@ use crate::error::{ModelError, Result};
 use crate::params::TrainParams;
 use crate::segments::Segments;
 
+/// Key prefix of every model version in the object store.
 pub const MODELS_PREFIX: &str = "models";
+/// Key of the pointer to the current version (written last: the commit point).
 pub const CURRENT_KEY: &str = "models/CURRENT";
 /// Format of `model.json`; bumped on incompatible changes.
 pub const FORMAT: u32 = 1;
@@ -33,33 +35,51 @@ pub const FORMAT: u32 = 1;
 /// What a training run did, kept with the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingMeta {
+    /// `<UTC training time>-<hash of model.json>`, e.g. `20191001T025000Z-3f2a9c1b`.
     pub version: String,
+    /// Name of the dataset (or input) trained on.
     pub dataset: String,
+    /// Events replayed.
     pub events: u64,
+    /// Distinct users in the events.
     pub users: u64,
+    /// Distinct products in the events.
     pub products: u64,
+    /// Positives in the log: a user's next, different product.
     pub eligible_positives: u64,
+    /// Positives sampled for training.
     pub positives: u64,
+    /// Training rows (positives and sampled negatives).
     pub rows: u64,
+    /// Event time of the first event, epoch ms.
     pub first_event_ts: i64,
+    /// Event time of the last event, epoch ms.
     pub last_event_ts: i64,
     /// Wall-clock time of training, RFC 3339.
     pub trained_at: String,
+    /// Wall-clock duration of training, seconds.
     pub train_seconds: f64,
     /// Training metrics (AUC, candidate recall, timings) and any offline evaluation added.
     pub metrics: BTreeMap<String, f64>,
+    /// The parameters of the run.
     pub params: TrainParams,
 }
 
 /// Everything one training run produces.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelArtifact {
+    /// What the training run did.
     pub meta: TrainingMeta,
+    /// The batch ranker (logistic regression).
     pub affinity: AffinityModel,
+    /// The online ranker (FTRL), pre-trained on the same rows.
     pub online: OnlineRanker,
+    /// Popularity lists for users without history.
     pub cold_start: ColdStartLists,
+    /// Product vectors and neighbours; `None` when skipped. Stored in `embeddings.json`.
     #[serde(skip)]
     pub embeddings: Option<ProductEmbeddings>,
+    /// User segmentation; `None` when skipped. Stored in `segments.json`.
     #[serde(skip)]
     pub segments: Option<Arc<Segments>>,
 }
@@ -100,6 +120,7 @@ fn valid_version(v: &str) -> bool {
 }
 
 impl ModelArtifact {
+    /// The model version ([`TrainingMeta::version`]).
     pub fn version(&self) -> &str {
         &self.meta.version
     }
@@ -265,10 +286,12 @@ pub struct ModelHandle {
 }
 
 impl ModelHandle {
+    /// A handle without a model (until the first load).
     pub fn new() -> ModelHandle {
         ModelHandle::default()
     }
 
+    /// The model in use, if one was loaded.
     pub fn get(&self) -> Option<Arc<ModelArtifact>> {
         self.current
             .read()
@@ -276,10 +299,12 @@ impl ModelHandle {
             .clone()
     }
 
+    /// Makes `model` the one in use; readers holding the previous one keep it.
     pub fn set(&self, model: Arc<ModelArtifact>) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(model);
     }
 
+    /// Version of the model in use.
     pub fn version(&self) -> Option<String> {
         self.get().map(|m| m.meta.version.clone())
     }

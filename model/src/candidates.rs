@@ -24,13 +24,21 @@ use crate::features::CandidateSignals;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CandidateParams {
+    /// Recent items of the user whose neighbours are candidates (1..=100).
     pub seed_items: usize,
+    /// Co-visited (or embedding) neighbours taken per seed item.
     pub neighbours_per_seed: usize,
+    /// The user's strongest categories whose top lists are candidates.
     pub top_categories: usize,
+    /// Products taken from each of those categories' top lists.
     pub per_category: usize,
+    /// Products taken from the trending list.
     pub trending: usize,
+    /// Whether the user's recent items themselves are candidates.
     pub include_recent: bool,
+    /// Leave out products the user already bought.
     pub exclude_purchased: bool,
+    /// Leave out products in the user's cart.
     pub exclude_in_cart: bool,
 }
 
@@ -50,6 +58,7 @@ impl Default for CandidateParams {
 }
 
 impl CandidateParams {
+    /// Checks the budgets' ranges; `Err` names the bad setting.
     pub fn validate(&self) -> Result<(), String> {
         if self.seed_items == 0 || self.seed_items > 100 {
             return Err("candidates.seed_items must be in 1..=100".into());

@@ -19,6 +19,8 @@ use crate::replay::engagement_weight;
 /// The key of the list for users with no known segment (same as the scoring crate's).
 pub const OVERALL: &str = "overall";
 
+/// Popularity lists for users without history: one overall and one per demographic
+/// segment, scored with a time-decayed popularity.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ColdStartLists {
     /// Best first: `(product_id, score)`, scores normalised so the best is 1.

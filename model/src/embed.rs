@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ModelError, Result};
 use crate::progress::Progress;
 
+/// Hyper-parameters of the product embeddings (item co-occurrence in sessions, reduced
+/// to `dimensions`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmbeddingParams {
@@ -31,6 +33,7 @@ pub struct EmbeddingParams {
     pub min_occurrences: usize,
     /// At most this many items (the most frequent); the matrix is dense, items².
     pub max_items: usize,
+    /// Length of a vector (1..=512).
     pub dimensions: usize,
     /// Neighbours precomputed per item.
     pub neighbours: usize,
@@ -54,6 +57,7 @@ impl Default for EmbeddingParams {
 }
 
 impl EmbeddingParams {
+    /// Checks the ranges; `Err(ModelError::InvalidParams)` names the bad setting.
     pub fn validate(&self) -> Result<()> {
         if self.dimensions == 0 || self.dimensions > 512 {
             return Err(ModelError::InvalidParams(
@@ -77,6 +81,7 @@ impl EmbeddingParams {
 /// Product vectors and their precomputed nearest neighbours.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProductEmbeddings {
+    /// Length of each vector.
     pub dimensions: usize,
     /// Product ids, sorted (index = row).
     pub items: Vec<String>,
@@ -107,6 +112,7 @@ impl ProductEmbeddings {
         )
     }
 
+    /// The product's unit vector, or `None` for a product without one.
     pub fn vector(&self, product_id: &str) -> Option<&[f32]> {
         let i = self.index_of(product_id)?;
         Some(&self.vectors[i * self.dimensions..(i + 1) * self.dimensions])

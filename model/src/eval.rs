@@ -39,7 +39,9 @@ use crate::train::{TrainParams, is_next_item, train};
 /// Accumulates ranking metrics at one cut-off.
 #[derive(Debug, Clone)]
 pub struct RankMetrics {
+    /// The cut-off: only the top `k` recommendations count.
     pub k: usize,
+    /// Targets recorded so far.
     pub n: u64,
     hits: f64,
     ndcg: f64,
@@ -48,6 +50,7 @@ pub struct RankMetrics {
 }
 
 impl RankMetrics {
+    /// Empty metrics at cut-off `k`.
     pub fn new(k: usize) -> RankMetrics {
         RankMetrics {
             k,
@@ -76,12 +79,15 @@ impl RankMetrics {
         }
     }
 
+    /// Share of targets found in the top `k` (0 without targets).
     pub fn hit_rate(&self) -> f64 {
         self.hits / self.n.max(1) as f64
     }
+    /// Mean NDCG@k over the targets (one relevant item per target).
     pub fn ndcg(&self) -> f64 {
         self.ndcg / self.n.max(1) as f64
     }
+    /// Mean reciprocal rank over the targets (0 for a miss).
     pub fn mrr(&self) -> f64 {
         self.rr / self.n.max(1) as f64
     }
@@ -91,33 +97,51 @@ impl RankMetrics {
     }
 }
 
+/// One line of an evaluation: a method's metrics on a task at a cut-off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricRow {
+    /// The recommender evaluated: `popularity`, `covisit`, `heuristic`, `model` or
+    /// `model_ftrl`.
     pub method: String,
+    /// Which targets: `any` next item, or `discovery` (items the user had not seen).
     pub task: String,
+    /// The cut-off.
     pub k: usize,
+    /// Hit rate at `k`.
     pub hr: f64,
+    /// NDCG at `k`.
     pub ndcg: f64,
+    /// MRR at `k`.
     pub mrr: f64,
+    /// Distinct items recommended over the catalog size.
     pub coverage: f64,
+    /// Targets evaluated.
     pub targets: u64,
 }
 
+/// An offline evaluation: a model trained on the first part of the log, tested on the rest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
+    /// Name of the dataset evaluated.
     pub dataset: String,
+    /// Events in the training part.
     pub train_events: usize,
+    /// Events in the test part.
     pub test_events: usize,
     /// Distinct products of the training period (the coverage denominator).
     pub catalog: usize,
+    /// Wall-clock duration of training, seconds.
     pub train_seconds: f64,
+    /// Wall-clock duration of the evaluation, seconds.
     pub eval_seconds: f64,
     /// Training metrics of the model evaluated.
     pub train_metrics: BTreeMap<String, f64>,
+    /// One row per method, task and cut-off.
     pub rows: Vec<MetricRow>,
 }
 
 impl EvalReport {
+    /// The row of `method` on `task` at `k`, if evaluated.
     pub fn get(&self, method: &str, task: &str, k: usize) -> Option<&MetricRow> {
         self.rows
             .iter()
@@ -191,10 +215,13 @@ impl EvalReport {
     }
 }
 
+/// What an offline evaluation is told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalParams {
+    /// The training run of the model evaluated (embeddings and segments off by default).
     pub train: TrainParams,
+    /// Cut-offs to report (default 10 and 20).
     pub ks: Vec<usize>,
     /// Targets evaluated at most (sampled uniformly, fixed seed).
     pub max_targets: usize,

@@ -112,7 +112,10 @@ const HOUR_MS: f64 = 3_600_000.0;
 /// with, and the standardisation learnt on the training rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureSchema {
+    /// Feature definitions version ([`FEATURE_VERSION`]); an artifact of another version
+    /// is refused on load ([`crate::ModelError::Incompatible`]).
     pub version: u32,
+    /// Feature names, in column order.
     pub names: Vec<String>,
     /// Half-life of user affinities the features assume (the feature pipeline's setting).
     pub user_half_life_ms: f64,
@@ -120,6 +123,8 @@ pub struct FeatureSchema {
     pub trending_half_life_ms: f64,
     /// Per-feature mean and scale: the model sees `(x - mean) / scale`.
     pub mean: Vec<f64>,
+    /// Per-feature scale: the standard deviation on the training rows (1 where it is
+    /// near 0); always positive.
     pub scale: Vec<f64>,
 }
 

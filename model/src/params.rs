@@ -18,6 +18,7 @@ use crate::segments::SegmentParams;
 pub struct TrainParams {
     /// Must equal the feature pipeline's settings (half-lives, list bounds).
     pub features: FeatureConfig,
+    /// Candidate budgets and filters (must equal scoring's).
     pub candidates: CandidateParams,
     /// Ignored candidates sampled per positive.
     pub negatives_per_positive: usize,
@@ -25,15 +26,23 @@ pub struct TrainParams {
     pub max_positives: usize,
     /// Also learn from positives the candidate sources did not retrieve.
     pub include_uncovered_positives: bool,
+    /// Seed of every sampling step, so a run is reproducible.
     pub seed: u64,
+    /// L2 penalty of the batch logistic regression.
     pub l2: f64,
+    /// Most optimiser iterations of the batch model.
     pub max_iterations: u64,
+    /// Hyper-parameters of the online (FTRL) ranker.
     pub online: OnlineParams,
+    /// Hyper-parameters of the product embeddings.
     pub embeddings: EmbeddingParams,
     /// Skip the embeddings (they cost items² memory).
     pub skip_embeddings: bool,
+    /// User segmentation parameters.
     pub segments: SegmentParams,
+    /// Skip the segmentation.
     pub skip_segments: bool,
+    /// Length of each cold-start list.
     pub cold_start_n: usize,
     /// Half-life of the cold-start popularity, seconds.
     pub cold_start_half_life_secs: f64,
@@ -65,6 +74,7 @@ impl Default for TrainParams {
 }
 
 impl TrainParams {
+    /// Checks every section; `Err(ModelError::InvalidParams)` names the bad setting.
     pub fn validate(&self) -> Result<()> {
         self.features
             .validate()
@@ -94,6 +104,7 @@ impl TrainParams {
         Ok(())
     }
 
+    /// The batch model's hyper-parameters from these settings.
     pub fn affinity_params(&self) -> AffinityParams {
         AffinityParams::new()
             .l2(self.l2)
@@ -104,6 +115,7 @@ impl TrainParams {
             )
     }
 
+    /// The feature schema (identity standardisation) for these half-lives.
     pub fn schema(&self) -> FeatureSchema {
         FeatureSchema::new(
             self.features.user_half_life_ms(),

@@ -209,6 +209,7 @@ pub struct Replay {
 const REFRESH_EVENT_TIME_MS: i64 = 60_000;
 
 impl Replay {
+    /// A replay with the aggregation settings `cfg` (must equal the feature pipeline's).
     pub fn new(cfg: FeatureConfig) -> Replay {
         let window = cfg.covisit_window.max(1);
         let tops = TopLists::new(cfg.trending_half_life_ms(), 100, 30);
@@ -225,6 +226,7 @@ impl Replay {
         }
     }
 
+    /// The aggregation settings.
     pub fn config(&self) -> &FeatureConfig {
         self.agg.config()
     }
@@ -281,6 +283,7 @@ impl Replay {
         self.last_items.contains_key(user_id)
     }
 
+    /// The user's view as of the events replayed so far.
     pub fn user(&self, user_id: &str) -> Option<UserFeatures> {
         self.agg.user(user_id)
     }
@@ -305,10 +308,13 @@ impl Replay {
         })
     }
 
+    /// The trending list as of the events replayed so far, best first.
     pub fn trending(&mut self) -> &[(CompactString, f64)] {
         self.tops.trending()
     }
 
+    /// The category's top list as of the events replayed so far; `None` for a category
+    /// not seen.
     pub fn category_top(&mut self, category: &str) -> Option<&[(CompactString, f64)]> {
         self.tops.category_top(category)
     }

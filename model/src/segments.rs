@@ -31,13 +31,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
+/// Hyper-parameters of the user segmentation (k-means over activity, spend, recency
+/// and category shares).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SegmentParams {
     /// Number of segments (fewer when there are fewer users).
     pub k: usize,
+    /// Seed of the k-means initialisation and of the fit sample.
     pub seed: u64,
+    /// K-means runs with different initialisations; the best is kept.
     pub n_runs: usize,
+    /// Most k-means iterations per run.
     pub max_iterations: u64,
     /// Categories (most engaged overall) whose shares are clustering columns.
     pub category_columns: usize,
@@ -63,6 +68,7 @@ impl Default for SegmentParams {
 }
 
 impl SegmentParams {
+    /// Checks the ranges; `Err(ModelError::InvalidParams)` names the bad setting.
     pub fn validate(&self) -> Result<()> {
         if self.k == 0 || self.k > 100 {
             return Err(ModelError::InvalidParams(
@@ -91,19 +97,25 @@ impl SegmentParams {
 /// A readable description of one segment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentProfile {
+    /// `seg-<n>`, `n` the segment's index.
     pub id: String,
+    /// A short human-readable description, derived from the profile.
     pub label: String,
+    /// Members.
     pub size: usize,
     /// Share of all users.
     pub share: f64,
+    /// Mean events per member.
     pub mean_events: f64,
     /// Mean purchase spend, minor units.
     pub mean_spend_minor: f64,
     /// Share of users who bought / carted at least once.
     pub buyer_share: f64,
+    /// Share of users who put something into the cart at least once.
     pub carter_share: f64,
     /// Carts and purchases per event.
     pub cart_rate: f64,
+    /// Purchases per event.
     pub purchase_rate: f64,
     /// Mean hours since the user's last event, as of the newest event.
     pub mean_recency_hours: f64,
@@ -114,10 +126,15 @@ pub struct SegmentProfile {
 /// One user's membership.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentMember {
+    /// The user.
     pub user_id: String,
+    /// Index of the segment.
     pub segment: u32,
+    /// The user's events.
     pub events: u64,
+    /// The user's purchase spend, minor units.
     pub spend_minor: i64,
+    /// Event time of the user's last event, epoch ms.
     pub last_ts: i64,
 }
 
@@ -128,12 +145,17 @@ pub struct Segments {
     pub version: String,
     /// The newest event time the segmentation saw.
     pub as_of_ts: i64,
+    /// Names of the clustering columns, in order.
     pub columns: Vec<String>,
+    /// The categories whose shares are columns.
     pub category_columns: Vec<String>,
+    /// Per-column mean of the standardisation.
     pub mean: Vec<f64>,
+    /// Per-column scale of the standardisation.
     pub scale: Vec<f64>,
     /// Centroids in standardised space, in segment order.
     pub centroids: Vec<Vec<f64>>,
+    /// One profile per segment, in segment order.
     pub profiles: Vec<SegmentProfile>,
     /// Sorted by (segment, user_id).
     pub members: Vec<SegmentMember>,
@@ -404,6 +426,7 @@ impl Segments {
         best.1.map(|i| &self.profiles[i])
     }
 
+    /// The profile of segment `id`.
     pub fn profile(&self, id: &str) -> Option<&SegmentProfile> {
         self.profiles.iter().find(|p| p.id == id)
     }

@@ -35,7 +35,9 @@ pub use crate::params::TrainParams;
 /// Rows for the ranker: raw features, flat row-major, in time order.
 #[derive(Debug, Clone, Default)]
 pub struct TrainingSet {
+    /// Raw features, `len() × NUM_FEATURES`, row-major.
     pub rows: Vec<f64>,
+    /// One label per row: `true` for the positive.
     pub labels: Vec<bool>,
     /// Eligible positives in the log (the user's next, different product).
     pub eligible: u64,
@@ -48,14 +50,17 @@ pub struct TrainingSet {
 }
 
 impl TrainingSet {
+    /// Rows.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
 
+    /// The rows as a linfa dataset.
     pub fn dataset(&self) -> Dataset<f64, bool, ndarray::Ix1> {
         let x = Array2::from_shape_vec((self.len(), NUM_FEATURES), self.rows.clone())
             .expect("rows are whole");

@@ -73,6 +73,7 @@ impl Default for ProcessorConfig {
 }
 
 impl ProcessorConfig {
+    /// Checks bounds (batch size, intervals, archive limits); `Err` names the bad setting.
     pub fn validate(&self) -> Result<(), String> {
         if !(1..=10_000).contains(&self.batch_size) {
             return Err("processor.batch_size must be in 1..=10000".into());
@@ -101,41 +102,63 @@ impl ProcessorConfig {
 /// Live counters of one processor, readable while it runs.
 #[derive(Debug, Default)]
 pub struct ShardStats {
+    /// Records read from the source.
     pub records: AtomicU64,
+    /// Records decoded into events and applied.
     pub accepted: AtomicU64,
+    /// Records rejected and dead-lettered.
     pub dead_letters: AtomicU64,
+    /// Accepted events of a type outside the known ones (kept as `Other`).
     pub unknown_types: AtomicU64,
+    /// Feature flushes written to the store.
     pub flushes: AtomicU64,
+    /// Checkpoints committed.
     pub checkpoints: AtomicU64,
+    /// Rows written to the archive by committed rolls.
     pub archived_rows: AtomicU64,
 }
 
 /// What a processor did, when it stops.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ShardSummary {
+    /// The shard id.
     pub shard: String,
+    /// Records read from the source.
     pub records: u64,
+    /// Records decoded into events and applied.
     pub accepted: u64,
+    /// Records rejected and dead-lettered.
     pub dead_letters: u64,
+    /// Rows written to the archive.
     pub archived_rows: u64,
+    /// Checkpoints committed.
     pub checkpoints: u64,
+    /// The shard was read to its end (false when the processor stopped on shutdown).
     pub finished: bool,
 }
 
 /// The stores a processor writes to.
 #[derive(Clone)]
 pub struct Sinks {
+    /// Where flushed features go.
     pub features: Arc<dyn FeatureStore>,
+    /// Where checkpoints are saved (embedded database or lease table).
     pub checkpoints: Arc<dyn CheckpointStore>,
+    /// Where archive objects, dead letters and state snapshots go.
     pub objects: Arc<dyn ObjectStore>,
 }
 
+/// Why a processor stopped before its source finished.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
+    /// The source, the archive or the checkpoint store failed (including a lost lease:
+    /// see [`ProcessorError::is_lease_lost`]).
     #[error(transparent)]
     Ingest(#[from] recstream_ingest::IngestError),
+    /// The feature store failed.
     #[error(transparent)]
     Store(#[from] recstream_features::StoreError),
+    /// A shard task could not be set up, panicked or was cancelled.
     #[error("shard task failed: {0}")]
     Task(String),
 }
@@ -153,7 +176,9 @@ impl ProcessorError {
 
 /// Where a shard stands when its processor starts.
 pub struct Resume {
+    /// The last committed checkpoint (the default when the shard has none).
     pub checkpoint: ShardCheckpoint,
+    /// The aggregation state restored from the checkpoint's snapshot (empty without one).
     pub aggregator: Aggregator,
 }
 
@@ -186,6 +211,8 @@ pub async fn resume(
     })
 }
 
+/// Processes one shard: reads batches from its source, decodes, aggregates, archives,
+/// flushes features and checkpoints (see the module docs). Runs on its own task.
 pub struct ShardProcessor {
     shard: ShardId,
     source: Box<dyn Source>,
@@ -202,6 +229,7 @@ pub struct ShardProcessor {
 }
 
 impl ShardProcessor {
+    /// A processor for `source`, starting from `resume`, writing to `sinks`.
     pub fn new(
         source: Box<dyn Source>,
         resume: Resume,
@@ -225,6 +253,7 @@ impl ShardProcessor {
         }
     }
 
+    /// The live counters, shared with whoever reads them while the processor runs.
     pub fn stats(&self) -> Arc<ShardStats> {
         self.stats.clone()
     }

@@ -2,11 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The `[scoring]` section: list lengths, candidate budgets, blend weights, filters and
+/// online learning.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScoringConfig {
     /// Default and maximum list length.
     pub default_n: usize,
+    /// Largest `n` a request may ask for (at most 1000; default 100).
     pub max_n: usize,
     /// Recent items that seed co-visitation candidates.
     pub seed_items: usize,
@@ -14,16 +17,23 @@ pub struct ScoringConfig {
     pub neighbours_per_seed: usize,
     /// Top categories of the user that contribute their best sellers.
     pub top_categories: usize,
+    /// Best sellers taken from each of those categories (default 10).
     pub per_category: usize,
+    /// Products taken from the trending list (default 30).
     pub trending: usize,
     /// Blend weights of the candidate sources.
     pub w_recent: f64,
+    /// Weight of co-visitation with the user's recent items (default 1.0).
     pub w_covisit: f64,
+    /// Weight of the user's top categories (default 0.4).
     pub w_category: f64,
+    /// Weight of trending (default 0.15).
     pub w_trending: f64,
     /// Re-show items the user recently looked at (strong e-commerce signal).
     pub include_recent: bool,
+    /// Leave out products the user already bought (default true).
     pub exclude_purchased: bool,
+    /// Leave out products in the user's cart (default true).
     pub exclude_in_cart: bool,
     /// At most this many items of one category in a list (diversity).
     pub max_per_category: usize,
@@ -34,6 +44,7 @@ pub struct ScoringConfig {
     pub online_learning: bool,
     /// Served lists kept for feedback, and for how long.
     pub feedback_capacity: usize,
+    /// How long a served list is kept for feedback, seconds (default 1800).
     pub feedback_ttl_secs: u64,
 }
 
@@ -64,6 +75,8 @@ impl Default for ScoringConfig {
 }
 
 impl ScoringConfig {
+    /// Checks list lengths, weights (non-negative), rerank depth, diversity and feedback
+    /// bounds; `Err` names the bad setting.
     pub fn validate(&self) -> Result<(), String> {
         if self.default_n == 0 || self.default_n > self.max_n || self.max_n > 1000 {
             return Err("scoring: need 0 < default_n <= max_n <= 1000".into());

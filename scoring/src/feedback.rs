@@ -51,10 +51,14 @@ struct Live {
 /// What one event taught the model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Learned {
+    /// Served items labelled 1 (engaged with).
     pub positives: usize,
+    /// Served or shown items labelled 0 (shown, not engaged with).
     pub negatives: usize,
 }
 
+/// The per-process log of served lists and the live FTRL model that learns from the
+/// feedback on them (see the module docs). Shared by the recommender and the event path.
 pub struct OnlineLearner {
     log: Mutex<Log>,
     live: RwLock<Option<Live>>,
@@ -63,6 +67,8 @@ pub struct OnlineLearner {
 }
 
 impl OnlineLearner {
+    /// A learner keeping at most `capacity` served lists, each for `ttl`; no live model
+    /// until the first [`OnlineLearner::sync`].
     pub fn new(capacity: usize, ttl: Duration) -> OnlineLearner {
         OnlineLearner {
             log: Mutex::new(Log::default()),

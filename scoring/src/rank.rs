@@ -35,6 +35,7 @@ pub trait Ranker: Send + Sync {
         out: &mut Vec<f64>,
     );
 
+    /// Scores into a new vector; see [`Ranker::score_into`].
     fn score(
         &self,
         user: &UserFeatures,
@@ -68,9 +69,13 @@ pub trait Ranker: Send + Sync {
 /// The fixed-weight blend of the candidate sources (`ScoringConfig`'s `w_*` weights).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HeuristicRanker {
+    /// Weight of the recently-viewed signal.
     pub w_recent: f64,
+    /// Weight of the co-visitation signal.
     pub w_covisit: f64,
+    /// Weight of the top-category signal.
     pub w_category: f64,
+    /// Weight of the trending signal.
     pub w_trending: f64,
 }
 
@@ -130,6 +135,7 @@ impl Ranker for ModelRanker {
 pub struct OnlineModelRanker(pub Arc<RwLock<OnlineRanker>>);
 
 impl OnlineModelRanker {
+    /// Shares `ranker` for scoring and for the task that updates it.
     pub fn new(ranker: OnlineRanker) -> OnlineModelRanker {
         OnlineModelRanker(Arc::new(RwLock::new(ranker)))
     }
@@ -170,7 +176,9 @@ impl Ranker for OnlineModelRanker {
 /// Ranks with whatever model the handle holds now, so a new version is picked up without
 /// a restart; falls back to the heuristic blend while none is loaded.
 pub struct HotRanker {
+    /// Holds the model in use; read on every request.
     pub handle: Arc<ModelHandle>,
+    /// Ranks while no model is loaded.
     pub fallback: HeuristicRanker,
     /// When set, the live FTRL model of the current version ranks (it keeps learning from
     /// feedback); else the version's batch logistic regression.
@@ -178,6 +186,8 @@ pub struct HotRanker {
 }
 
 impl HotRanker {
+    /// Ranks with the batch model of `handle`, or `fallback` until one is loaded; no live
+    /// FTRL model until one is attached.
     pub fn new(handle: Arc<ModelHandle>, fallback: HeuristicRanker) -> HotRanker {
         HotRanker {
             handle,

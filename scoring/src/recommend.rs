@@ -35,38 +35,56 @@ use recstream_model::ModelHandle;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
+    /// The user touched it recently (viewed, carted, …): re-engagement.
     RecentlyViewed,
+    /// Often visited in the same session as one of the user's recent items or the
+    /// request's context items.
     CoVisited,
+    /// A best seller of one of the user's strongest categories.
     TopCategory,
+    /// Trending overall.
     Trending,
+    /// From the cold-start list of the user's segment (or the overall list).
     ColdStart,
     /// Close in the product embedding of the current model.
     Similar,
 }
 
+/// One recommended product.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Item {
+    /// The product recommended.
     pub product_id: String,
+    /// Higher is better; comparable only within one response.
     pub score: f64,
+    /// The strongest source that brought it in.
     pub reason: Reason,
     /// The product that led here (for `co_visited`), or the category (for `top_category`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub because: Option<String>,
+    /// Category path of the product, where known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
 }
 
+/// How a list was built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
+    /// From the user's history (recent items, co-visitation, categories, trending).
     Personalized,
+    /// For a user without history: the cold-start list of the user's segment.
     ColdStart,
 }
 
+/// A response to a recommendation request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Recommendations {
+    /// The user asked about.
     pub user_id: String,
+    /// How the list was built.
     pub strategy: Strategy,
+    /// Best first, at most the `n` asked for.
     pub items: Vec<Item>,
     /// Dependencies that failed while answering (empty when healthy).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -76,12 +94,17 @@ pub struct Recommendations {
 /// One request.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
+    /// The user to recommend for; unknown users get the cold-start list.
     pub user_id: String,
+    /// List length; `None` = [`crate::ScoringConfig::default_n`]; at most `max_n`.
     pub n: Option<usize>,
     /// Products on the page or in the cart: seeds for co-visitation, never recommended.
     pub context: Vec<String>,
 }
 
+/// Builds recommendation lists: candidates from the user's features, ranked (by the
+/// model when one is loaded), filtered and diversified; the cold-start list for users
+/// without history.
 pub struct Recommender {
     store: Arc<dyn FeatureStore>,
     cold: Arc<dyn ColdStartCache>,
@@ -116,6 +139,8 @@ impl<'a> Cand<'a> {
 }
 
 impl Recommender {
+    /// A recommender over `store` and `cold`, ranking with the heuristic blend of `cfg`'s
+    /// weights until a model is attached.
     pub fn new(
         store: Arc<dyn FeatureStore>,
         cold: Arc<dyn ColdStartCache>,
@@ -209,14 +234,17 @@ impl Recommender {
         self.ranker.name()
     }
 
+    /// The scoring settings.
     pub fn config(&self) -> &ScoringConfig {
         &self.cfg
     }
 
+    /// The feature store it reads.
     pub fn store(&self) -> &Arc<dyn FeatureStore> {
         &self.store
     }
 
+    /// The cold-start cache it reads.
     pub fn cold_start(&self) -> &Arc<dyn ColdStartCache> {
         &self.cold
     }

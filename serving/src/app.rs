@@ -28,17 +28,23 @@ pub const MAX_EVENTS_BODY: usize = 1024 * 1024;
 /// Most events in one `POST /v1/events`.
 pub const MAX_EVENTS_PER_REQUEST: usize = 500;
 
+/// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// Answers `GET /v1/recommendations/…` and the similar-products endpoint.
     pub recommender: Arc<Recommender>,
+    /// Takes the records of `POST /v1/events`.
     pub collector: Arc<dyn EventSink>,
     /// Who may call what (API keys, the JWT verifier, role groups).
     pub access: Arc<Access>,
     /// Turns true once the initial load (replay, model) is done.
     pub ready: Arc<AtomicBool>,
+    /// Largest single event accepted by `POST /v1/events`, bytes.
     pub max_record_bytes: usize,
 }
 
+/// The HTTP API: recommendations, similar products, the event collector, health,
+/// readiness and metrics, with per-route request metrics.
 pub fn router(state: AppState) -> Router {
     let access = state.access.clone();
     Router::new()

@@ -24,6 +24,7 @@ use crate::error::ApiError;
 
 /// Default and largest page size.
 pub const DEFAULT_LIMIT: usize = 100;
+/// Largest page size a request may ask for.
 pub const MAX_LIMIT: usize = 1000;
 
 /// The segmentation the endpoints serve; swap it with [`SegmentsState::set`].
@@ -33,16 +34,19 @@ pub struct SegmentsState {
 }
 
 impl SegmentsState {
+    /// State serving `segments` (`None` = no segmentation loaded: the endpoints answer 503).
     pub fn new(segments: Option<Arc<Segments>>) -> SegmentsState {
         SegmentsState {
             inner: Arc::new(RwLock::new(segments)),
         }
     }
 
+    /// Replaces the segmentation served (on model load and hot reload).
     pub fn set(&self, segments: Option<Arc<Segments>>) {
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = segments;
     }
 
+    /// The segmentation served now.
     pub fn get(&self) -> Option<Arc<Segments>> {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

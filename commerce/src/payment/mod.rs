@@ -27,23 +27,35 @@ use super::error::CommerceError;
 pub use simulated::{Fault, FaultKind, Op, SimulatedProvider};
 pub use stripe::StripeClient;
 
+/// Stripe's PaymentIntent status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IntentStatus {
+    /// No payment method attached yet.
     RequiresPaymentMethod,
+    /// A payment method is attached; waits for confirmation.
     RequiresConfirmation,
+    /// The customer must act (3-D Secure); the simulated provider never asks.
     RequiresAction,
+    /// The provider is working on it.
     Processing,
+    /// Authorised; waits for capture (manual capture).
     RequiresCapture,
+    /// Cancelled; nothing will be charged.
     Canceled,
+    /// Charged.
     Succeeded,
 }
 
+/// When an authorised intent is captured (Stripe's `capture_method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum CaptureMethod {
+    /// On confirmation.
     Automatic,
+    /// On confirmation, asynchronously.
     AutomaticAsync,
+    /// Only by an explicit capture call (the saga's choice: capture after confirmation).
     #[default]
     Manual,
 }
@@ -51,10 +63,13 @@ pub enum CaptureMethod {
 /// Why a payment failed (Stripe's `last_payment_error` / card error).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct PaymentFailure {
+    /// Stripe's error code, e.g. `card_declined`.
     #[serde(default)]
     pub code: Option<String>,
+    /// The issuer's decline code, e.g. `insufficient_funds`.
     #[serde(default)]
     pub decline_code: Option<String>,
+    /// A human-readable message.
     #[serde(default)]
     pub message: Option<String>,
 }
@@ -72,43 +87,61 @@ impl PaymentFailure {
 /// The subset of Stripe's PaymentIntent this service uses; unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentIntent {
+    /// The provider's id (`pi_…`).
     pub id: String,
     /// Minor units.
     pub amount: i64,
     /// Lower-case ISO code, as Stripe writes it.
     pub currency: String,
+    /// Where the intent stands.
     pub status: IntentStatus,
+    /// When it is captured.
     #[serde(default)]
     pub capture_method: CaptureMethod,
+    /// Minor units captured so far.
     #[serde(default)]
     pub amount_received: i64,
+    /// The attached payment method's id (`pm_…`).
     #[serde(default)]
     pub payment_method: Option<String>,
+    /// Why the last attempt failed, if it did.
     #[serde(default)]
     pub last_payment_error: Option<PaymentFailure>,
+    /// Key-value pairs the caller attached (the order id).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
 }
 
+/// The subset of Stripe's Refund this service uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refund {
+    /// The provider's id (`re_…`).
     pub id: String,
+    /// The intent refunded.
     pub payment_intent: Option<String>,
+    /// Minor units refunded.
     pub amount: i64,
+    /// Lower-case ISO code.
     pub currency: String,
+    /// Stripe's refund status, e.g. `succeeded`.
     pub status: String,
 }
 
 /// Parameters of a new intent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CreateIntent {
+    /// Minor units to charge.
     pub amount: i64,
     /// Upper or lower case; providers send lower case.
     pub currency: String,
+    /// When to capture (the saga uses manual capture).
     pub capture_method: CaptureMethod,
+    /// Key-value pairs stored with the intent (the order id).
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Why a provider call failed; [`PaymentError::retriable`] tells retries from final
+/// answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PaymentError {
     /// The card was declined (Stripe `card_error`, HTTP 402). Final for this order.
@@ -129,16 +162,23 @@ pub enum PaymentError {
 }
 
 impl PaymentError {
+    /// Whether the same call, with the same idempotency key, may succeed later (only
+    /// [`PaymentError::Unavailable`]).
     pub fn retriable(&self) -> bool {
         matches!(self, PaymentError::Unavailable(_))
     }
 }
 
+/// A payment provider with Stripe's PaymentIntent semantics: the simulated one or
+/// Stripe. Every mutating call takes an idempotency key; the same key with the same
+/// parameters returns the first answer.
 #[async_trait]
 pub trait PaymentProvider: Send + Sync + 'static {
+    /// A short name for logs and metrics (`simulated`, `stripe`).
     fn name(&self) -> &'static str;
     /// Whether raw test card numbers may be mapped to test payment methods.
     fn test_mode(&self) -> bool;
+    /// Creates an intent for `req`.
     async fn create(&self, req: &CreateIntent, idem: &str) -> Result<PaymentIntent, PaymentError>;
     /// Confirms with `payment_method`. A decline is `Err(Declined)`.
     async fn confirm(
@@ -147,7 +187,9 @@ pub trait PaymentProvider: Send + Sync + 'static {
         payment_method: &str,
         idem: &str,
     ) -> Result<PaymentIntent, PaymentError>;
+    /// Captures an authorised intent.
     async fn capture(&self, id: &str, idem: &str) -> Result<PaymentIntent, PaymentError>;
+    /// Cancels an intent that is not yet charged.
     async fn cancel(&self, id: &str, idem: &str) -> Result<PaymentIntent, PaymentError>;
     /// Refunds `amount` (all that is left when `None`).
     async fn refund(
@@ -156,6 +198,7 @@ pub trait PaymentProvider: Send + Sync + 'static {
         amount: Option<i64>,
         idem: &str,
     ) -> Result<Refund, PaymentError>;
+    /// Reads an intent (no side effects, no key).
     async fn retrieve(&self, id: &str) -> Result<PaymentIntent, PaymentError>;
 }
 

@@ -22,15 +22,22 @@ use super::{
     PaymentProvider, Refund,
 };
 
+/// A provider operation, to aim a fault at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
+    /// [`PaymentProvider::create`].
     Create,
+    /// [`PaymentProvider::confirm`].
     Confirm,
+    /// [`PaymentProvider::capture`].
     Capture,
+    /// [`PaymentProvider::cancel`].
     Cancel,
+    /// [`PaymentProvider::refund`].
     Refund,
 }
 
+/// How an injected fault fails a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultKind {
     /// Fail with `Unavailable` before doing anything.
@@ -41,9 +48,12 @@ pub enum FaultKind {
     HangAfter,
 }
 
+/// A fault to inject into the next calls of one operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fault {
+    /// The operation it hits.
     pub op: Op,
+    /// How it fails.
     pub kind: FaultKind,
     /// How many calls it hits.
     pub times: u32,
@@ -76,6 +86,7 @@ pub struct SimulatedProvider {
 }
 
 impl SimulatedProvider {
+    /// A provider with no intents and no fault.
     pub fn new() -> SimulatedProvider {
         SimulatedProvider::default()
     }

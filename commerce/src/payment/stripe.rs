@@ -29,6 +29,7 @@ use crate::config::Secret;
 /// The API version this client is written against.
 pub const STRIPE_VERSION: &str = "2024-06-20";
 
+/// The Stripe [`PaymentProvider`]: PaymentIntents and Refunds over HTTPS.
 pub struct StripeClient {
     http: reqwest::Client,
     base: String,
@@ -64,6 +65,9 @@ fn id_ok(id: &str) -> Result<(), PaymentError> {
 }
 
 impl StripeClient {
+    /// A client for the API at `base` (`https://api.stripe.com` in production) with
+    /// secret `key`, each call bounded by `timeout`. `Err` for an empty key or a client
+    /// that cannot be built.
     pub fn new(base: &str, key: Secret, timeout: Duration) -> Result<StripeClient, String> {
         if key.expose().is_empty() {
             return Err("empty Stripe secret key".into());

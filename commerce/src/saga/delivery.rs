@@ -24,28 +24,41 @@ pub const CARRIER: &str = "recstream-sim-post";
 /// A postal code the simulated carrier cannot deliver to (to exercise refunds).
 pub const UNDELIVERABLE_POSTAL_CODE: &str = "00000";
 
+/// Where a shipment stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ShipmentStatus {
+    /// Created with the order; waits for ORDER_BILLED.
     AwaitingPayment,
+    /// Handed to the carrier (ORDER_SHIPPED); the delivery timer is set.
     InTransit,
+    /// Delivered (ORDER_DELIVERED).
     Delivered,
+    /// The carrier could not deliver (DELIVERY_FAILED); the payment is refunded.
     Failed,
+    /// The order was cancelled before shipping.
     Cancelled,
 }
 
+/// The delivery service's state of one order (`shipment#<order>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shipment {
+    /// The order shipped.
     pub order_id: String,
+    /// Where to deliver; `None` for an order without a shipping address.
     #[serde(default)]
     pub address: Option<Address>,
+    /// Where the shipment stands.
     pub status: ShipmentStatus,
+    /// The carrier's tracking number, once in transit.
     #[serde(default)]
     pub tracking_number: Option<String>,
+    /// When the delivery timer fires, epoch ms (while in transit).
     #[serde(default)]
     pub deliver_at_ms: Option<i64>,
 }
 
+/// The store key of an order's shipment.
 pub fn shipment_key(order_id: &str) -> Key {
     Key::new(format!("shipment#{order_id}"), "-")
 }
@@ -56,6 +69,7 @@ fn timer_key(at_ms: i64, order_id: &str) -> Key {
     Key::new(TIMERS, format!("{at_ms:013}#{order_id}"))
 }
 
+/// The delivery saga service: the simulated carrier (see the module docs).
 pub struct Delivery {
     ctx: Arc<Ctx>,
 }

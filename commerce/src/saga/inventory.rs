@@ -28,24 +28,34 @@ use crate::catalog::{Stock, stock_key};
 use crate::error::CommerceError;
 use crate::store::{Cond, Key, StoreError, Write, get_json};
 
+/// Where a reservation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReservationState {
+    /// Stock is reserved; waits for billing or expiry.
     Held,
+    /// Billed: the reserved units left stock for good.
     Committed,
+    /// Released after a failed payment or expiry.
     Released,
+    /// Not every line was in stock: the order was rejected.
     Rejected,
 }
 
+/// The inventory service's reservation of one order (`reservation#<order>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
+    /// The order reserved for.
     pub order_id: String,
     /// product id → units.
     pub lines: BTreeMap<String, u32>,
+    /// Where the reservation stands.
     pub state: ReservationState,
+    /// When a held reservation expires, epoch ms.
     pub expires_at_ms: i64,
 }
 
+/// The store key of an order's reservation.
 pub fn reservation_key(order_id: &str) -> Key {
     Key::new(format!("reservation#{order_id}"), "-")
 }
@@ -56,6 +66,8 @@ fn timer_key(expires_at_ms: i64, order_id: &str) -> Key {
     Key::new(TIMERS, format!("{expires_at_ms:013}#{order_id}"))
 }
 
+/// The inventory saga service: reserves, commits and releases stock (see the module
+/// docs).
 pub struct Inventory {
     ctx: Arc<Ctx>,
 }

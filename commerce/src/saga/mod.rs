@@ -57,11 +57,16 @@ pub const ILLEGAL_TRANSITIONS_TOTAL: &str = "recstream_commerce_illegal_transiti
 /// One line of an order, as the services see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderLine {
+    /// The catalog's product id.
     pub product_id: String,
+    /// Product name at checkout time.
     pub name: String,
+    /// Category path at checkout time, when the catalog has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// Units ordered (at least 1).
     pub quantity: u32,
+    /// Price of one unit at checkout time.
     pub unit_price: Money,
 }
 
@@ -69,11 +74,16 @@ pub struct OrderLine {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
+    /// Recipient.
     pub name: String,
+    /// Street and number.
     pub line1: String,
+    /// Second address line, if any.
     #[serde(default)]
     pub line2: Option<String>,
+    /// City.
     pub city: String,
+    /// Postal code; the simulated carrier fails [`delivery::UNDELIVERABLE_POSTAL_CODE`].
     pub postal_code: String,
     /// ISO 3166-1 alpha-2.
     pub country: String,
@@ -83,48 +93,79 @@ pub struct Address {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SagaKind {
+    /// Checkout created the order (pending stock and payment).
     OrderCreated {
+        /// The buyer.
         user_id: String,
+        /// What was ordered.
         lines: Vec<OrderLine>,
+        /// Sum of the lines.
         total: Money,
+        /// The payment method to charge (the provider's id, e.g. `pm_card_visa`).
         payment_method: String,
+        /// Where to deliver, if the order ships.
         #[serde(default)]
         shipping: Option<Address>,
     },
+    /// Inventory reserved every line.
     OrderPrepared {
+        /// When the reservation expires unless the order is billed, epoch ms.
         reservation_expires_at_ms: i64,
     },
+    /// Inventory could not reserve every line; the order is cancelled.
     OrderRejected {
+        /// Why, e.g. which product was short; kept in the order history.
         reason: String,
     },
+    /// The payment was declined or invalid; the reservation is released.
     PaymentFail {
+        /// The provider's reason.
         reason: String,
     },
+    /// The payment was captured.
     OrderBilled {
+        /// The provider's payment intent.
         payment_intent_id: String,
+        /// The amount captured.
         amount: Money,
     },
+    /// The reservation expired before billing; the order is cancelled.
     ReservationExpired,
+    /// Inventory released the order's reserved stock (recorded only).
     StockReleased,
+    /// The carrier took the order.
     OrderShipped {
+        /// The carrier's name.
         carrier: String,
+        /// The tracking number.
         tracking_number: String,
     },
+    /// The carrier delivered the order.
     OrderDelivered,
+    /// The carrier could not deliver; a billed order is refunded.
     DeliveryFailed {
+        /// The carrier's reason.
         reason: String,
     },
+    /// Billing came after the reservation expired and the stock is gone; the order is
+    /// refunded.
     StockLost {
+        /// What was lost.
         reason: String,
     },
+    /// The payment was refunded.
     OrderRefunded {
+        /// The provider's refund id.
         refund_id: String,
+        /// The amount refunded.
         amount: Money,
     },
+    /// The order reached its end after delivery.
     OrderCompleted,
 }
 
 impl SagaKind {
+    /// The wire name, e.g. `ORDER_CREATED` (the serde tag).
     pub fn name(&self) -> &'static str {
         match self {
             SagaKind::OrderCreated { .. } => "ORDER_CREATED",
@@ -144,16 +185,22 @@ impl SagaKind {
     }
 }
 
+/// One event of the saga log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaEvent {
+    /// `evt_<uuid v7>`: unique, time-ordered; consumers deduplicate on it.
     pub event_id: String,
+    /// The order it is about.
     pub order_id: String,
+    /// When it was emitted, epoch ms (wall clock).
     pub at_ms: i64,
+    /// What happened (flattened: `type` plus the variant's fields).
     #[serde(flatten)]
     pub kind: SagaKind,
 }
 
 impl SagaEvent {
+    /// A new event about `order_id` at `at_ms`, with a fresh event id.
     pub fn new(order_id: &str, at_ms: i64, kind: SagaKind) -> SagaEvent {
         SagaEvent {
             event_id: format!("evt_{}", uuid::Uuid::now_v7().simple()),
@@ -168,11 +215,14 @@ impl SagaEvent {
 /// committed in the consumer's transaction.
 #[derive(Debug, Default)]
 pub struct Effects {
+    /// State writes, committed with the consumer's cursor and processed marker.
     pub writes: Vec<Write>,
+    /// Messages to put into the outbox in the same transaction.
     pub emit: Vec<OutboxMessage>,
 }
 
 impl Effects {
+    /// No writes, nothing to emit (a duplicate or an ignored event).
     pub fn none() -> Effects {
         Effects::default()
     }
@@ -183,6 +233,8 @@ impl Effects {
 pub trait Service: Send + Sync + 'static {
     /// Consumer name: cursor and processed-id namespace. Never rename a deployed one.
     fn name(&self) -> &'static str;
+    /// Reacts to one saga event; the effects are committed by the consumer loop. An error
+    /// leaves the cursor before the event: it is retried.
     async fn handle(&self, ev: &SagaEvent) -> Result<Effects, CommerceError>;
     /// Timers (expiry, delivery): called every `timer_poll_ms`; commits on its own.
     async fn tick(&self) -> Result<(), CommerceError> {

@@ -25,21 +25,32 @@ use crate::error::CommerceError;
 use crate::notify::{Notification, Template};
 use crate::store::{Cond, Key, Write, get_json};
 
+/// Where an order stands (the state machine is [`transition`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
+    /// Checkout created it; stock not yet reserved.
     Created,
+    /// Stock is reserved; payment pending.
     Prepared,
+    /// Payment captured.
     Billed,
+    /// Handed to the carrier.
     Shipped,
+    /// Delivered.
     Delivered,
+    /// Final: delivered and closed.
     Completed,
+    /// Final: rejected, payment failed or reservation expired.
     Cancelled,
+    /// Billed, then delivery failed or stock was lost: a refund is under way.
     RefundPending,
+    /// Final: the payment was refunded.
     Refunded,
 }
 
 impl OrderStatus {
+    /// Whether no further event changes the status (completed, cancelled, refunded).
     pub fn is_final(self) -> bool {
         matches!(
             self,
@@ -48,57 +59,84 @@ impl OrderStatus {
     }
 }
 
+/// One step of an order's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
+    /// When, epoch ms (the saga event's time).
     pub at_ms: i64,
     /// The saga event (`ORDER_BILLED`, …).
     pub event: String,
     /// The status after it.
     pub status: OrderStatus,
+    /// A readable note, e.g. the rejection reason or the amount billed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
+/// The captured payment of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentSummary {
+    /// The provider's payment intent.
     pub payment_intent_id: String,
+    /// The amount captured.
     pub amount: Money,
 }
 
+/// The shipment of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShipmentSummary {
+    /// The carrier's name.
     pub carrier: String,
+    /// The tracking number.
     pub tracking_number: String,
 }
 
+/// The refund of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundSummary {
+    /// The provider's refund id.
     pub refund_id: String,
+    /// The amount refunded.
     pub amount: Money,
 }
 
+/// An order as `GET /v1/orders/{id}` shows it (`order#<id>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
+    /// The order id checkout assigned.
     pub id: String,
+    /// The buyer.
     pub user_id: String,
+    /// Where the order stands.
     pub status: OrderStatus,
+    /// What was ordered.
     pub lines: Vec<OrderLine>,
+    /// Sum of the lines.
     pub total: Money,
+    /// Where to deliver, if the order ships.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipping: Option<Address>,
+    /// When checkout created it, epoch ms.
     pub created_at_ms: i64,
+    /// When the last event changed it, epoch ms.
     pub updated_at_ms: i64,
+    /// Set once billed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentSummary>,
+    /// Set once shipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipment: Option<ShipmentSummary>,
+    /// Set once refunded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund: Option<RefundSummary>,
+    /// Why the order was cancelled, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// Every event applied, oldest first.
     pub history: Vec<HistoryEntry>,
 }
 
+/// The store key of an order.
 pub fn order_key(order_id: &str) -> Key {
     Key::new(format!("order#{order_id}"), "-")
 }
@@ -114,11 +152,14 @@ pub fn user_order_key(user_id: &str, created_at_ms: i64, order_id: &str) -> Key 
 /// What an event does to an order in `from`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
+    /// The order moves to this status.
     To(OrderStatus),
     /// Recorded in the history, no status change.
     Record,
     /// Already applied (the checkout wrote ORDER_CREATED's state).
     Ignore,
+    /// Not allowed from the current status: nothing changes (counted in
+    /// [`super::ILLEGAL_TRANSITIONS_TOTAL`]).
     Illegal,
 }
 
@@ -161,6 +202,8 @@ fn money(m: &Money) -> String {
     format!("{sign}{}.{:02} {}", a / 100, a % 100, m.currency)
 }
 
+/// The orders saga service: applies the state machine, keeps the history, sends
+/// notifications and the purchase clickstream events.
 pub struct Orders {
     ctx: Arc<Ctx>,
 }

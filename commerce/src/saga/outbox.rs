@@ -33,21 +33,37 @@ use crate::notify::Notification;
 use crate::store::{Cond, Key, StoreError, Write, from_json, get_json};
 use recstream_ingest::sink::OutRecord;
 
+/// Partition of the outbox rows.
 pub const OUTBOX_PK: &str = "outbox";
+/// Partition of the saga log.
 pub const LOG_PK: &str = "log";
 
 /// Rows relayed, by destination and result.
 pub const RELAYED_TOTAL: &str = "recstream_commerce_outbox_relayed_total";
 
+/// What an outbox row carries, by destination.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "dest", rename_all = "snake_case")]
 pub enum OutboxMessage {
-    Saga { event: SagaEvent },
-    Notify { notification: Notification },
-    Clickstream { events: Vec<Event> },
+    /// A saga event for the log.
+    Saga {
+        /// The event.
+        event: SagaEvent,
+    },
+    /// A notification for the [`crate::notify::Notifier`].
+    Notify {
+        /// The notification.
+        notification: Notification,
+    },
+    /// Clickstream events for the event sink.
+    Clickstream {
+        /// The events.
+        events: Vec<Event>,
+    },
 }
 
 impl OutboxMessage {
+    /// A row for the saga log.
     pub fn saga(event: SagaEvent) -> OutboxMessage {
         OutboxMessage::Saga { event }
     }
@@ -87,6 +103,7 @@ fn head_key() -> Key {
     Key::new("meta", "log_head")
 }
 
+/// The store key of the log entry with sequence number `seq`.
 pub fn log_key(seq: u64) -> Key {
     Key::new(LOG_PK, format!("{seq:020}"))
 }

@@ -27,35 +27,54 @@ use crate::error::CommerceError;
 use crate::payment::{CaptureMethod, CreateIntent, IntentStatus, PaymentError};
 use crate::store::{Cond, Key, Write, get_json};
 
+/// Where an order's payment stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentStatus {
+    /// Recorded at order creation; not charged yet.
     Pending,
+    /// Charged.
     Captured,
+    /// Declined or invalid; the order is cancelled.
     Failed,
+    /// Captured, then refunded.
     Refunded,
+    /// The order was cancelled before it was charged (rejected, or the reservation
+    /// expired).
     Canceled,
 }
 
+/// The payment service's record of one order (`payment#<order>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentRecord {
+    /// The order paid for.
     pub order_id: String,
+    /// The buyer.
     pub user_id: String,
+    /// The order total to charge.
     pub amount: Money,
+    /// The payment method to charge.
     pub payment_method: String,
+    /// Where the payment stands.
     pub status: PaymentStatus,
+    /// The provider's payment intent, once created.
     #[serde(default)]
     pub intent_id: Option<String>,
+    /// The provider's reason, when the payment failed.
     #[serde(default)]
     pub failure: Option<String>,
+    /// The provider's refund id, once refunded.
     #[serde(default)]
     pub refund_id: Option<String>,
 }
 
+/// The store key of an order's payment record.
 pub fn payment_key(order_id: &str) -> Key {
     Key::new(format!("payment#{order_id}"), "-")
 }
 
+/// The payment saga service: charges prepared orders and refunds failed ones (see the
+/// module docs).
 pub struct Payments {
     ctx: Arc<Ctx>,
 }

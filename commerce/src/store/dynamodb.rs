@@ -35,6 +35,8 @@ use super::{CommerceStore, Cond, Item, Key, StoreError, Write, validate_writes};
 const SERVICE: &str = "dynamodb";
 type Attrs = HashMap<String, AttributeValue>;
 
+/// The [`CommerceStore`] on one DynamoDB table (`<prefix>commerce`): `transact` is one
+/// TransactWriteItems, versions are an attribute checked in condition expressions.
 pub struct DynamoStore {
     client: Client,
     table: String,
@@ -102,6 +104,7 @@ fn condition(cond: Cond) -> (Option<&'static str>, Option<(String, AttributeValu
 }
 
 impl DynamoStore {
+    /// A store on `table` through `client`, retrying throttled calls with `policy`.
     pub fn new(client: Client, table: impl Into<String>, policy: RetryPolicy) -> DynamoStore {
         DynamoStore {
             client,
@@ -117,6 +120,7 @@ impl DynamoStore {
         DynamoStore::new(Client::new(&sdk), aws.table("commerce"), aws.retry_policy())
     }
 
+    /// The table's full name.
     pub fn table(&self) -> &str {
         &self.table
     }

@@ -34,6 +34,8 @@ struct Job {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// The [`CommerceStore`] of the embedded mode: a redb database with one writer thread
+/// that commits transactions (several together when they queue up).
 pub struct EmbeddedStore {
     db: Arc<Database>,
     jobs: Option<mpsc::Sender<Job>>,

@@ -37,11 +37,14 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// An item's address: partition key and sort key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
+    /// Partition key, e.g. `cart#<user>` or `outbox`.
     pub pk: String,
+    /// Sort key within the partition (`-` for single-item partitions).
     pub sk: String,
 }
 
 impl Key {
+    /// The key `pk`/`sk`.
     pub fn new(pk: impl Into<String>, sk: impl Into<String>) -> Key {
         Key {
             pk: pk.into(),
@@ -53,7 +56,9 @@ impl Key {
 /// A stored value and its version (1 after the first put).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
+    /// The stored bytes (JSON for every commerce type).
     pub value: Vec<u8>,
+    /// Bumped by each put; the value [`Cond::Version`] checks.
     pub version: u64,
 }
 
@@ -85,24 +90,40 @@ pub enum Write {
     /// `expires_at_s` (epoch seconds) lets the store drop the item after that time
     /// (DynamoDB TTL; the embedded store's purge); readers must still check expiry.
     Put {
+        /// The item written.
         key: Key,
+        /// The new value.
         value: Vec<u8>,
+        /// What must hold before the write.
         cond: Cond,
+        /// When the store may drop the item, epoch seconds; `None` = never.
         expires_at_s: Option<i64>,
     },
     /// Removes the item (a no-op if absent and `cond` allows it).
-    Delete { key: Key, cond: Cond },
+    Delete {
+        /// The item removed.
+        key: Key,
+        /// What must hold before the write.
+        cond: Cond,
+    },
     /// Writes nothing; only checks `cond`.
-    Check { key: Key, cond: Cond },
+    Check {
+        /// The item checked.
+        key: Key,
+        /// What must hold.
+        cond: Cond,
+    },
 }
 
 impl Write {
+    /// The item this write touches.
     pub fn key(&self) -> &Key {
         match self {
             Write::Put { key, .. } | Write::Delete { key, .. } | Write::Check { key, .. } => key,
         }
     }
 
+    /// A put with no expiry.
     pub fn put(key: Key, value: Vec<u8>, cond: Cond) -> Write {
         Write::Put {
             key,
@@ -117,29 +138,45 @@ impl Write {
         Ok(Write::put(key, to_json(value)?, cond))
     }
 
+    /// A delete under `cond`.
     pub fn delete(key: Key, cond: Cond) -> Write {
         Write::Delete { key, cond }
     }
 }
 
+/// Why a commerce store call failed. `retriable()` says whether a later retry can help.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A condition failed; nothing was written. `index` is the failing write when known.
     #[error("write condition failed (write {index:?})")]
-    Conflict { index: Option<usize> },
+    Conflict {
+        /// Position of the failing write in the transaction, when the store says.
+        index: Option<usize>,
+    },
     /// The transaction is malformed (too many writes, a key twice, a value too large).
     #[error("invalid transaction: {0}")]
     Invalid(String),
+    /// The embedded database failed (I/O, a failed transaction, the writer thread gone).
     #[error("embedded store: {0}")]
     Embedded(String),
+    /// A DynamoDB call failed after the retry policy's attempts.
     #[error("dynamodb {operation}: {message}")]
     Dynamo {
+        /// The API operation, e.g. `TransactWriteItems`.
         operation: &'static str,
+        /// The service's (or the transport's) description.
         message: String,
+        /// Whether a later retry can help (throttling, timeouts, 5xx).
         retriable: bool,
     },
+    /// A stored value could not be decoded, or a value could not be encoded.
     #[error("corrupt {what}: {message}")]
-    Corrupt { what: &'static str, message: String },
+    Corrupt {
+        /// What was being read or written, e.g. `cart`.
+        what: &'static str,
+        /// The JSON error.
+        message: String,
+    },
 }
 
 impl StoreError {
@@ -153,6 +190,7 @@ impl StoreError {
         }
     }
 
+    /// Whether a write condition failed (a concurrent change: re-read and retry).
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict { .. })
     }
@@ -164,6 +202,7 @@ pub trait CommerceStore: Send + Sync + 'static {
     /// A short name for logs and metrics (`embedded`, `dynamodb`).
     fn name(&self) -> &'static str;
 
+    /// The item at `key`, if it exists.
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError>;
 
     /// Items of partition `pk` with sort key `> after` (all if `None`), ascending by sort
@@ -223,6 +262,7 @@ pub fn validate_writes(writes: &[Write]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Encodes a value for [`Write::put`]; `Err(StoreError::Corrupt)` if serde fails.
 pub fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
         what: "value",
@@ -230,6 +270,7 @@ pub fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     })
 }
 
+/// Decodes a stored value; `what` names it in the error.
 pub fn from_json<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         what,

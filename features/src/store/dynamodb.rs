@@ -132,6 +132,7 @@ impl Default for DynamoOptions {
 /// UnprocessedItems.
 #[async_trait]
 pub trait BatchWriteApi: Send + Sync + 'static {
+    /// BatchWriteItem, exactly as the SDK client does it.
     async fn batch_write_item(
         &self,
         request_items: HashMap<String, Vec<WriteRequest>>,
@@ -231,6 +232,7 @@ impl DynamoFeatureStore {
         DynamoFeatureStore::new(&sdk, aws, cfg)
     }
 
+    /// A store using an already built `client` (e.g. one pointed at a local endpoint).
     pub fn with_client(client: Client, aws: &AwsConfig, cfg: FeatureConfig) -> DynamoFeatureStore {
         let policy = aws.retry_policy();
         let opts = DynamoOptions::default();
@@ -257,6 +259,7 @@ impl DynamoFeatureStore {
         }
     }
 
+    /// Replaces the default cache TTLs and capacity with `opts`.
     pub fn with_options(mut self, opts: DynamoOptions) -> DynamoFeatureStore {
         self.users = TtlCache::new(opts.user_ttl, opts.cache_capacity);
         self.products = TtlCache::new(opts.catalog_ttl, opts.cache_capacity);
@@ -275,6 +278,7 @@ impl DynamoFeatureStore {
         self
     }
 
+    /// The underlying SDK client.
     pub fn client(&self) -> &Client {
         &self.client
     }

@@ -57,6 +57,9 @@ struct Cache {
     lists: FxHashMap<String, Arc<TopList>>,
 }
 
+/// The feature store of the embedded mode: one redb database file holding users,
+/// products' per-shard partials and top lists, with an in-process read cache. It also
+/// holds the embedded checkpoints ([`EmbeddedStore::checkpoints`]).
 pub struct EmbeddedStore {
     db: Arc<Database>,
     cfg: FeatureConfig,

@@ -27,6 +27,8 @@ use crate::view::{ProductFeatures, TopList, UserFeatures};
 
 pub use embedded::EmbeddedStore;
 
+/// Where flushed views are written and served from: the embedded database or DynamoDB.
+/// Products and top lists are stored per shard and merged on read.
 #[async_trait]
 pub trait FeatureStore: Send + Sync + 'static {
     /// Upserts one shard's changed views (idempotent).

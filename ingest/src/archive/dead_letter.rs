@@ -85,9 +85,13 @@ pub struct DeadLetterLine {
     pub reason: String,
     /// A short, bounded label ([`DecodeError::kind`]), e.g. `malformed`, `invalid_ts`.
     pub kind: String,
+    /// The shard the record was read from ([`crate::ShardId`]'s string form).
     pub shard: String,
+    /// Kinesis sequence number of the record (decimal digits; a line number for file replay).
     pub sequence_number: String,
+    /// Position inside a KPL aggregate (0 for a plain record).
     pub sub_sequence_number: u32,
+    /// The partition key the producer sent.
     pub partition_key: String,
     /// When the stream accepted the record, RFC 3339 UTC.
     pub arrival_ts: String,

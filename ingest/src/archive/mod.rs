@@ -60,6 +60,7 @@ const READ_CONCURRENCY: usize = 8;
 /// The UTC date and hour of a timestamp: one `dt=YYYY-MM-DD/hour=HH` partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DtHour {
+    /// The UTC date of the `dt=` partition.
     pub date: NaiveDate,
     /// 0..=23.
     pub hour: u32,

@@ -53,11 +53,15 @@ const LIST_ITEM: &str = "element";
 /// One archived event: the decoded event, where it came from, and its raw bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArchivedRow {
+    /// The shard the record was read from.
     pub shard: ShardId,
+    /// Sequence number of the record in its shard.
     pub seq: SeqNo,
+    /// Position inside a KPL aggregate (0 for a plain record).
     pub sub_seq: u32,
     /// When the stream accepted the record.
     pub arrival: Timestamp,
+    /// The decoded, validated event.
     pub event: Event,
     /// The record exactly as received (the original JSON, unknown fields included).
     pub raw: Bytes,

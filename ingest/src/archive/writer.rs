@@ -84,6 +84,7 @@ impl std::fmt::Debug for ArchiveWriter {
 }
 
 impl ArchiveWriter {
+    /// An empty writer for `shard`, uploading to `store`.
     pub fn new(store: Arc<dyn ObjectStore>, shard: ShardId) -> ArchiveWriter {
         ArchiveWriter {
             store,
@@ -95,6 +96,7 @@ impl ArchiveWriter {
         }
     }
 
+    /// The shard this writer archives.
     pub fn shard(&self) -> &ShardId {
         &self.shard
     }

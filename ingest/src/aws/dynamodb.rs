@@ -39,7 +39,9 @@ pub const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// A table's primary key: a hash key and an optional range key, both strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeySchema<'a> {
+    /// Name of the partition (hash) key attribute.
     pub hash: &'a str,
+    /// Name of the sort (range) key attribute, if the table has one.
     pub range: Option<&'a str>,
 }
 

@@ -53,6 +53,7 @@ pub enum Dataset {
 }
 
 impl Dataset {
+    /// Every supported dataset (for commands and examples that run over all of them).
     pub const ALL: [Dataset; 4] = [
         Dataset::Rees46,
         Dataset::Diginetica,

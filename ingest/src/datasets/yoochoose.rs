@@ -37,6 +37,7 @@ pub enum YooChooseSplit {
 }
 
 impl YooChooseSplit {
+    /// Every split of the YooChoose files.
     pub const ALL: [YooChooseSplit; 4] = [
         YooChooseSplit::TrainFull,
         YooChooseSplit::Test,

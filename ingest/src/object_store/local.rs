@@ -9,16 +9,20 @@ use bytes::Bytes;
 use super::ObjectStore;
 use crate::error::IngestError;
 
+/// An [`ObjectStore`] over a local directory: keys are relative paths under `root`.
+/// Used by the embedded mode and by tests.
 #[derive(Debug, Clone)]
 pub struct LocalObjectStore {
     root: PathBuf,
 }
 
 impl LocalObjectStore {
+    /// A store whose keys are paths under `root`.
     pub fn new(root: impl Into<PathBuf>) -> LocalObjectStore {
         LocalObjectStore { root: root.into() }
     }
 
+    /// The directory the keys live under.
     pub fn root(&self) -> &Path {
         &self.root
     }

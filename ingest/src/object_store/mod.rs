@@ -22,6 +22,8 @@ use crate::error::IngestError;
 pub use local::LocalObjectStore;
 pub use s3::S3ObjectStore;
 
+/// A flat key-value store of immutable-ish objects (the archive, dead letters, snapshots
+/// and models): S3 in production, a local directory in the embedded mode.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
     /// Writes (or overwrites) an object atomically.

@@ -94,10 +94,12 @@ impl S3ObjectStore {
         self
     }
 
+    /// The bucket every key lives in.
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
 
+    /// The underlying SDK client.
     pub fn client(&self) -> &aws_sdk_s3::Client {
         &self.client
     }

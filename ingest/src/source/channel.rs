@@ -41,6 +41,7 @@ pub const UNKNOWN_PARTITION_KEY: &str = "unknown";
 /// Bounds and timing of a [`ChannelSource`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelConfig {
+    /// The shard id records of this source carry (default [`COLLECTOR_SHARD`]).
     pub shard: ShardId,
     /// Most records waiting in the queue (at least 1).
     pub capacity: usize,
@@ -62,6 +63,7 @@ impl Default for ChannelConfig {
 }
 
 impl ChannelConfig {
+    /// Checks the bounds: `Err(IngestError::Config)` for a zero capacity or byte bound.
     pub fn validate(&self) -> Result<(), IngestError> {
         if self.capacity == 0 {
             return Err(IngestError::Config(
@@ -82,10 +84,18 @@ impl ChannelConfig {
 pub enum SendError {
     /// The queue is at its record or byte bound: retry later (HTTP 503).
     #[error("collector queue is full ({queued} records waiting), retry later")]
-    Full { queued: usize },
+    Full {
+        /// Records waiting in the queue when this one was refused.
+        queued: usize,
+    },
     /// The payload alone is over the byte bound of the queue (HTTP 413).
     #[error("record is {len} bytes, over the collector's {max} byte bound")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// Length of the payload in bytes.
+        len: usize,
+        /// The queue's byte bound ([`ChannelConfig::max_queued_bytes`]).
+        max: usize,
+    },
     /// The source is gone (shutting down).
     #[error("collector is shut down")]
     Closed,

@@ -22,6 +22,8 @@ use async_trait::async_trait;
 use crate::error::IngestError;
 use crate::record::{RawRecord, SeqNo, ShardId};
 
+/// One shard's supply of raw records: file replay, the collector channel or a Kinesis
+/// shard. The processor pulls batches and checkpoints what it committed.
 #[async_trait]
 pub trait Source: Send {
     /// The shard this source reads.

@@ -8,12 +8,14 @@ use rustc_hash::FxHashMap;
 use super::{ColdStartCache, ColdStartList};
 use crate::error::ScoringError;
 
+/// The cold-start cache of the embedded mode: lists in a map in this process.
 #[derive(Default)]
 pub struct InProcessCache {
     lists: RwLock<FxHashMap<String, Arc<ColdStartList>>>,
 }
 
 impl InProcessCache {
+    /// An empty cache.
     pub fn new() -> InProcessCache {
         InProcessCache::default()
     }

@@ -29,11 +29,15 @@ pub const MAX_GET_RECORDS: usize = 10_000;
 /// GetRecords calls per second and shard (Kinesis limit): 200 ms apart.
 pub const MIN_POLL_INTERVAL_MS: u64 = 200;
 
+/// The `[kinesis]` section: how records are read, written and balanced over workers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KinesisConfig {
+    /// Reading shards (GetRecords).
     pub consumer: ConsumerConfig,
+    /// Writing records (PutRecords).
     pub producer: ProducerConfig,
+    /// Lease balancing over workers (DynamoDB lease table).
     pub lease: LeaseConfig,
 }
 
@@ -48,9 +52,11 @@ pub enum InitialPosition {
     Latest,
 }
 
+/// How one shard is read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsumerConfig {
+    /// Where a shard without a checkpoint starts (default `trim_horizon`).
     pub initial_position: InitialPosition,
     /// Least time between two GetRecords of one shard while records flow (Kinesis allows
     /// 5 calls per second and shard).
@@ -92,18 +98,22 @@ fn default_max_iterator_renewals() -> u32 {
 }
 
 impl ConsumerConfig {
+    /// `poll_interval_ms` as a duration.
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
     }
+    /// `idle_poll_max_ms` as a duration.
     pub fn idle_poll_max(&self) -> Duration {
         Duration::from_millis(self.idle_poll_max_ms)
     }
+    /// `closed_probe_interval_ms` as a duration; `None` when the probe is off (0).
     pub fn closed_probe_interval(&self) -> Option<Duration> {
         (self.closed_probe_interval_ms > 0)
             .then(|| Duration::from_millis(self.closed_probe_interval_ms))
     }
 }
 
+/// How records are put into the stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProducerConfig {
@@ -129,6 +139,7 @@ fn default_max_in_flight() -> usize {
     8
 }
 
+/// How this worker takes part in lease balancing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LeaseConfig {

@@ -48,7 +48,9 @@ use crate::source::Source;
 /// A child of a closed shard, from GetRecords' `ChildShards`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildShardInfo {
+    /// The child shard.
     pub shard: ShardId,
+    /// Its parents (two after a merge).
     pub parents: Vec<ShardId>,
 }
 

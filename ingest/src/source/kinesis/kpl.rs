@@ -41,36 +41,55 @@ pub const DIGEST_LEN: usize = 16;
 pub struct UserRecord {
     /// Position inside the aggregate: the Kinesis sub-sequence number.
     pub sub_seq: u32,
+    /// The user record's own partition key (from the aggregate's key table).
     pub partition_key: CompactString,
+    /// The explicit hash key, when the producer set one.
     pub explicit_hash_key: Option<CompactString>,
+    /// The user record's payload.
     pub data: Bytes,
 }
 
 /// Why an aggregated record could not be unpacked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KplError {
+    /// The record is shorter than the magic plus the MD5 digest.
     #[error("aggregated record of {len} bytes is too short for magic and digest")]
-    TooShort { len: usize },
+    TooShort {
+        /// Length of the whole aggregated record in bytes.
+        len: usize,
+    },
+    /// The trailing MD5 digest does not match the protobuf part.
     #[error("aggregated record digest mismatch (corrupt or truncated)")]
     DigestMismatch,
+    /// The protobuf part does not decode as an `AggregatedRecord`.
     #[error("aggregated record protobuf is invalid: {0}")]
     Protobuf(String),
+    /// The aggregate holds no user records.
     #[error("aggregated record holds no user records")]
     Empty,
+    /// A user record points past the end of the partition key table.
     #[error("user record {record}: partition key index {index} is outside the table of {table}")]
     PartitionKeyIndex {
+        /// Index of the user record inside the aggregate.
         record: usize,
+        /// The index it names.
         index: u64,
+        /// Length of the table.
         table: usize,
     },
+    /// A user record points past the end of the explicit hash key table.
     #[error(
         "user record {record}: explicit hash key index {index} is outside the table of {table}"
     )]
     ExplicitHashKeyIndex {
+        /// Index of the user record inside the aggregate.
         record: usize,
+        /// The index it names.
         index: u64,
+        /// Length of the table.
         table: usize,
     },
+    /// More user records than a `u32` sub-sequence number can count.
     #[error("aggregated record holds {0} user records, more than a sub-sequence number can count")]
     TooMany(usize),
 }
@@ -79,32 +98,44 @@ pub enum KplError {
 pub mod proto {
     use bytes::Bytes;
 
+    /// The protobuf message after the magic: the key tables and the user records.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct AggregatedRecord {
+        /// Partition keys, referenced by index from the records.
         #[prost(string, repeated, tag = "1")]
         pub partition_key_table: Vec<String>,
+        /// Explicit hash keys, referenced by index from the records.
         #[prost(string, repeated, tag = "2")]
         pub explicit_hash_key_table: Vec<String>,
+        /// The user records, in sub-sequence order.
         #[prost(message, repeated, tag = "3")]
         pub records: Vec<Record>,
     }
 
+    /// A key-value tag of a user record (kept by the format, ignored here).
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Tag {
+        /// The tag's key.
         #[prost(string, required, tag = "1")]
         pub key: String,
+        /// The tag's value, if any.
         #[prost(string, optional, tag = "2")]
         pub value: Option<String>,
     }
 
+    /// One user record: indexes into the key tables and its payload.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Record {
+        /// Index into `partition_key_table`.
         #[prost(uint64, required, tag = "1")]
         pub partition_key_index: u64,
+        /// Index into `explicit_hash_key_table`, if the record has one.
         #[prost(uint64, optional, tag = "2")]
         pub explicit_hash_key_index: Option<u64>,
+        /// The payload.
         #[prost(bytes = "bytes", required, tag = "3")]
         pub data: Bytes,
+        /// Tags (ignored).
         #[prost(message, repeated, tag = "4")]
         pub tags: Vec<Tag>,
     }

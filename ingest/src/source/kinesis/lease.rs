@@ -72,14 +72,23 @@ const A_FINISHED: &str = "finished";
 /// One lease item as read from the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// The shard this lease is for (the table's hash key).
     pub shard: ShardId,
+    /// The worker holding the lease; `None` = free.
     pub owner: Option<String>,
+    /// Increases with every take and renewal; a counter that stands still for a lease
+    /// duration marks the lease expired (see [`plan`]).
     pub counter: u64,
+    /// The tenure that holds the lease ([`plan::token`]); checkpoint writes are conditional
+    /// on it.
     pub token: Option<String>,
     /// Wall-clock expiry the holder wrote (informational; see the module docs).
     pub expires_at_ms: Option<i64>,
+    /// The shard's checkpoint, stored in the lease item.
     pub checkpoint: Option<ShardCheckpoint>,
+    /// Parent shards (after a reshard); the lease is active once every parent is finished.
     pub parents: Vec<ShardId>,
+    /// The shard has been read to its end; its lease is never taken again.
     pub finished: bool,
 }
 
@@ -218,6 +227,7 @@ impl std::fmt::Debug for LeaseHandle {
 }
 
 impl LeaseHandle {
+    /// The shard this lease is for.
     pub fn shard(&self) -> &ShardId {
         &self.shard
     }
@@ -250,6 +260,7 @@ impl LeaseHandle {
         self.signal.tx.subscribe()
     }
 
+    /// The coordinator that holds the lease.
     pub fn coordinator(&self) -> &LeaseCoordinator {
         &self.coordinator
     }
@@ -335,22 +346,27 @@ impl LeaseCoordinator {
         )
     }
 
+    /// This worker's id in the lease table.
     pub fn worker_id(&self) -> &str {
         &self.inner.worker
     }
 
+    /// The lease table's full name.
     pub fn table(&self) -> &str {
         &self.inner.table
     }
 
+    /// The stream whose shards are leased.
     pub fn stream(&self) -> &str {
         &self.inner.stream
     }
 
+    /// How long a lease lives without renewal.
     pub fn lease_duration(&self) -> Duration {
         self.inner.lease_duration
     }
 
+    /// How often held leases are renewed.
     pub fn renew_interval(&self) -> Duration {
         self.inner.renew_interval
     }

@@ -115,14 +115,18 @@ pub mod metrics {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{operation}: {message}")]
 pub struct ApiError {
+    /// The Kinesis operation that failed, e.g. `GetRecords`.
     pub operation: &'static str,
     /// The service's error code (`ProvisionedThroughputExceededException`, …).
     pub code: Option<String>,
+    /// Human-readable description from the service or the transport.
     pub message: String,
+    /// Whether a retry can help (throttling, timeouts, 5xx).
     pub retriable: bool,
 }
 
 impl ApiError {
+    /// Reduces an SDK error of `operation` to the code, message and retriability.
     pub fn from_sdk<E>(operation: &'static str, e: &SdkError<E, HttpResponse>) -> ApiError
     where
         E: ProvideErrorMetadata + StdError + 'static,
@@ -145,10 +149,12 @@ impl ApiError {
         }
     }
 
+    /// The iterator is older than 5 minutes: take a new one at the last position.
     pub fn is_expired_iterator(&self) -> bool {
         self.code.as_deref() == Some("ExpiredIteratorException")
     }
 
+    /// The stream or shard does not exist (deleted, or not yet created).
     pub fn is_not_found(&self) -> bool {
         self.code.as_deref() == Some("ResourceNotFoundException")
     }
@@ -168,9 +174,13 @@ impl From<ApiError> for IngestError {
 /// Where a shard iterator starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IteratorPosition {
+    /// The oldest record still in the stream.
     TrimHorizon,
+    /// Only records put after the iterator was taken.
     Latest,
+    /// The record after this sequence number (resume after a checkpoint).
     AfterSequence(SeqNo),
+    /// The record with this sequence number.
     AtSequence(SeqNo),
 }
 
@@ -179,12 +189,14 @@ pub enum IteratorPosition {
 /// call in [`crate::aws::retry`].
 #[async_trait]
 pub trait KinesisApi: Send + Sync + 'static {
+    /// PutRecords: puts `entries` into `stream`; per-record failures are in the output.
     async fn put_records(
         &self,
         stream: &str,
         entries: &[PutRecordsRequestEntry],
     ) -> Result<PutRecordsOutput, ApiError>;
 
+    /// GetShardIterator: an iterator of `shard` at `position`.
     async fn get_shard_iterator(
         &self,
         stream: &str,
@@ -192,6 +204,7 @@ pub trait KinesisApi: Send + Sync + 'static {
         position: &IteratorPosition,
     ) -> Result<String, ApiError>;
 
+    /// GetRecords: at most `limit` records after `iterator`, and the next iterator.
     async fn get_records(&self, iterator: &str, limit: i32) -> Result<GetRecordsOutput, ApiError>;
 
     /// One page of ListShards: the first with `next_token = None`, then by token.
@@ -246,6 +259,7 @@ impl SdkKinesis {
         SdkKinesis(aws_sdk_kinesis::Client::new(&sdk))
     }
 
+    /// The underlying SDK client.
     pub fn client(&self) -> &aws_sdk_kinesis::Client {
         &self.0
     }
@@ -331,15 +345,18 @@ impl KinesisApi for SdkKinesis {
 /// A shard as ListShards describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardInfo {
+    /// The shard id.
     pub id: ShardId,
     /// `ParentShardId` and `AdjacentParentShardId` (after a merge), when present.
     pub parents: Vec<ShardId>,
+    /// First sequence number of the shard.
     pub starting_seq: Option<SeqNo>,
     /// Present once the shard is closed (after a split or merge).
     pub ending_seq: Option<SeqNo>,
 }
 
 impl ShardInfo {
+    /// The shard was closed by a reshard: it has an ending sequence number.
     pub fn is_closed(&self) -> bool {
         self.ending_seq.is_some()
     }

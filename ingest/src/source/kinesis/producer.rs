@@ -100,6 +100,7 @@ impl KinesisProducer {
         KinesisProducer::new(api, aws.stream.clone(), aws.retry_policy(), cfg)
     }
 
+    /// The stream records are put into.
     pub fn stream(&self) -> &str {
         &self.stream
     }
