@@ -23,6 +23,9 @@ pub enum ProductState {
     Sellable,
 }
 
+/// Whether products can be sold now: the recommendation filter's view of the shop's
+/// catalog (implemented over commerce's catalog by serving; scoring has no commerce
+/// dependency).
 #[async_trait]
 pub trait Availability: Send + Sync + 'static {
     /// The state of each of `ids`, in order. An error degrades the answer (the response

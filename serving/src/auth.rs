@@ -46,6 +46,7 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The scope as written in configuration and error messages (`events:write`).
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::EventsWrite => "events:write",
@@ -61,6 +62,7 @@ impl Scope {
 pub struct ApiClient {
     /// A name for logs and metrics (`storefront`).
     pub id: String,
+    /// What this client's keys may do.
     pub scopes: Vec<Scope>,
     /// SHA-256 of each valid key, lower-case hex (`printf %s "$KEY" | sha256sum`). More than
     /// one while a key is being rotated.
@@ -72,6 +74,7 @@ pub struct ApiClient {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessConfig {
+    /// The API clients (services) and their key hashes; empty = no API key accepted.
     pub clients: Vec<ApiClient>,
     /// JWT groups that may read marketing data (segments, members, spend).
     pub marketing_groups: Vec<String>,
@@ -87,6 +90,7 @@ impl Default for AccessConfig {
 }
 
 impl AccessConfig {
+    /// Checks ids (1 to 64 printable characters, unique), scopes and key hashes.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
         for c in &self.clients {
@@ -201,6 +205,7 @@ impl Access {
             .map_err(|e| AuthError::Unauthorized(e.to_string()))
     }
 
+    /// JWT groups that may read marketing data.
     pub fn marketing_groups(&self) -> &[String] {
         &self.marketing_groups
     }
@@ -210,7 +215,12 @@ impl Access {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// A service, by API key.
-    Client { id: String, scopes: Vec<Scope> },
+    Client {
+        /// The client's configured id.
+        id: String,
+        /// Its scopes.
+        scopes: Vec<Scope>,
+    },
     /// A person, by JWT.
     User(Principal),
 }
@@ -263,7 +273,9 @@ impl Caller {
 /// 401 (no or a bad credential) or 403 (not allowed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
+    /// No credential, or one that does not verify (401).
     Unauthorized(String),
+    /// A valid credential that may not do this (403).
     Forbidden(String),
 }
 

@@ -2,7 +2,7 @@
 //! commerce's catalog, the same one carts and checkout read.
 //!
 //! ```text
-//!  Recommender ─► CatalogAvailability::lookup(ids) ─► LRU (id → state, ≤ ttl old)
+//!  Recommender ─► CatalogAvailability::lookup(ids) ─► moka cache (id → state, ≤ ttl old)
 //!                                                      └ miss ─► StoreCatalog::product(id)
 //!  collector   ─► the same lookup: an unknown product id is refused, never applied
 //! ```
@@ -11,9 +11,8 @@
 //! stops being recommended within that time while a request costs no store read for the
 //! products seen recently.
 
-use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use recstream_commerce::{Catalog, StoreCatalog};
@@ -24,24 +23,27 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(2);
 /// Default number of products whose state is cached.
 pub const DEFAULT_CAPACITY: usize = 200_000;
 
+/// [`Availability`] over commerce's catalog, with a bounded cache of product states
+/// (moka: lock-free reads on the serving path, per-entry time to live).
 pub struct CatalogAvailability {
     catalog: Arc<StoreCatalog>,
-    cache: Mutex<lru::LruCache<String, (ProductState, Instant)>>,
-    ttl: Duration,
+    cache: moka::sync::Cache<String, ProductState>,
 }
 
 impl CatalogAvailability {
+    /// With the default time to live ([`DEFAULT_TTL`]) and capacity ([`DEFAULT_CAPACITY`]).
     pub fn new(catalog: Arc<StoreCatalog>) -> CatalogAvailability {
         CatalogAvailability::with(catalog, DEFAULT_TTL, DEFAULT_CAPACITY)
     }
 
+    /// A product's state is trusted for `ttl`; at most `capacity` states are cached.
     pub fn with(catalog: Arc<StoreCatalog>, ttl: Duration, capacity: usize) -> CatalogAvailability {
         CatalogAvailability {
             catalog,
-            cache: Mutex::new(lru::LruCache::new(
-                NonZeroUsize::new(capacity.max(1)).expect("positive"),
-            )),
-            ttl,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity.max(1) as u64)
+                .time_to_live(ttl)
+                .build(),
         }
     }
 }
@@ -49,22 +51,17 @@ impl CatalogAvailability {
 #[async_trait]
 impl Availability for CatalogAvailability {
     async fn lookup(&self, ids: &[&str]) -> Result<Vec<ProductState>, String> {
-        let now = Instant::now();
         let mut out = vec![ProductState::Unknown; ids.len()];
         let mut misses = Vec::new();
-        {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            for (i, id) in ids.iter().enumerate() {
-                match cache.get(*id) {
-                    Some((s, at)) if now.duration_since(*at) < self.ttl => out[i] = *s,
-                    _ => misses.push(i),
-                }
+        for (i, id) in ids.iter().enumerate() {
+            match self.cache.get(*id) {
+                Some(s) => out[i] = s,
+                None => misses.push(i),
             }
         }
         if misses.is_empty() {
             return Ok(out);
         }
-        let mut fresh = Vec::with_capacity(misses.len());
         for i in misses {
             let state = match self.catalog.product(ids[i]).await {
                 Ok(Some(v)) if v.buyable() => ProductState::Sellable,
@@ -73,11 +70,7 @@ impl Availability for CatalogAvailability {
                 Err(e) => return Err(format!("catalog: {e}")),
             };
             out[i] = state;
-            fresh.push((ids[i].to_string(), state));
-        }
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        for (id, s) in fresh {
-            cache.put(id, (s, now));
+            self.cache.insert(ids[i].to_string(), state);
         }
         Ok(out)
     }

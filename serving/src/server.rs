@@ -63,6 +63,7 @@ impl Default for ServerLimits {
 }
 
 impl ServerLimits {
+    /// Timeouts in 10 ms ..= 1 h, connections in 1 ..= 1,000,000, URIs 256 B ..= 64 KiB.
     pub fn validate(&self) -> Result<(), String> {
         for (name, v) in [
             ("header_read_timeout_ms", self.header_read_timeout_ms),
