@@ -65,8 +65,11 @@ fn table_prefix(t: &Value) -> String {
         .expect("Globals set RECSTREAM__AWS__TABLE_PREFIX")
 }
 
-/// Template tables by name (`!Sub` text): (hash, range), TTL attribute.
-fn template_tables(t: &Value) -> BTreeMap<String, ((String, Option<String>), Option<String>)> {
+/// A table's (hash key, range key) and TTL attribute.
+type TableKeys = ((String, Option<String>), Option<String>);
+
+/// Template tables by name (`!Sub` text).
+fn template_tables(t: &Value) -> BTreeMap<String, TableKeys> {
     of_type(t, "AWS::DynamoDB::Table")
         .into_iter()
         .map(|(_, r)| {
