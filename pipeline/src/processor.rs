@@ -258,6 +258,39 @@ impl ShardProcessor {
         self.stats.clone()
     }
 
+    /// Applies one batch without asking the source (the Lambda handler's unit of work: the
+    /// event source mapping hands the batch over). As in [`ShardProcessor::run`], records
+    /// at or before the checkpoint are skipped and a previous run's pending roll point
+    /// commits on the way.
+    pub async fn process_batch(&mut self, records: Vec<RawRecord>) -> Result<(), ProcessorError> {
+        self.process(records).await
+    }
+
+    /// Makes everything applied so far durable with the five checkpoint steps of the
+    /// module doc (the shard is not marked finished); returns the committed position.
+    /// While a previous run's pending roll point lies beyond what was applied, nothing is
+    /// committed (see [`ShardProcessor::pending_end`]).
+    pub async fn commit(&mut self) -> Result<Option<SeqNo>, ProcessorError> {
+        self.checkpoint(false).await?;
+        Ok(self.cp.committed.clone())
+    }
+
+    /// The position everything is durable up to (as loaded or last committed).
+    pub fn committed(&self) -> Option<&SeqNo> {
+        self.cp.committed.as_ref()
+    }
+
+    /// A roll point a previous run announced and did not commit: the archive object
+    /// ending there may exist, so this processor must read up to it before it commits.
+    pub fn pending_end(&self) -> Option<&SeqNo> {
+        self.cp.pending_end.as_ref()
+    }
+
+    /// The last record applied (or the committed position before any).
+    pub fn last_applied(&self) -> Option<&SeqNo> {
+        self.last_seq.as_ref()
+    }
+
     /// Runs until the source is finished or `shutdown` turns true; on shutdown the last
     /// batch is completed and checkpointed before returning.
     #[tracing::instrument(skip_all, fields(shard = %self.shard))]
