@@ -279,16 +279,16 @@ impl Runtime {
             .context("opening the commerce state")
     }
 
-    /// Serves the HTTP API on `listener` until `shutdown` turns true: recommendations,
-    /// the collector, segments and, when given, the commerce handlers.
-    pub async fn serve(
+    /// The HTTP API as every front door serves it (this process's listener, the Lambda
+    /// http-api function): recommendations, the collector, segments and, when given,
+    /// the commerce handlers, with the catalog filter, the credentials and the
+    /// hardening layers (JSON errors, URI limit, request timeout, catch-panic).
+    pub fn app(
         &self,
-        listener: tokio::net::TcpListener,
         collector: Arc<dyn EventSink>,
         commerce: Option<CommerceState>,
         ready: Arc<AtomicBool>,
-        shutdown: watch::Receiver<bool>,
-    ) -> anyhow::Result<()> {
+    ) -> axum::Router {
         // One catalog: with a shop, only what it can sell is recommended.
         if let Some(c) = &commerce {
             self.recommender.set_availability(Arc::new(
@@ -307,11 +307,24 @@ impl Runtime {
             ready,
             max_record_bytes: self.cfg.processor.max_record_bytes,
         };
-        let limits = self.cfg.server.limits.clone();
-        let app = recstream_serving::server::harden(
+        recstream_serving::server::harden(
             recstream_serving::api(state, self.segments.clone(), commerce),
-            &limits,
-        );
+            &self.cfg.server.limits,
+        )
+    }
+
+    /// Serves the HTTP API ([`Runtime::app`]) on `listener` until `shutdown` turns true,
+    /// with the connection limits of `server.limits`.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        collector: Arc<dyn EventSink>,
+        commerce: Option<CommerceState>,
+        ready: Arc<AtomicBool>,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let app = self.app(collector, commerce, ready);
+        let limits = self.cfg.server.limits.clone();
         recstream_serving::server::serve(listener, app, limits, shutdown)
             .await
             .context("http server")

@@ -3,6 +3,7 @@
 
 use lambda_runtime::Diagnostic;
 
+/// What a Lambda handler or its cold start can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum LambdaError {
     /// The environment does not describe a usable configuration.
@@ -14,10 +15,13 @@ pub enum LambdaError {
     /// Building the clients and stores at a cold start failed.
     #[error("start-up: {0}")]
     Startup(String),
+    /// The shard processor failed (store, archive or checkpoint I/O).
     #[error(transparent)]
     Processor(#[from] recstream_pipeline::ProcessorError),
+    /// A source, sink or object-store call failed.
     #[error(transparent)]
     Ingest(#[from] recstream_ingest::IngestError),
+    /// A commerce operation (the cart sweep) failed.
     #[error(transparent)]
     Commerce(#[from] recstream_commerce::CommerceError),
     /// The training job failed.

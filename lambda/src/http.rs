@@ -23,12 +23,15 @@ use crate::error::LambdaError;
 
 /// The router and what keeps it running for the life of the execution environment.
 pub struct HttpApp {
+    /// The API, as `recstream run` serves it.
     pub router: Router,
+    /// The stores, recommender and model the router serves from.
     pub runtime: Runtime,
     /// Turned true on drop of the app (tests); Lambda freezes, then ends, the process.
     pub shutdown: watch::Sender<bool>,
     /// The in-process collector shard (embedded mode only; AWS mode puts to Kinesis).
     pub collector: Option<ShardTask>,
+    /// Reloads `models/CURRENT` while the environment is thawed.
     pub reloader: JoinHandle<()>,
 }
 
@@ -50,14 +53,7 @@ pub async fn build(cfg: Config) -> Result<HttpApp, LambdaError> {
         .commerce(sink.clone())
         .await
         .map_err(LambdaError::startup)?;
-    let state = recstream_serving::AppState {
-        recommender: rt.recommender.clone(),
-        collector: sink,
-        metrics: None,
-        ready: Arc::new(AtomicBool::new(true)),
-        max_record_bytes: rt.cfg.processor.max_record_bytes,
-    };
-    let router = recstream_serving::api(state, rt.segments.clone(), commerce);
+    let router = rt.app(sink, commerce, Arc::new(AtomicBool::new(true)));
     let reloader = rt.spawn_model_reloader(rx);
     Ok(HttpApp {
         router,

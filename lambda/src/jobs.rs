@@ -67,9 +67,13 @@ pub async fn open_runtime(
 /// What a training run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainOutcome {
+    /// The model version written (`models/<version>/`, now `CURRENT`).
     pub version: String,
+    /// Archived events trained on.
     pub events: u64,
+    /// Cold-start lists published to the cold-start cache.
     pub cold_start_lists: usize,
+    /// Wall time of the run, seconds.
     pub wall_seconds: f64,
 }
 

@@ -55,8 +55,11 @@ use crate::error::LambdaError;
 /// Reading a shard past the delivered batch, up to a previous invocation's roll point.
 #[derive(Clone)]
 pub struct ReadAhead {
+    /// The Kinesis client (GetShardIterator, GetRecords).
     pub api: Arc<dyn KinesisApi>,
+    /// Stream name and GetRecords limits.
     pub consumer: ConsumerConfig,
+    /// Retries of throttled or failed reads.
     pub policy: RetryPolicy,
 }
 

@@ -328,19 +328,21 @@ async fn every_http_api_route_reaches_a_handler() {
     }
     assert!(routes.len() >= 10, "{routes:?}");
 
-    // The router with commerce mounted (commerce needs a way to authenticate callers).
-    // SAFETY: this test binary sets the variable before any other thread reads the
-    // environment; no other test in it reads this variable.
-    unsafe {
-        std::env::set_var(
-            "RECSTREAM_JWT_HS256_SECRET",
-            "drift-test-secret-0123456789abcdef",
-        )
-    };
+    // The router with commerce mounted (commerce needs a way to authenticate callers:
+    // a JWKS file, as a Cognito user pool publishes it; only the public key is needed).
     let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        serde_json::json!({"keys": [{"kty": "RSA", "kid": "drift-key", "use": "sig", "alg": "RS256",
+            "n": "rM9AiyQ_j3tyYTNNA_cDuAxNMlmKNmGbShapID6c1q36cvNAKeRm8A-e6al0BVzedfuoRtWw3QbogzUCRPOISA19DWDali64EJLjA6t1eWxcPaMoUPjsYhZc0Dpwj3f7HKdDBUw7AhjQ-IYFpYkxz8WSgxOBqeSWR4qMgizJiyW_sr5yApfRLZWh-9bMIwe5zQMDuLBwNhL1bHwA3-2p1g98NFoQbJy1E2Q-JRrUFL1E0zLuYySzPzf1aQsvDqkkMqiBRCmfsUl78qL1f0XfMKWyrJfeMfoVVH9Gg-T2dd37ZQ4bSqSeZ8bZSg3nQrFmS_EmBcVC5XbMB6Xs-LwqMQ", "e": "AQAB"}]})
+            .to_string(),
+    )
+    .unwrap();
     let mut cfg = Config::default();
     cfg.embedded.data_dir = dir.path().join("data");
     cfg.commerce.data_dir = dir.path().join("commerce");
+    cfg.commerce.auth.jwks_path = Some(jwks);
     cfg.model.reload_interval_ms = 0;
     let app = recstream_lambda::http::build(cfg).await.unwrap();
 
