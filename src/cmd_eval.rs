@@ -99,3 +99,29 @@ pub fn markdown(reports: &[Report], command: &str) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_take_the_endpoint_scoring_and_a_toml_file_over_them() {
+        let scoring = ScoringConfig {
+            max_per_category: 7,
+            ..ScoringConfig::default()
+        };
+        let p = params(None, scoring.clone()).unwrap();
+        assert_eq!(p.scoring, scoring);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("eval.toml");
+        std::fs::write(&f, "max_targets = 50\n[scoring]\nmax_per_category = 20\n").unwrap();
+        let p = params(Some(&f), scoring.clone()).unwrap();
+        assert_eq!((p.max_targets, p.scoring.max_per_category), (50, 20));
+        assert_eq!(p.scoring.seed_items, scoring.seed_items);
+        std::fs::write(&f, "no_such_field = 1\n").unwrap();
+        assert!(params(Some(&f), scoring.clone()).is_err(), "unknown fields");
+        std::fs::write(&f, "ks = [0]\n").unwrap();
+        assert!(params(Some(&f), scoring.clone()).is_err(), "invalid values");
+        assert!(params(Some(&dir.path().join("missing.toml")), scoring).is_err());
+    }
+}
