@@ -224,6 +224,7 @@ pub fn dataset_dir(d: Dataset) -> &'static str {
         Dataset::Diginetica => "diginetica",
         Dataset::YooChoose => "yoochoose_rsc15",
         Dataset::Otto => "otto_sample",
+        Dataset::Events => "events",
     }
 }
 

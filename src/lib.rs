@@ -18,6 +18,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+pub mod cmd_eval;
 pub mod cmd_model;
 pub mod config;
 pub mod kinesis;

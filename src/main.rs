@@ -137,7 +137,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Offline evaluation: HR, NDCG, MRR, coverage @10/@20 against the baselines.
+    /// Offline evaluation of the served list (the endpoint's `Recommender`, its
+    /// configuration) against baselines on two protocols: next event in the session and
+    /// next period per user. HR, Recall, NDCG, MRR @10/@20, coverage.
     Eval {
         /// One dataset; default: every dataset under --data-dir.
         dataset: Option<Dataset>,
@@ -154,9 +156,19 @@ enum Command {
         #[arg(long)]
         markdown: Option<PathBuf>,
         /// Evaluation and training parameters (TOML, the fields of `EvalParams`, e.g.
-        /// `[train]` `l2 = 0.3`); the defaults otherwise.
+        /// `[train]` `l2 = 0.3`, `[scoring]` `max_per_category = 6`); the defaults otherwise.
         #[arg(long)]
         params: Option<PathBuf>,
+        /// The configuration whose `[scoring]` the endpoint uses (and RECSTREAM__* env).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Targets evaluated at most per protocol (sampled, fixed seed).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The model crate's comparison instead: its rankers over the candidate set vs
+        /// popularity and co-visitation (next event only).
+        #[arg(long)]
+        models: bool,
     },
     /// Marketing segments of the current model.
     Segments {
@@ -266,6 +278,60 @@ async fn main() -> anyhow::Result<()> {
             json,
             markdown,
             params,
+            config,
+            limit,
+            models,
+        } if !models => {
+            let cfg = load_config(config.as_deref())?;
+            let mut params = recstream::cmd_eval::params(params.as_deref(), cfg.scoring)?;
+            if let Some(l) = limit {
+                params.max_targets = l.max(1);
+            }
+            let mut reports = Vec::new();
+            let sets: Vec<(Dataset, PathBuf)> = match dataset {
+                Some(d) => vec![(
+                    d,
+                    path.unwrap_or_else(|| data_dir.join(cmd_model::dataset_dir(d))),
+                )],
+                None => Dataset::ALL
+                    .into_iter()
+                    .map(|d| (d, data_dir.join(cmd_model::dataset_dir(d))))
+                    .filter(|(d, p)| {
+                        let found = p.exists();
+                        if !found {
+                            eprintln!("skipping {d}: {} does not exist", p.display());
+                        }
+                        found
+                    })
+                    .collect(),
+            };
+            for (d, p) in sets {
+                eprintln!("evaluating {d} ({})", p.display());
+                let r = recstream::cmd_eval::eval(d, &p, &params).await?;
+                if !json {
+                    println!("{}", recstream::cmd_eval::table(&r));
+                }
+                reports.push(r);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            }
+            if let Some(f) = markdown {
+                let cmd = std::env::args().collect::<Vec<_>>().join(" ");
+                std::fs::write(&f, recstream::cmd_eval::markdown(&reports, &cmd))
+                    .with_context(|| format!("writing {}", f.display()))?;
+                eprintln!("wrote {}", f.display());
+            }
+            Ok(())
+        }
+        Command::Eval {
+            dataset,
+            path,
+            data_dir,
+            json,
+            markdown,
+            params,
+            ..
         } => {
             let params = cmd_model::eval_params(params.as_deref())?;
             let reports = match dataset {

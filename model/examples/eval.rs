@@ -35,6 +35,7 @@ fn dir_of(d: Dataset) -> &'static str {
         Dataset::Diginetica => "diginetica",
         Dataset::YooChoose => "yoochoose_rsc15",
         Dataset::Otto => "otto_sample",
+        Dataset::Events => "events",
     }
 }
 

@@ -19,6 +19,7 @@
 //! `.gz` files are decompressed transparently.
 
 mod diginetica;
+mod events;
 mod otto;
 mod rees46;
 mod yoochoose;
@@ -50,6 +51,9 @@ pub enum Dataset {
     YooChoose,
     /// OTTO, Kaggle 2022: sessions of clicks, carts and orders (JSON lines).
     Otto,
+    /// Your own log: one event per line in the event contract (JSON lines, `.gz` too).
+    /// Not in [`Dataset::ALL`] (the bundled public datasets).
+    Events,
 }
 
 impl Dataset {
@@ -68,6 +72,7 @@ impl Dataset {
             Dataset::Diginetica => "diginetica",
             Dataset::YooChoose => "yoochoose",
             Dataset::Otto => "otto",
+            Dataset::Events => "events",
         }
     }
 
@@ -79,6 +84,7 @@ impl Dataset {
             Dataset::Diginetica => diginetica::VIEWS_FILES[0],
             Dataset::YooChoose => YooChooseSplit::TrainFull.file_name(),
             Dataset::Otto => otto::DEFAULT_FILE,
+            Dataset::Events => events::DEFAULT_FILE,
         }
     }
 
@@ -101,10 +107,11 @@ impl FromStr for Dataset {
     fn from_str(s: &str) -> Result<Dataset, IngestError> {
         Dataset::ALL
             .into_iter()
+            .chain([Dataset::Events])
             .find(|d| d.name().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
                 IngestError::Config(format!(
-                    "unknown dataset `{s}` (expected rees46, diginetica, yoochoose or otto)"
+                    "unknown dataset `{s}` (expected rees46, diginetica, yoochoose, otto or events)"
                 ))
             })
     }
@@ -135,6 +142,7 @@ pub fn load(dataset: Dataset, path: &Path) -> Result<Vec<LoadedRow>, IngestError
         Dataset::Diginetica => diginetica::load(path),
         Dataset::YooChoose => yoochoose::load(path, None),
         Dataset::Otto => otto::load(path),
+        Dataset::Events => events::load(path),
     }
 }
 

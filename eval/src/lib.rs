@@ -1,0 +1,821 @@
+//! recstream-eval: recommendation quality measured on what is served.
+//!
+//! ```text
+//!  event log (by time) ─► split ─► train (recstream_model::train: replay + fit, as `train`)
+//!        │                           │ artifact (rankers, cold-start lists)  │ Replay (Aggregator)
+//!        │                           ▼                                       ▼
+//!        │        Recommender::with_model  ◄── InProcessCache ◄─ cold-start lists    LiveStore
+//!        │                 │ the endpoint's call, the endpoint's ScoringConfig
+//!        ▼                 ▼
+//!   protocol next_event:  each next item in a session, features live (replayed up to it)
+//!   protocol next_period: features frozen at a time cut, truth = items touched after it
+//!        ▼
+//!   served list  vs  popularity · history · covisit · category · ease   (crate::baselines)
+//!   tasks any / discovery (items new to the user; known items removed from every list)
+//!   HR, Recall, NDCG, MRR @10 @20, coverage, share personalised vs cold start
+//! ```
+//!
+//! The served list is never re-implemented here: `served` is the answer of
+//! [`recstream_scoring::Recommender::recommend`] over a feature store that reads the
+//! pipeline's own aggregation.
+
+pub mod baselines;
+pub mod ease;
+pub mod error;
+pub mod metrics;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256Plus;
+use recstream_ingest::Event;
+use recstream_model::train::is_next_item;
+use recstream_model::{ModelArtifact, ModelHandle, NoProgress, TrainParams, train};
+use recstream_scoring::{
+    ColdStartCache, ColdStartList, InProcessCache, Recommender, Request, ScoringConfig, Strategy,
+};
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+
+pub use baselines::Baselines;
+pub use ease::Ease;
+pub use error::{EvalError, Result};
+pub use metrics::SetMetrics;
+pub use store::LiveStore;
+
+/// The methods, in report order: the served list first.
+pub const METHODS: [&str; 6] = [
+    "served",
+    "popularity",
+    "history",
+    "covisit",
+    "category",
+    "ease",
+];
+pub const BASELINES: [&str; 5] = ["popularity", "history", "covisit", "category", "ease"];
+pub const TASKS: [&str; 2] = ["any", "discovery"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// The next item in the session, features replayed live up to it.
+    NextEvent,
+    /// Every item a user touches after a time cut, features frozen at the cut.
+    NextPeriod,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::NextEvent => "next_event",
+            Protocol::NextPeriod => "next_period",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalParams {
+    /// Training, as `recstream train` does it (embeddings and segments are skipped: the
+    /// recommendations endpoint does not read them).
+    pub train: TrainParams,
+    /// The endpoint's scoring configuration (`[scoring]` of the config file).
+    pub scoring: ScoringConfig,
+    pub ks: Vec<usize>,
+    /// Targets evaluated at most per protocol (sampled uniformly, fixed seed).
+    pub max_targets: usize,
+    /// next_event: share of events (by time) for training when no split is given.
+    pub train_fraction: f64,
+    /// next_period: the cut is at this share of the log's time span.
+    pub period_fraction: f64,
+    /// next_period: below this many users with history on both sides of the time cut, the
+    /// cut is taken at `period_fraction` of the events instead.
+    pub min_period_users: usize,
+    /// next_event: the request names the current item as `context` (a product page).
+    pub context_current_item: bool,
+    /// Baselines: history half-life (hours), co-visitation seeds, top categories.
+    pub history_half_life_hours: f64,
+    pub covisit_seeds: usize,
+    pub category_top: usize,
+    /// EASE: items kept (most interacted) and L2 weight.
+    pub ease_items: usize,
+    pub ease_lambda: f64,
+}
+
+impl Default for EvalParams {
+    fn default() -> Self {
+        EvalParams {
+            train: TrainParams {
+                skip_embeddings: true,
+                skip_segments: true,
+                ..TrainParams::default()
+            },
+            scoring: ScoringConfig::default(),
+            ks: vec![10, 20],
+            max_targets: 20_000,
+            train_fraction: 0.8,
+            period_fraction: 0.8,
+            min_period_users: 100,
+            context_current_item: true,
+            history_half_life_hours: 24.0,
+            covisit_seeds: 20,
+            category_top: 3,
+            ease_items: 1000,
+            ease_lambda: 200.0,
+        }
+    }
+}
+
+impl EvalParams {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(EvalError::InvalidParams(m.into()));
+        if self.ks.is_empty() || self.ks.contains(&0) {
+            return bad("ks must be positive");
+        }
+        if self.ks.iter().any(|k| *k > self.scoring.max_n) {
+            return bad("ks must not exceed scoring.max_n");
+        }
+        if self.max_targets == 0 {
+            return bad("max_targets must be positive");
+        }
+        for f in [self.train_fraction, self.period_fraction] {
+            if !(f > 0.0 && f < 1.0) {
+                return bad("train_fraction and period_fraction must be in (0, 1)");
+            }
+        }
+        if !(self.history_half_life_hours.is_finite() && self.history_half_life_hours > 0.0) {
+            return bad("history_half_life_hours must be positive");
+        }
+        if self.covisit_seeds == 0 || self.category_top == 0 {
+            return bad("covisit_seeds and category_top must be positive");
+        }
+        if self.ease_items == 0
+            || self.ease_items > 5000
+            || !(self.ease_lambda.is_finite() && self.ease_lambda > 0.0)
+        {
+            return bad("ease_items must be in 1..=5000 and ease_lambda positive");
+        }
+        self.scoring.validate().map_err(EvalError::InvalidParams)?;
+        self.train.validate()?;
+        Ok(())
+    }
+
+    fn max_k(&self) -> usize {
+        *self.ks.iter().max().unwrap_or(&20)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    pub protocol: Protocol,
+    pub task: String,
+    pub method: String,
+    pub k: usize,
+    pub hr: f64,
+    pub recall: f64,
+    pub ndcg: f64,
+    pub mrr: f64,
+    pub coverage: f64,
+    pub targets: u64,
+}
+
+/// How the served path answered one protocol × task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Served {
+    pub protocol: Protocol,
+    pub task: String,
+    pub targets: u64,
+    pub personalized: u64,
+    pub cold_start: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProtocolInfo {
+    pub protocol: Protocol,
+    pub train_events: usize,
+    pub test_events: usize,
+    /// Distinct products of the training part (the coverage denominator).
+    pub catalog: usize,
+    /// How the split was made.
+    pub split: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub dataset: String,
+    pub protocols: Vec<ProtocolInfo>,
+    pub served: Vec<Served>,
+    pub rows: Vec<Row>,
+}
+
+/// One line of the summary: the served list against the best baseline at NDCG@20.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub dataset: String,
+    pub protocol: Protocol,
+    pub task: String,
+    pub targets: u64,
+    pub served: f64,
+    pub best_baseline: String,
+    pub best: f64,
+    /// served / best (None when the best baseline scores 0).
+    pub ratio: Option<f64>,
+}
+
+impl Report {
+    pub fn get(&self, protocol: Protocol, task: &str, method: &str, k: usize) -> Option<&Row> {
+        self.rows
+            .iter()
+            .find(|r| r.protocol == protocol && r.task == task && r.method == method && r.k == k)
+    }
+
+    /// Served vs best baseline at NDCG@k, per protocol × task.
+    pub fn summary(&self, k: usize) -> Vec<Summary> {
+        let mut out = Vec::new();
+        for p in [Protocol::NextEvent, Protocol::NextPeriod] {
+            for task in TASKS {
+                let Some(served) = self.get(p, task, "served", k) else {
+                    continue;
+                };
+                let best = BASELINES
+                    .iter()
+                    .filter_map(|m| self.get(p, task, m, k))
+                    .max_by(|a, b| a.ndcg.total_cmp(&b.ndcg));
+                let Some(best) = best else { continue };
+                out.push(Summary {
+                    dataset: self.dataset.clone(),
+                    protocol: p,
+                    task: task.to_string(),
+                    targets: served.targets,
+                    served: served.ndcg,
+                    best_baseline: best.method.clone(),
+                    best: best.ndcg,
+                    ratio: (best.ndcg > 0.0).then(|| round(served.ndcg / best.ndcg)),
+                });
+            }
+        }
+        out
+    }
+
+    /// The full tables of this dataset, as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = format!("### {}\n\n", self.dataset);
+        for p in &self.protocols {
+            s.push_str(&format!(
+                "- {}: {} train / {} test events, catalog {}, {}; {:.1} s\n",
+                p.protocol.name(),
+                p.train_events,
+                p.test_events,
+                p.catalog,
+                p.split,
+                p.seconds
+            ));
+        }
+        for v in &self.served {
+            s.push_str(&format!(
+                "- served {} {}: {} targets, {} personalised, {} cold start\n",
+                v.protocol.name(),
+                v.task,
+                v.targets,
+                v.personalized,
+                v.cold_start
+            ));
+        }
+        s.push_str(
+            "\n| protocol | task | method | K | HR | Recall | NDCG | MRR | coverage | targets |\n",
+        );
+        s.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        for r in &self.rows {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} |\n",
+                r.protocol.name(),
+                r.task,
+                r.method,
+                r.k,
+                r.hr,
+                r.recall,
+                r.ndcg,
+                r.mrr,
+                r.coverage,
+                r.targets
+            ));
+        }
+        s.push('\n');
+        s
+    }
+}
+
+/// The summary table of several reports, as Markdown.
+pub fn summary_markdown(reports: &[Report], k: usize) -> String {
+    let mut s = format!(
+        "| dataset | protocol | task | targets | served NDCG@{k} | best baseline | its NDCG@{k} | served / best |\n|---|---|---|---:|---:|---|---:|---:|\n"
+    );
+    for r in reports {
+        for l in r.summary(k) {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {:.4} | {} | {:.4} | {} |\n",
+                l.dataset,
+                l.protocol.name(),
+                l.task,
+                l.targets,
+                l.served,
+                l.best_baseline,
+                l.best,
+                l.ratio.map_or("—".to_string(), |x| format!("{x:.2}×"))
+            ));
+        }
+    }
+    s
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+/// The served path over a trained model and a live replay, as the endpoint builds it.
+struct ServedPath {
+    store: Arc<LiveStore>,
+    recommender: Recommender,
+}
+
+impl ServedPath {
+    fn new(
+        artifact: ModelArtifact,
+        replay: recstream_model::Replay,
+        cfg: &ScoringConfig,
+    ) -> Result<ServedPath> {
+        let store = Arc::new(LiveStore::new(replay));
+        let cold = Arc::new(InProcessCache::new());
+        // As the runtime publishes a loaded model's lists (`publish_cold_start`).
+        for (key, items) in artifact.cold_start.lists() {
+            let list = ColdStartList {
+                items: items.to_vec(),
+                source: artifact.meta.version.clone(),
+            };
+            futures::executor::block_on(cold.put(key, &list))?;
+        }
+        let handle = Arc::new(ModelHandle::new());
+        handle.set(Arc::new(artifact));
+        let recommender = Recommender::new(store.clone(), cold, cfg.clone()).with_model(handle);
+        recommender.sync_model();
+        Ok(ServedPath { store, recommender })
+    }
+
+    /// The endpoint's answer: product ids best first, and whether it was personalised.
+    fn recommend(&self, user: &str, n: usize, context: Vec<String>) -> Result<(Vec<String>, bool)> {
+        let req = Request {
+            user_id: user.to_string(),
+            n: Some(n),
+            context,
+        };
+        let r = futures::executor::block_on(self.recommender.recommend(&req))?;
+        Ok((
+            r.items.into_iter().map(|i| i.product_id).collect(),
+            r.strategy == Strategy::Personalized,
+        ))
+    }
+}
+
+/// Accumulators of one protocol: (task, method, k) → metrics, and the served strategies.
+struct Acc {
+    metrics: BTreeMap<(usize, usize, usize), SetMetrics>,
+    served: [(u64, u64); 2],
+    ks: Vec<usize>,
+    max_k: usize,
+}
+
+impl Acc {
+    fn new(ks: &[usize]) -> Acc {
+        let mut metrics = BTreeMap::new();
+        for t in 0..TASKS.len() {
+            for m in 0..METHODS.len() {
+                for &k in ks {
+                    metrics.insert((t, m, k), SetMetrics::new(k));
+                }
+            }
+        }
+        Acc {
+            metrics,
+            served: [(0, 0); 2],
+            ks: ks.to_vec(),
+            max_k: ks.iter().copied().max().unwrap_or(20),
+        }
+    }
+
+    /// Scores the lists of every method (index = METHODS) for one task. `excluded` are the
+    /// serving filters, applied to every method; `known` (discovery) is removed from every
+    /// list.
+    fn add(
+        &mut self,
+        task: usize,
+        lists: &[Vec<&str>; 6],
+        excluded: &FxHashSet<&str>,
+        known: Option<&dyn Fn(&str) -> bool>,
+        relevant: &FxHashSet<&str>,
+    ) {
+        for (m, list) in lists.iter().enumerate() {
+            let mut seen: FxHashSet<&str> = FxHashSet::default();
+            let top: Vec<&str> = list
+                .iter()
+                .copied()
+                .filter(|p| !excluded.contains(p) && known.is_none_or(|k| !k(p)) && seen.insert(p))
+                .take(self.max_k)
+                .collect();
+            for &k in &self.ks {
+                self.metrics
+                    .get_mut(&(task, m, k))
+                    .expect("present")
+                    .add(&top, relevant);
+            }
+        }
+    }
+
+    fn rows(&self, protocol: Protocol, catalog: usize) -> Vec<Row> {
+        let mut rows: Vec<Row> = self
+            .metrics
+            .iter()
+            .map(|((t, m, k), r)| Row {
+                protocol,
+                task: TASKS[*t].to_string(),
+                method: METHODS[*m].to_string(),
+                k: *k,
+                hr: round(r.hit_rate()),
+                recall: round(r.recall()),
+                ndcg: round(r.ndcg()),
+                mrr: round(r.mrr()),
+                coverage: round(r.coverage(catalog)),
+                targets: r.n,
+            })
+            .collect();
+        rows.sort_by_key(|r| {
+            (
+                TASKS.iter().position(|t| *t == r.task),
+                r.k,
+                METHODS.iter().position(|m| *m == r.method),
+            )
+        });
+        rows
+    }
+
+    fn served(&self, protocol: Protocol) -> Vec<Served> {
+        (0..TASKS.len())
+            .map(|t| Served {
+                protocol,
+                task: TASKS[t].to_string(),
+                targets: self.served[t].0 + self.served[t].1,
+                personalized: self.served[t].0,
+                cold_start: self.served[t].1,
+            })
+            .collect()
+    }
+}
+
+fn catalog(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter_map(|e| e.product_id.as_deref())
+        .collect::<FxHashSet<_>>()
+        .len()
+}
+
+/// Users' distinct items, for EASE.
+fn user_items(events: &[Event]) -> Vec<Vec<String>> {
+    let mut by_user: FxHashMap<&str, Vec<String>> = FxHashMap::default();
+    let mut seen: FxHashSet<(&str, &str)> = FxHashSet::default();
+    for e in events {
+        if let Some(p) = e.product_id.as_deref()
+            && seen.insert((e.user_id.as_str(), p))
+        {
+            by_user
+                .entry(e.user_id.as_str())
+                .or_default()
+                .push(p.to_string());
+        }
+    }
+    let mut v: Vec<(&str, Vec<String>)> = by_user.into_iter().collect();
+    v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    v.into_iter().map(|(_, i)| i).collect()
+}
+
+fn check_sorted(events: &[Event]) -> Result<()> {
+    if events.windows(2).any(|w| w[0].ts > w[1].ts) {
+        return Err(EvalError::InvalidParams(
+            "events must be sorted by time".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Protocol (a): the next item in the session, features replayed live through `test`.
+pub fn next_event(
+    train_events: &[Event],
+    test_events: &[Event],
+    params: &EvalParams,
+) -> Result<(ProtocolInfo, Vec<Served>, Vec<Row>)> {
+    params.validate()?;
+    check_sorted(train_events)?;
+    check_sorted(test_events)?;
+    let started = Instant::now();
+    let (artifact, replay) = train(train_events, "eval", &params.train, &mut NoProgress)?;
+    let served = ServedPath::new(artifact, replay, &params.scoring)?;
+    let mut base = Baselines::new(train_events, params.history_half_life_hours, 2000);
+    let items = user_items(train_events);
+    let ease = Ease::fit(
+        items.iter().map(Vec::as_slice),
+        params.ease_items,
+        params.ease_lambda,
+    )?;
+    let cfg = &params.scoring;
+    let max_k = params.max_k();
+
+    let eligible = {
+        let r = served.store.replay();
+        let mut last: FxHashMap<&str, &str> = FxHashMap::default();
+        let mut n = 0usize;
+        for e in test_events {
+            if let Some(p) = e.product_id.as_deref() {
+                let prev = last
+                    .get(e.user_id.as_str())
+                    .copied()
+                    .or_else(|| r.last_product(&e.user_id));
+                if prev.is_some_and(|l| l != p) {
+                    n += 1;
+                }
+                last.insert(e.user_id.as_str(), p);
+            }
+        }
+        n
+    };
+    let rate = (params.max_targets as f64 / eligible.max(1) as f64).min(1.0);
+    let mut rng = Xoshiro256Plus::seed_from_u64(params.train.seed ^ 0xe7a1);
+    let mut acc = Acc::new(&params.ks);
+
+    for e in test_events {
+        let take = is_next_item(&served.store.replay(), e) && rng.r#gen::<f64>() < rate;
+        if take {
+            target_next_event(e, &served, &base, &ease, params, cfg, max_k, &mut acc)?;
+        }
+        served.store.apply(e);
+        base.apply(e);
+    }
+    let catalog = catalog(train_events);
+    let info = ProtocolInfo {
+        protocol: Protocol::NextEvent,
+        train_events: train_events.len(),
+        test_events: test_events.len(),
+        catalog,
+        split: format!("{} targets sampled at rate {:.3}", eligible, rate),
+        seconds: round(started.elapsed().as_secs_f64()),
+    };
+    Ok((
+        info,
+        acc.served(Protocol::NextEvent),
+        acc.rows(Protocol::NextEvent, catalog),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn target_next_event(
+    e: &Event,
+    served: &ServedPath,
+    base: &Baselines,
+    ease: &Ease,
+    params: &EvalParams,
+    cfg: &ScoringConfig,
+    max_k: usize,
+    acc: &mut Acc,
+) -> Result<()> {
+    let target = e
+        .product_id
+        .as_deref()
+        .expect("next-item events have a product");
+    let uid = e.user_id.as_str();
+    let (user, current) = {
+        let r = served.store.replay();
+        (
+            r.user(uid).unwrap_or_default(),
+            r.last_product(uid).map(str::to_string),
+        )
+    };
+    // Targets the serving filters hide (buying what is in the cart) are no opportunity.
+    if (cfg.exclude_purchased && user.purchased.iter().any(|p| p == target))
+        || (cfg.exclude_in_cart && user.cart.iter().any(|l| l.product_id == target))
+    {
+        return Ok(());
+    }
+    let mut excluded: FxHashSet<&str> = current.as_deref().into_iter().collect();
+    if cfg.exclude_purchased {
+        excluded.extend(user.purchased.iter().map(String::as_str));
+    }
+    if cfg.exclude_in_cart {
+        excluded.extend(user.cart.iter().map(|l| l.product_id.as_str()));
+    }
+    let context: Vec<String> = if params.context_current_item {
+        current.iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    let now = e.ts.0;
+    let discovery = !base.knows(uid, target);
+    let (any_list, personal) = served.recommend(uid, max_k, context.clone())?;
+    let recent = base.recent(uid);
+    let seeds: Vec<&str> = recent.iter().copied().take(params.covisit_seeds).collect();
+    let cov = {
+        let mut r = served.store.replay();
+        baselines::covisit(&seeds, |s| r.product(s).map(|p| p.covisit.clone()))
+    };
+    let ease_list = ease.recommend(recent.iter().copied(), 2000);
+    let mut lists: [Vec<&str>; 6] = [
+        any_list.iter().map(String::as_str).collect(),
+        base.popularity(),
+        base.history(uid, now),
+        cov.iter().map(String::as_str).collect(),
+        base.category(uid, now, params.category_top),
+        ease_list,
+    ];
+    let relevant: FxHashSet<&str> = [target].into_iter().collect();
+    acc.add(0, &lists, &excluded, None, &relevant);
+    acc.served[0].0 += personal as u64;
+    acc.served[0].1 += !personal as u64;
+    if discovery {
+        let (wide, personal) = served.recommend(uid, cfg.max_n, context)?;
+        lists[0] = wide.iter().map(String::as_str).collect();
+        let known = |p: &str| base.knows(uid, p);
+        acc.add(1, &lists, &excluded, Some(&known), &relevant);
+        acc.served[1].0 += personal as u64;
+        acc.served[1].1 += !personal as u64;
+    }
+    Ok(())
+}
+
+/// Where protocol (b) cuts `events` (sorted by time): at `period_fraction` of the time
+/// span, or of the events when the time cut leaves fewer than `min_period_users` users
+/// with history on both sides. Returns the index of the first test event and a description.
+pub fn period_cut(events: &[Event], params: &EvalParams) -> (usize, String) {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return (0, "empty log".into());
+    };
+    let t = first.ts.0 + ((last.ts.0 - first.ts.0) as f64 * params.period_fraction) as i64;
+    let by_time = events.partition_point(|e| e.ts.0 < t);
+    let both = |cut: usize| {
+        let before: FxHashSet<&str> = events[..cut]
+            .iter()
+            .filter(|e| e.product_id.is_some())
+            .map(|e| e.user_id.as_str())
+            .collect();
+        events[cut..]
+            .iter()
+            .filter(|e| e.product_id.is_some() && before.contains(e.user_id.as_str()))
+            .map(|e| e.user_id.as_str())
+            .collect::<FxHashSet<_>>()
+            .len()
+    };
+    let n = both(by_time);
+    if n >= params.min_period_users {
+        return (
+            by_time,
+            format!(
+                "time cut at {:.0} % of the span, {n} users on both sides",
+                params.period_fraction * 100.0
+            ),
+        );
+    }
+    let by_count = ((events.len() as f64) * params.period_fraction) as usize;
+    let m = both(by_count);
+    (
+        by_count,
+        format!(
+            "event-count cut at {:.0} % (the time cut left {n} users on both sides; this one {m})",
+            params.period_fraction * 100.0
+        ),
+    )
+}
+
+/// Protocol (b): features frozen at the cut; for every user active after it, the truth
+/// is the set of items they touch after the cut.
+pub fn next_period(
+    events: &[Event],
+    params: &EvalParams,
+) -> Result<(ProtocolInfo, Vec<Served>, Vec<Row>)> {
+    params.validate()?;
+    check_sorted(events)?;
+    let started = Instant::now();
+    let (cut, split) = period_cut(events, params);
+    let (train_events, test_events) = events.split_at(cut);
+    let (artifact, replay) = train(train_events, "eval", &params.train, &mut NoProgress)?;
+    let served = ServedPath::new(artifact, replay, &params.scoring)?;
+    let base = Baselines::new(train_events, params.history_half_life_hours, 2000);
+    let items = user_items(train_events);
+    let ease = Ease::fit(
+        items.iter().map(Vec::as_slice),
+        params.ease_items,
+        params.ease_lambda,
+    )?;
+    let cfg = &params.scoring;
+    let max_k = params.max_k();
+    let now = train_events.last().map_or(0, |e| e.ts.0);
+
+    // Truth per user, users in order of first appearance after the cut.
+    let mut truth: Vec<(&str, Vec<&str>)> = Vec::new();
+    let mut at: FxHashMap<&str, usize> = FxHashMap::default();
+    for e in test_events {
+        if let Some(p) = e.product_id.as_deref() {
+            let i = *at.entry(e.user_id.as_str()).or_insert_with(|| {
+                truth.push((e.user_id.as_str(), Vec::new()));
+                truth.len() - 1
+            });
+            if !truth[i].1.contains(&p) {
+                truth[i].1.push(p);
+            }
+        }
+    }
+    let rate = (params.max_targets as f64 / truth.len().max(1) as f64).min(1.0);
+    let mut rng = Xoshiro256Plus::seed_from_u64(params.train.seed ^ 0x9e71);
+    let mut acc = Acc::new(&params.ks);
+    for (uid, items) in &truth {
+        if rng.r#gen::<f64>() >= rate {
+            continue;
+        }
+        let user = served.store.replay().user(uid).unwrap_or_default();
+        let mut excluded: FxHashSet<&str> = FxHashSet::default();
+        if cfg.exclude_purchased {
+            excluded.extend(user.purchased.iter().map(String::as_str));
+        }
+        if cfg.exclude_in_cart {
+            excluded.extend(user.cart.iter().map(|l| l.product_id.as_str()));
+        }
+        let (list, personal) = served.recommend(uid, max_k, Vec::new())?;
+        let recent = base.recent(uid);
+        let seeds: Vec<&str> = recent.iter().copied().take(params.covisit_seeds).collect();
+        let cov = {
+            let mut r = served.store.replay();
+            baselines::covisit(&seeds, |s| r.product(s).map(|p| p.covisit.clone()))
+        };
+        let mut lists: [Vec<&str>; 6] = [
+            list.iter().map(String::as_str).collect(),
+            base.popularity(),
+            base.history(uid, now),
+            cov.iter().map(String::as_str).collect(),
+            base.category(uid, now, params.category_top),
+            ease.recommend(recent.iter().copied(), 2000),
+        ];
+        let relevant: FxHashSet<&str> = items.iter().copied().collect();
+        acc.add(0, &lists, &excluded, None, &relevant);
+        acc.served[0].0 += personal as u64;
+        acc.served[0].1 += !personal as u64;
+        let new: FxHashSet<&str> = items
+            .iter()
+            .copied()
+            .filter(|p| !base.knows(uid, p))
+            .collect();
+        if !new.is_empty() {
+            let (wide, personal) = served.recommend(uid, cfg.max_n, Vec::new())?;
+            lists[0] = wide.iter().map(String::as_str).collect();
+            let known = |p: &str| base.knows(uid, p);
+            acc.add(1, &lists, &excluded, Some(&known), &new);
+            acc.served[1].0 += personal as u64;
+            acc.served[1].1 += !personal as u64;
+        }
+    }
+    let catalog = catalog(train_events);
+    let info = ProtocolInfo {
+        protocol: Protocol::NextPeriod,
+        train_events: train_events.len(),
+        test_events: test_events.len(),
+        catalog,
+        split: format!(
+            "{split}; {} users after the cut, sampled at rate {rate:.3}",
+            truth.len()
+        ),
+        seconds: round(started.elapsed().as_secs_f64()),
+    };
+    Ok((
+        info,
+        acc.served(Protocol::NextPeriod),
+        acc.rows(Protocol::NextPeriod, catalog),
+    ))
+}
+
+/// Both protocols on one dataset. `train` / `test` is the next-event split (sorted by
+/// time); the next-period protocol cuts their concatenation itself.
+pub fn evaluate(
+    dataset: &str,
+    train_events: &[Event],
+    test_events: &[Event],
+    params: &EvalParams,
+) -> Result<Report> {
+    let (a_info, a_served, a_rows) = next_event(train_events, test_events, params)?;
+    let mut all: Vec<Event> = train_events.iter().chain(test_events).cloned().collect();
+    all.sort_by_key(|e| e.ts);
+    let (b_info, b_served, b_rows) = next_period(&all, params)?;
+    Ok(Report {
+        dataset: dataset.to_string(),
+        protocols: vec![a_info, b_info],
+        served: a_served.into_iter().chain(b_served).collect(),
+        rows: a_rows.into_iter().chain(b_rows).collect(),
+    })
+}

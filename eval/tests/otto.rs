@@ -1,0 +1,108 @@
+//! Both protocols end to end on the bundled OTTO sample (20 sessions): the served path,
+//! every baseline, every task; seconds to run.
+
+use std::path::PathBuf;
+
+use recstream_eval::{EvalParams, METHODS, Protocol, evaluate, period_cut};
+use recstream_ingest::Event;
+use recstream_ingest::datasets::{self, Dataset};
+
+fn otto() -> Vec<Event> {
+    let dir = std::env::var("RECSTREAM_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    let rows = datasets::load(Dataset::Otto, &dir.join("otto_sample")).expect("otto sample");
+    datasets::sort_by_time(rows)
+        .into_iter()
+        .filter_map(|r| r.event.ok())
+        .collect()
+}
+
+#[test]
+fn both_protocols_score_the_served_list_and_every_baseline() {
+    let mut events = otto();
+    let cut = (events.len() as f64 * 0.8) as usize;
+    let test = events.split_off(cut);
+    let params = EvalParams::default();
+    let r = evaluate("otto", &events, &test, &params).unwrap();
+    assert_eq!(r.protocols.len(), 2);
+    // 2 protocols × 2 tasks × 6 methods × 2 cut-offs.
+    assert_eq!(r.rows.len(), 2 * 2 * METHODS.len() * 2);
+    for row in &r.rows {
+        for v in [row.hr, row.recall, row.ndcg, row.mrr, row.coverage] {
+            assert!((0.0..=1.0).contains(&v), "{row:?}");
+        }
+        assert!(row.ndcg <= row.hr + 1e-9, "{row:?}");
+    }
+    // Every method is scored on the same targets.
+    for p in [Protocol::NextEvent, Protocol::NextPeriod] {
+        for task in ["any", "discovery"] {
+            let n: Vec<u64> = METHODS
+                .iter()
+                .map(|m| r.get(p, task, m, 20).unwrap().targets)
+                .collect();
+            assert!(n.iter().all(|x| *x == n[0]), "{p:?} {task}: {n:?}");
+        }
+    }
+    let ne = r.get(Protocol::NextEvent, "any", "served", 20).unwrap();
+    assert!(ne.targets > 50, "next-event targets: {}", ne.targets);
+    assert!(ne.hr > 0.0, "the served list hits something: {ne:?}");
+    for s in &r.served {
+        assert_eq!(s.targets, s.personalized + s.cold_start);
+    }
+    let s = r
+        .served
+        .iter()
+        .find(|s| s.protocol == Protocol::NextEvent && s.task == "any")
+        .unwrap();
+    assert!(s.personalized > 0);
+    assert_eq!(s.targets, ne.targets);
+    // The summary names the best baseline per protocol × task.
+    let sum = r.summary(20);
+    assert_eq!(sum.len(), 4);
+    assert!(sum.iter().all(|l| l.best_baseline != "served"));
+    // Deterministic: the same run gives the same numbers.
+    let again = evaluate("otto", &events, &test, &params).unwrap();
+    assert_eq!(r.rows, again.rows);
+}
+
+#[test]
+fn the_period_cut_falls_back_to_the_event_count_when_too_few_users_span_it() {
+    let events = otto();
+    let mut p = EvalParams {
+        min_period_users: 1,
+        ..EvalParams::default()
+    };
+    let (t, why) = period_cut(&events, &p);
+    assert!(why.starts_with("time cut"), "{why}");
+    assert!(t > 0 && t < events.len());
+    p.min_period_users = 1_000_000;
+    let (c, why) = period_cut(&events, &p);
+    assert!(why.starts_with("event-count cut"), "{why}");
+    assert_eq!(c, (events.len() as f64 * 0.8) as usize);
+}
+
+#[test]
+fn invalid_parameters_are_refused_before_training() {
+    let events = otto();
+    for p in [
+        EvalParams {
+            ks: vec![],
+            ..EvalParams::default()
+        },
+        EvalParams {
+            ks: vec![500],
+            ..EvalParams::default()
+        },
+        EvalParams {
+            period_fraction: 1.0,
+            ..EvalParams::default()
+        },
+        EvalParams {
+            ease_items: 0,
+            ..EvalParams::default()
+        },
+    ] {
+        assert!(evaluate("otto", &events[..10], &events[10..], &p).is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! `recstream eval`: the served recommendation path against the baselines, on both
+//! protocols (see the `recstream-eval` crate).
+//!
+//! ```text
+//!  dataset (YooChoose: train_full / test; others: 80 / 20 by time) ─► recstream_eval::evaluate
+//!     (blocking pool) ─► table / JSON on stdout, summary + tables as Markdown
+//!  scoring configuration: the endpoint's ([scoring] of --config, RECSTREAM__SCORING__*),
+//!  overridden by a --params TOML file's `[scoring]`
+//! ```
+
+use std::path::Path;
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use recstream_eval::{EvalParams, Report};
+use recstream_ingest::datasets::Dataset;
+use recstream_scoring::ScoringConfig;
+
+/// The evaluation parameters: the defaults with the endpoint's scoring configuration,
+/// overridden by a TOML file's fields.
+pub fn params(file: Option<&Path>, scoring: ScoringConfig) -> anyhow::Result<EvalParams> {
+    let defaults = EvalParams {
+        scoring,
+        ..EvalParams::default()
+    };
+    let params = match file {
+        None => defaults,
+        Some(f) => {
+            if !f.exists() {
+                anyhow::bail!("parameters file {} does not exist", f.display());
+            }
+            Figment::from(Serialized::defaults(defaults))
+                .merge(Toml::file(f))
+                .extract()
+                .with_context(|| format!("reading evaluation parameters from {}", f.display()))?
+        }
+    };
+    params.validate()?;
+    Ok(params)
+}
+
+/// Both protocols on one dataset.
+pub async fn eval(d: Dataset, path: &Path, params: &EvalParams) -> anyhow::Result<Report> {
+    let (train, test) = crate::cmd_model::load_split(d, path, params.train_fraction)?;
+    let params = params.clone();
+    let name = d.name().to_string();
+    let report = tokio::task::spawn_blocking(move || {
+        recstream_eval::evaluate(&name, &train, &test, &params)
+    })
+    .await
+    .context("evaluation task failed")??;
+    Ok(report)
+}
+
+/// A text rendering: the summary lines, then the NDCG@20 of every method.
+pub fn table(r: &Report) -> String {
+    let mut s = format!("dataset {}\n", r.dataset);
+    for p in &r.protocols {
+        s.push_str(&format!(
+            "  {}: {} train / {} test events, {}; {:.1}s\n",
+            p.protocol.name(),
+            p.train_events,
+            p.test_events,
+            p.split,
+            p.seconds
+        ));
+    }
+    s.push_str(&format!(
+        "  {:<12} {:<10} {:<11} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+        "protocol", "task", "method", "K", "HR", "recall", "NDCG", "MRR", "coverage", "targets"
+    ));
+    for x in &r.rows {
+        s.push_str(&format!(
+            "  {:<12} {:<10} {:<11} {:>4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8}\n",
+            x.protocol.name(),
+            x.task,
+            x.method,
+            x.k,
+            x.hr,
+            x.recall,
+            x.ndcg,
+            x.mrr,
+            x.coverage,
+            x.targets
+        ));
+    }
+    s
+}
+
+/// The Markdown document: the command, the summary table, then every dataset's tables.
+pub fn markdown(reports: &[Report], command: &str) -> String {
+    let mut s = format!(
+        "Produced by `{command}`.\n\n#### Summary: NDCG@20, served vs best baseline\n\n{}\n",
+        recstream_eval::summary_markdown(reports, 20)
+    );
+    for r in reports {
+        s.push_str(&r.markdown());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_take_the_endpoint_scoring_and_a_toml_file_over_them() {
+        let scoring = ScoringConfig {
+            max_per_category: 7,
+            ..ScoringConfig::default()
+        };
+        let p = params(None, scoring.clone()).unwrap();
+        assert_eq!(p.scoring, scoring);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("eval.toml");
+        std::fs::write(&f, "max_targets = 50\n[scoring]\nmax_per_category = 20\n").unwrap();
+        let p = params(Some(&f), scoring.clone()).unwrap();
+        assert_eq!((p.max_targets, p.scoring.max_per_category), (50, 20));
+        assert_eq!(p.scoring.seed_items, scoring.seed_items);
+        std::fs::write(&f, "no_such_field = 1\n").unwrap();
+        assert!(params(Some(&f), scoring.clone()).is_err(), "unknown fields");
+        std::fs::write(&f, "ks = [0]\n").unwrap();
+        assert!(params(Some(&f), scoring.clone()).is_err(), "invalid values");
+        assert!(params(Some(&dir.path().join("missing.toml")), scoring).is_err());
+    }
+}
