@@ -131,6 +131,7 @@ impl Baselines {
             .is_some_and(|u| u.items.contains_key(product))
     }
 
+    /// Whether the user has any event before the cut (else the served path answers cold start).
     pub fn has_history(&self, user: &str) -> bool {
         self.users.contains_key(user)
     }
@@ -143,6 +144,7 @@ impl Baselines {
             .unwrap_or_default()
     }
 
+    /// Products by interaction count over the training part, most popular first.
     pub fn popularity(&self) -> Vec<&str> {
         self.popular.iter().map(String::as_str).collect()
     }

@@ -69,6 +69,7 @@ pub fn spd_inverse(g: &Array2<f64>) -> Result<Array2<f64>> {
     Ok(inv)
 }
 
+/// EASE (Steck 2019): the closed-form item-item weights `B` over the most interacted items, scoring a user's history row `x` as `x·B`.
 pub struct Ease {
     index: FxHashMap<String, usize>,
     items: Vec<String>,
@@ -135,6 +136,7 @@ impl Ease {
         Ok(Ease { index, items, b })
     }
 
+    /// Items the model covers (the most interacted `ease_items`).
     pub fn items(&self) -> usize {
         self.items.len()
     }

@@ -55,9 +55,12 @@ pub const METHODS: [&str; 6] = [
     "category",
     "ease",
 ];
+/// The baselines, each scored next to the served list.
 pub const BASELINES: [&str; 5] = ["popularity", "history", "covisit", "category", "ease"];
+/// `any`: every next item counts; `discovery`: only items new to the user, and items the user touched before are removed from every method's list.
 pub const TASKS: [&str; 2] = ["any", "discovery"];
 
+/// How targets are cut from a log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
@@ -68,6 +71,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The protocol as reports name it (`next_event`, `next_period`).
     pub fn name(self) -> &'static str {
         match self {
             Protocol::NextEvent => "next_event",
@@ -76,6 +80,7 @@ impl Protocol {
     }
 }
 
+/// What an evaluation run does: training, the served configuration, cut-offs, splits and baseline settings (`recstream eval --params FILE.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalParams {
@@ -84,6 +89,7 @@ pub struct EvalParams {
     pub train: TrainParams,
     /// The endpoint's scoring configuration (`[scoring]` of the config file).
     pub scoring: ScoringConfig,
+    /// Cut-offs K of every metric (each at most `scoring.max_n`).
     pub ks: Vec<usize>,
     /// Targets evaluated at most per protocol (sampled uniformly, fixed seed).
     pub max_targets: usize,
@@ -98,10 +104,13 @@ pub struct EvalParams {
     pub context_current_item: bool,
     /// Baselines: history half-life (hours), co-visitation seeds, top categories.
     pub history_half_life_hours: f64,
+    /// Co-visitation baseline: how many of the user's most recent items seed it.
     pub covisit_seeds: usize,
+    /// Category baseline: how many of the user's top categories give best sellers.
     pub category_top: usize,
     /// EASE: items kept (most interacted) and L2 weight.
     pub ease_items: usize,
+    /// EASE's L2 weight λ.
     pub ease_lambda: f64,
 }
 
@@ -130,6 +139,7 @@ impl Default for EvalParams {
 }
 
 impl EvalParams {
+    /// Checks cut-offs, fractions and sizes; the scoring configuration is checked as the endpoint checks it.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(EvalError::InvalidParams(m.into()));
         if self.ks.is_empty() || self.ks.contains(&0) {
@@ -168,65 +178,99 @@ impl EvalParams {
     }
 }
 
+/// One method's metrics at one cut-off for one protocol × task (averaged over targets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
+    /// The protocol.
     pub protocol: Protocol,
+    /// `any` or `discovery`.
     pub task: String,
+    /// `served` or a baseline of [`BASELINES`].
     pub method: String,
+    /// The cut-off K.
     pub k: usize,
+    /// Hit rate@K: share of targets with at least one relevant item in the top K.
     pub hr: f64,
+    /// Recall@K: relevant items found / relevant items, averaged.
     pub recall: f64,
+    /// NDCG@K with binary gain.
     pub ndcg: f64,
+    /// MRR@K: 1 / rank of the first hit (0 without one).
     pub mrr: f64,
+    /// Distinct items recommended in the top K / items of the training part.
     pub coverage: f64,
+    /// Targets scored (next events, or users with activity after the cut).
     pub targets: u64,
 }
 
 /// How the served path answered one protocol × task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Served {
+    /// The protocol.
     pub protocol: Protocol,
+    /// `any` or `discovery`.
     pub task: String,
+    /// Targets asked.
     pub targets: u64,
+    /// Answered with `strategy = personalized`.
     pub personalized: u64,
+    /// Answered from the cold-start lists.
     pub cold_start: u64,
 }
 
+/// How one protocol split the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProtocolInfo {
+    /// The protocol.
     pub protocol: Protocol,
+    /// Events before the cut (replayed into the features, trained on).
     pub train_events: usize,
+    /// Events after the cut (the targets come from these).
     pub test_events: usize,
     /// Distinct products of the training part (the coverage denominator).
     pub catalog: usize,
     /// How the split was made.
     pub split: String,
+    /// Wall time of the protocol, seconds.
     pub seconds: f64,
 }
 
+/// An evaluation of one dataset: splits, how the served path answered, every metric row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// The dataset's name (`rees46`, `events`, …).
     pub dataset: String,
+    /// One entry per protocol run.
     pub protocols: Vec<ProtocolInfo>,
+    /// Personalised vs cold-start answers per protocol × task.
     pub served: Vec<Served>,
+    /// Every method × protocol × task × K.
     pub rows: Vec<Row>,
 }
 
 /// One line of the summary: the served list against the best baseline at NDCG@20.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// The dataset's name.
     pub dataset: String,
+    /// The protocol.
     pub protocol: Protocol,
+    /// `any` or `discovery`.
     pub task: String,
+    /// Targets scored.
     pub targets: u64,
+    /// NDCG@20 of the served list.
     pub served: f64,
+    /// The baseline with the highest NDCG@20.
     pub best_baseline: String,
+    /// Its NDCG@20.
     pub best: f64,
     /// served / best (None when the best baseline scores 0).
     pub ratio: Option<f64>,
 }
 
 impl Report {
+    /// The row of `method` at cut-off `k` for `protocol` × `task`, if it was scored.
     pub fn get(&self, protocol: Protocol, task: &str, method: &str, k: usize) -> Option<&Row> {
         self.rows
             .iter()

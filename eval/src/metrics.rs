@@ -7,9 +7,12 @@
 
 use rustc_hash::FxHashSet;
 
+/// Accumulates HR, recall, NDCG, MRR and coverage at one cut-off over many targets.
 #[derive(Debug, Clone)]
 pub struct SetMetrics {
+    /// The cut-off K.
     pub k: usize,
+    /// Targets added so far.
     pub n: u64,
     hits: f64,
     recall: f64,
@@ -19,6 +22,7 @@ pub struct SetMetrics {
 }
 
 impl SetMetrics {
+    /// Empty, at cut-off `k`.
     pub fn new(k: usize) -> SetMetrics {
         SetMetrics {
             k,
@@ -63,18 +67,23 @@ impl SetMetrics {
         self.recall += found as f64 / relevant.len() as f64;
     }
 
+    /// Share of targets with a hit in the top K.
     pub fn hit_rate(&self) -> f64 {
         self.hits / self.n.max(1) as f64
     }
+    /// Mean of found / relevant.
     pub fn recall(&self) -> f64 {
         self.recall / self.n.max(1) as f64
     }
+    /// Mean NDCG@K (binary gain).
     pub fn ndcg(&self) -> f64 {
         self.ndcg / self.n.max(1) as f64
     }
+    /// Mean reciprocal rank of the first hit (0 without one).
     pub fn mrr(&self) -> f64 {
         self.rr / self.n.max(1) as f64
     }
+    /// Distinct items recommended / `catalog`.
     pub fn coverage(&self, catalog: usize) -> f64 {
         self.items.len() as f64 / catalog.max(1) as f64
     }

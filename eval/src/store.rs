@@ -16,11 +16,13 @@ use recstream_features::{
 use recstream_ingest::{Event, ShardId};
 use recstream_model::Replay;
 
+/// A [`FeatureStore`] over the evaluator's replay: the served path reads features exactly as the pipeline's aggregation left them at each target's time, with no flush in between.
 pub struct LiveStore {
     replay: Mutex<Replay>,
 }
 
 impl LiveStore {
+    /// Serves the features of `replay`.
     pub fn new(replay: Replay) -> LiveStore {
         LiveStore {
             replay: Mutex::new(replay),
