@@ -35,7 +35,8 @@ pub enum IntentStatus {
     RequiresPaymentMethod,
     /// A payment method is attached; waits for confirmation.
     RequiresConfirmation,
-    /// The customer must act (3-D Secure); the simulated provider never asks.
+    /// The customer must act (3-D Secure): `pm_card_threeDSecure2Required` on the simulated
+    /// provider, as on Stripe.
     RequiresAction,
     /// The provider is working on it.
     Processing,
@@ -210,6 +211,7 @@ pub const TEST_CARDS: &[(&str, &str)] = &[
         "4000000000009995",
         "pm_card_chargeDeclinedInsufficientFunds",
     ),
+    ("4000002760003184", "pm_card_threeDSecure2Required"),
 ];
 
 /// Whether `digits` (ASCII digits only) passes the Luhn check card numbers carry.

@@ -185,6 +185,37 @@ impl SimulatedProvider {
         }
     }
 
+    /// Completes (or fails) the customer's 3-D Secure challenge on an intent that
+    /// `requires_action`, as the shopper's browser does with Stripe.js; returns the
+    /// intent afterwards, or `None` if there is no such intent or it does not wait for
+    /// authentication.
+    pub fn authenticate(&self, id: &str, success: bool) -> Option<PaymentIntent> {
+        let mut st = self.lock();
+        let mut pi = st.intents.get(id).cloned()?;
+        if pi.status != IntentStatus::RequiresAction {
+            return None;
+        }
+        if success {
+            if pi.capture_method == CaptureMethod::Manual {
+                pi.status = IntentStatus::RequiresCapture;
+            } else {
+                pi.status = IntentStatus::Succeeded;
+                pi.amount_received = pi.amount;
+                st.captures += 1;
+                st.captured_amount += pi.amount;
+            }
+        } else {
+            pi.status = IntentStatus::RequiresPaymentMethod;
+            pi.last_payment_error = Some(PaymentFailure {
+                code: Some("payment_intent_authentication_failure".into()),
+                decline_code: None,
+                message: Some("The customer failed 3-D Secure authentication.".into()),
+            });
+        }
+        st.intents.insert(pi.id.clone(), pi.clone());
+        Some(pi)
+    }
+
     fn intent(st: &mut State, id: &str) -> Result<PaymentIntent, PaymentError> {
         st.intents
             .get(id)
@@ -198,6 +229,14 @@ fn rand_u64() -> u64 {
     let b = u.as_bytes();
     u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
+
+/// Test payment methods that always ask for 3-D Secure authentication (Stripe's
+/// `pm_card_threeDSecure2Required`, card 4000 0027 6000 3184, and
+/// `pm_card_authenticationRequired`).
+pub const THREE_DS_REQUIRED: &[&str] = &[
+    "pm_card_threeDSecure2Required",
+    "pm_card_authenticationRequired",
+];
 
 /// The outcome of a test payment method: `Ok` to authorise, or the decline.
 fn card_outcome(pm: &str) -> Result<(), Result<PaymentFailure, PaymentError>> {
@@ -286,6 +325,13 @@ impl PaymentProvider for SimulatedProvider {
                     )));
                 }
                 pi.payment_method = Some(payment_method.to_string());
+                if THREE_DS_REQUIRED.contains(&payment_method) {
+                    // Stripe's 3-D Secure test cards: the customer must authenticate.
+                    pi.last_payment_error = None;
+                    pi.status = IntentStatus::RequiresAction;
+                    st.intents.insert(pi.id.clone(), pi.clone());
+                    return Ok(Answer::Intent(pi));
+                }
                 match card_outcome(payment_method) {
                     Ok(()) => {
                         pi.last_payment_error = None;
