@@ -257,6 +257,13 @@ impl Payments {
         else {
             return Ok(WebhookEffect::UnknownIntent);
         };
+        if rec.status == PaymentStatus::Pending {
+            // The event overtook the payment consumer's commit: answer 503 so that Stripe
+            // redelivers it once the record names its intent (nothing is stored now).
+            return Err(CommerceError::Unavailable(
+                "payment not recorded yet; retry the delivery".into(),
+            ));
+        }
         if rec.intent_id.as_deref() != Some(intent_id) {
             return Ok(WebhookEffect::UnknownIntent);
         }
