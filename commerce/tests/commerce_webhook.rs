@@ -47,14 +47,25 @@ async fn pending_checkout(shop: &Shop, user: &str) -> (String, String) {
         .to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
+        // The orders and payment consumers run independently: wait for both.
+        let order = shop.order(user, &id).await;
         if let Some(p) = payment(shop, &id).await
             && p.status == PaymentStatus::RequiresAction
+            && order["status"] == "prepared"
         {
-            let order = shop.order(user, &id).await;
-            assert_eq!(order["status"], "prepared", "{order:#}");
-            return (id, p.intent_id.expect("intent id"));
+            let intent = p.intent_id.expect("intent id");
+            // The owner learns how to complete the challenge, as from Stripe's API.
+            let action = &order["payment_action"];
+            assert_eq!(action["status"], "requires_action", "{order:#}");
+            assert_eq!(action["payment_intent_id"], intent.as_str(), "{order:#}");
+            assert!(
+                action["client_secret"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(&format!("{intent}_secret_"))),
+                "{order:#}"
+            );
+            return (id, intent);
         }
-        let order = shop.order(user, &id).await;
         assert!(
             order["status"] != "cancelled",
             "a 3-D Secure payment must wait, not fail: {order:#}"
@@ -136,6 +147,7 @@ async fn three_ds_waits_then_a_signed_succeeded_webhook_bills_once() {
 
     let order = shop.settle("dave", &id).await;
     assert_eq!(order["status"], "completed", "{order:#}");
+    assert!(order.get("payment_action").is_none(), "{order:#}");
     let ev = events(&order);
     assert_eq!(
         ev.iter().filter(|e| *e == "ORDER_BILLED").count(),

@@ -111,6 +111,10 @@ pub struct PaymentIntent {
     /// Key-value pairs the caller attached (the order id).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The secret the customer's browser uses to complete a required action (3-D Secure)
+    /// with Stripe.js; only ever handed to the order's owner.
+    #[serde(default)]
+    pub client_secret: Option<String>,
 }
 
 /// The subset of Stripe's Refund this service uses.

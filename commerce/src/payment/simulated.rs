@@ -297,6 +297,7 @@ impl PaymentProvider for SimulatedProvider {
                     payment_method: None,
                     last_payment_error: None,
                     metadata: req.metadata.clone(),
+                    client_secret: Some(format!("{id}_secret_{:016x}", rand_u64())),
                 };
                 st.intents.insert(id.clone(), pi.clone());
                 Ok(Answer::Intent(pi))

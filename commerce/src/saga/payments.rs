@@ -72,6 +72,10 @@ pub struct PaymentRecord {
     /// The provider's refund id, once refunded.
     #[serde(default)]
     pub refund_id: Option<String>,
+    /// The intent's client secret while the customer must act (3-D Secure), for the
+    /// order's owner to complete the challenge with Stripe.js.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
 }
 
 /// How the provider settled a payment that required customer action (from a webhook).
@@ -107,7 +111,7 @@ pub struct Payments {
 
 enum Outcome {
     Captured(String),
-    RequiresAction(String),
+    RequiresAction(String, Option<String>),
     Failed(String, Option<String>),
 }
 
@@ -157,7 +161,9 @@ impl Payments {
         match pi.status {
             IntentStatus::RequiresCapture => {}
             IntentStatus::Succeeded => return Ok(Outcome::Captured(id)),
-            IntentStatus::RequiresAction => return Ok(Outcome::RequiresAction(id)),
+            IntentStatus::RequiresAction => {
+                return Ok(Outcome::RequiresAction(id, pi.client_secret));
+            }
             IntentStatus::RequiresPaymentMethod => {
                 // Not authorised: give the intent back.
                 if let Err(e) = p.cancel(&id, &key("cancel")).await
@@ -209,12 +215,13 @@ impl Payments {
                     amount: rec.amount.clone(),
                 }
             }
-            Outcome::RequiresAction(intent) => {
+            Outcome::RequiresAction(intent, client_secret) => {
                 // The order waits, prepared, for the provider's webhook.
                 tracing::info!(order_id = %ev.order_id, payment_intent = %intent,
                     "payment requires customer action; waiting for the webhook");
                 rec.status = PaymentStatus::RequiresAction;
                 rec.intent_id = Some(intent);
+                rec.client_secret = client_secret;
                 return Ok(Effects {
                     writes: vec![Write::put_json(
                         payment_key(&ev.order_id),
@@ -297,6 +304,7 @@ impl Payments {
                     }
                 }
                 rec.status = PaymentStatus::Captured;
+                rec.client_secret = None;
                 SagaKind::OrderBilled {
                     payment_intent_id: intent_id.to_string(),
                     amount: rec.amount.clone(),
@@ -305,6 +313,7 @@ impl Payments {
             AsyncOutcome::Failed(reason) => {
                 rec.status = PaymentStatus::Failed;
                 rec.failure = Some(reason.clone());
+                rec.client_secret = None;
                 SagaKind::PaymentFail { reason }
             }
         };
@@ -389,6 +398,7 @@ impl Service for Payments {
                     intent_id: None,
                     failure: None,
                     refund_id: None,
+                    client_secret: None,
                 };
                 if self
                     .ctx
