@@ -490,6 +490,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn three_ds_cards_require_action_until_authenticated() {
+        let p = SimulatedProvider::new();
+        for (order, ok) in [("o1", true), ("o2", false)] {
+            let pi = p
+                .create(&req(1000), &format!("{order}-create"))
+                .await
+                .unwrap();
+            assert!(
+                pi.client_secret
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with(&pi.id))
+            );
+            let pi = p
+                .confirm(
+                    &pi.id,
+                    "pm_card_threeDSecure2Required",
+                    &format!("{order}-confirm"),
+                )
+                .await
+                .unwrap();
+            assert_eq!(pi.status, IntentStatus::RequiresAction);
+            assert!(matches!(
+                p.capture(&pi.id, &format!("{order}-early")).await,
+                Err(PaymentError::Invalid(_))
+            ));
+            let after = p.authenticate(&pi.id, ok).unwrap();
+            assert!(p.authenticate(&pi.id, ok).is_none(), "only once");
+            if ok {
+                assert_eq!(after.status, IntentStatus::RequiresCapture);
+                let pi = p
+                    .capture(&pi.id, &format!("{order}-capture"))
+                    .await
+                    .unwrap();
+                assert_eq!(pi.status, IntentStatus::Succeeded);
+            } else {
+                assert_eq!(after.status, IntentStatus::RequiresPaymentMethod);
+                assert_eq!(
+                    after.last_payment_error.unwrap().reason(),
+                    "payment_intent_authentication_failure"
+                );
+            }
+        }
+        assert_eq!(p.captures(), 1);
+        assert!(p.authenticate("pi_nope", true).is_none());
+    }
+
+    #[tokio::test]
     async fn declines_follow_the_test_cards() {
         let p = SimulatedProvider::new();
         for (pm, reason) in [
