@@ -4,14 +4,19 @@
 //!  Stripe-Signature: t=<unix s>,v1=<hex>[,v1=<hex>…][,v0=…]
 //!    ─► |now − t| ≤ tolerance (300 s)                      else 400 (replay protection)
 //!    ─► HMAC-SHA256(secret, "<t>.<raw body>") equals one v1  else 400 (constant-time compare)
-//!    ─► webhook#<event id> created (conditional)             exists: 200, duplicate dropped
+//!    ─► webhook#<event id> exists                          yes: 200 {"duplicate": true}
+//!    ─► payment_intent.succeeded / .payment_failed about an order whose payment waits
+//!       for customer action (3-D Secure): capture ─► ORDER_BILLED, or ─► PAYMENT_FAIL
+//!       (see [`crate::saga::payments`]); unknown intent: acknowledged, counted
+//!    ─► webhook#<event id> (condition: absent) + payment record + outbox: one transaction
 //!    ─► 200 {"received": true}
 //! ```
 //!
 //! Several `v1` values are accepted because Stripe signs with every active secret while
-//! one is being rolled. Stored events (type, object id, order id from metadata) are the
-//! reconciliation record: payment outcomes in the saga come from the provider's
-//! synchronous, idempotent answers, and the webhook history cross-checks them.
+//! one is being rolled. Stored events (type, object id, order id from metadata) are also
+//! the reconciliation record. An event about a payment already settled (billed, failed,
+//! cancelled) is recorded and changes nothing, so duplicate and out-of-order deliveries
+//! are harmless; one that overtakes the payment consumer answers 503 so Stripe redelivers.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
