@@ -31,6 +31,9 @@ use super::cart::{CartOp, Carts, Origin};
 use super::catalog::Catalog;
 use super::checkout;
 use super::error::CommerceError;
+use super::saga::orders::OrderStatus;
+use super::saga::payments::{PaymentRecord, PaymentStatus, payment_key};
+use super::store::get_json;
 use super::webhook;
 
 /// Most orders on one page of `GET /v1/orders`.
@@ -259,6 +262,24 @@ async fn get_order(
         .await?
         .ok_or_else(|| CommerceError::NotFound(format!("no order `{order_id}`")))?;
     who.require_owner(&order.user_id)?;
+    if order.status == OrderStatus::Prepared
+        && let Some((p, _)) =
+            get_json::<PaymentRecord>(st.ctx.store.as_ref(), "payment", &payment_key(&order.id))
+                .await?
+        && p.status == PaymentStatus::RequiresAction
+    {
+        // A 3-D Secure payment waits for the customer: tell the owner how to complete it,
+        // as Stripe's API does (status, client secret, next action).
+        let mut v = serde_json::to_value(&order)
+            .map_err(|e| CommerceError::Internal(format!("order view: {e}")))?;
+        v["payment_action"] = json!({
+            "status": "requires_action",
+            "payment_intent_id": p.intent_id,
+            "client_secret": p.client_secret,
+            "next_action": {"type": "use_stripe_sdk"},
+        });
+        return Ok(Json(v).into_response());
+    }
     Ok(Json(order).into_response())
 }
 

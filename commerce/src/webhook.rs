@@ -4,14 +4,19 @@
 //!  Stripe-Signature: t=<unix s>,v1=<hex>[,v1=<hex>…][,v0=…]
 //!    ─► |now − t| ≤ tolerance (300 s)                      else 400 (replay protection)
 //!    ─► HMAC-SHA256(secret, "<t>.<raw body>") equals one v1  else 400 (constant-time compare)
-//!    ─► webhook#<event id> created (conditional)             exists: 200, duplicate dropped
+//!    ─► webhook#<event id> exists                          yes: 200 {"duplicate": true}
+//!    ─► payment_intent.succeeded / .payment_failed about an order whose payment waits
+//!       for customer action (3-D Secure): capture ─► ORDER_BILLED, or ─► PAYMENT_FAIL
+//!       (see [`crate::saga::payments`]); unknown intent: acknowledged, counted
+//!    ─► webhook#<event id> (condition: absent) + payment record + outbox: one transaction
 //!    ─► 200 {"received": true}
 //! ```
 //!
 //! Several `v1` values are accepted because Stripe signs with every active secret while
-//! one is being rolled. Stored events (type, object id, order id from metadata) are the
-//! reconciliation record: payment outcomes in the saga come from the provider's
-//! synchronous, idempotent answers, and the webhook history cross-checks them.
+//! one is being rolled. Stored events (type, object id, order id from metadata) are also
+//! the reconciliation record. An event about a payment already settled (billed, failed,
+//! cancelled) is recorded and changes nothing, so duplicate and out-of-order deliveries
+//! are harmless; one that overtakes the payment consumer answers 503 so Stripe redelivers.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -20,9 +25,13 @@ use subtle::ConstantTimeEq;
 
 use super::Ctx;
 use super::error::CommerceError;
+use super::saga::payments::{AsyncOutcome, Payments, WebhookEffect};
+use super::saga::{Effects, outbox};
 use super::store::{Cond, Key, StoreError, Write};
 
-/// Webhooks by outcome (`accepted`, `duplicate`, `bad_signature`, `malformed`).
+/// Webhooks by outcome: `applied` (moved the saga), `accepted` (recorded only: another
+/// event type, or a payment already settled), `unknown_intent` (a payment event about no
+/// payment of ours waiting for it), `duplicate`, `bad_signature`, `malformed`.
 pub const WEBHOOKS_TOTAL: &str = "recstream_commerce_webhooks_total";
 /// Largest accepted webhook body.
 pub const MAX_WEBHOOK_BODY: usize = 256 * 1024;
@@ -196,24 +205,69 @@ pub(crate) async fn receive(
         event_id: ev.id.clone(),
         received_at_ms: now,
     };
-    let w = Write::Put {
-        key: webhook_key(&ev.id),
-        value: super::store::to_json(&rec)?,
-        cond: Cond::Absent,
-        expires_at_s: Some(now / 1000 + DEDUP_TTL_S),
-    };
-    match ctx.store.transact(vec![w]).await {
-        Ok(()) => {
-            metrics::counter!(WEBHOOKS_TOTAL, "result" => "accepted").increment(1);
-            tracing::info!(event_id = %rec.event_id, kind = %rec.kind, "stripe webhook received");
-            Ok(true)
-        }
-        Err(StoreError::Conflict { .. }) => {
-            metrics::counter!(WEBHOOKS_TOTAL, "result" => "duplicate").increment(1);
-            Ok(false)
-        }
-        Err(e) => Err(e.into()),
+    // A delivery already recorded is dropped before anything is asked of the provider.
+    if ctx.store.get(&webhook_key(&ev.id)).await?.is_some() {
+        metrics::counter!(WEBHOOKS_TOTAL, "result" => "duplicate").increment(1);
+        return Ok(false);
     }
+    let outcome = match rec.kind.as_str() {
+        "payment_intent.succeeded" => Some(AsyncOutcome::Succeeded),
+        "payment_intent.payment_failed" => Some(AsyncOutcome::Failed(
+            str_at(&object["last_payment_error"]["decline_code"])
+                .or_else(|| str_at(&object["last_payment_error"]["code"]))
+                .unwrap_or_else(|| "payment_failed".into()),
+        )),
+        _ => None,
+    };
+    let value = super::store::to_json(&rec)?;
+    for attempt in 0..4u32 {
+        let effect = match (&outcome, &rec.order_id, &rec.object_id) {
+            (Some(o), Some(order), Some(intent)) if super::check_id("order id", order).is_ok() => {
+                Payments::settle_async(ctx, order, intent, o.clone()).await?
+            }
+            (Some(_), _, _) => WebhookEffect::UnknownIntent,
+            (None, _, _) => WebhookEffect::Stale,
+        };
+        let (result, effects) = match effect {
+            WebhookEffect::Apply(e) => ("applied", e),
+            WebhookEffect::UnknownIntent => ("unknown_intent", Effects::none()),
+            WebhookEffect::Stale => ("accepted", Effects::none()),
+        };
+        let emits = !effects.emit.is_empty();
+        let mut writes = vec![Write::Put {
+            key: webhook_key(&ev.id),
+            value: value.clone(),
+            cond: Cond::Absent,
+            expires_at_s: Some(now / 1000 + DEDUP_TTL_S),
+        }];
+        writes.extend(effects.writes);
+        for m in &effects.emit {
+            writes.push(outbox::write(m)?);
+        }
+        match ctx.store.transact(writes).await {
+            Ok(()) => {
+                metrics::counter!(WEBHOOKS_TOTAL, "result" => result).increment(1);
+                if emits {
+                    ctx.signals.outbox.notify_one();
+                }
+                tracing::info!(event_id = %rec.event_id, kind = %rec.kind, result, "stripe webhook received");
+                return Ok(true);
+            }
+            Err(StoreError::Conflict { .. }) => {
+                if ctx.store.get(&webhook_key(&ev.id)).await?.is_some() {
+                    // A concurrent delivery of the same event won.
+                    metrics::counter!(WEBHOOKS_TOTAL, "result" => "duplicate").increment(1);
+                    return Ok(false);
+                }
+                // The payment record moved under us (the saga or another event): re-read.
+                tokio::time::sleep(crate::saga::backoff(attempt) / 4).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CommerceError::Unavailable(
+        "webhook kept conflicting with the saga; retry".into(),
+    ))
 }
 
 #[cfg(test)]

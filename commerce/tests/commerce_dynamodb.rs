@@ -160,3 +160,105 @@ async fn an_order_completes_with_dynamodb_as_the_store() {
     let s = state.catalog().stock("last").await.unwrap().unwrap();
     assert_eq!((s.on_hand, s.reserved), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_ds_order_is_billed_once_by_its_webhook_with_dynamodb() {
+    use recstream_commerce::saga::payments::{PaymentRecord, PaymentStatus, payment_key};
+    use recstream_commerce::store::get_json;
+    use recstream_commerce::webhook::signature_header;
+
+    if !emulator("a_three_ds_order_is_billed_once_by_its_webhook_with_dynamodb") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(RecordingSink::default());
+    let provider = Arc::new(SimulatedProvider::new());
+    let store = store("3ds").await;
+    let state = CommerceState::builder(CommerceConfig::for_tests(dir.path()), sink.clone())
+        .secrets(Secrets {
+            jwt_hs256: Some(Secret::new(JWT_SECRET)),
+            stripe_webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
+            ..Default::default()
+        })
+        .store(store.clone())
+        .provider(provider.clone())
+        .seed(seed(json!([
+            {"id": "many", "name": "Plenty", "price": {"amount": 700, "currency": "USD"}, "stock": 100}
+        ])))
+        .build()
+        .await
+        .unwrap();
+    let _workers = state.spawn_workers();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = routes(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/v1/carts/u3/items"))
+        .bearer_auth(token_for("u3", 600))
+        .json(&json!({"product_id": "many", "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{base}/v1/checkout"))
+        .bearer_auth(token_for("u3", 600))
+        .header("Idempotency-Key", "k-3ds")
+        .json(&json!({"payment_method": "4000002760003184"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["order_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let intent = loop {
+        if let Some((p, _)) =
+            get_json::<PaymentRecord>(store.as_ref(), "payment", &payment_key(&id))
+                .await
+                .unwrap()
+            && p.status == PaymentStatus::RequiresAction
+        {
+            break p.intent_id.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "payment never waited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(provider.authenticate(&intent, true).is_some());
+    let body = json!({"id": "evt_dyn_3ds", "type": "payment_intent.succeeded",
+        "data": {"object": {"id": intent, "metadata": {"order_id": id}}}})
+    .to_string();
+    for duplicate in [false, true] {
+        let sig = signature_header(WEBHOOK_SECRET, now_s() as i64, body.as_bytes());
+        let r = http
+            .post(format!("{base}/v1/payments/webhook"))
+            .header("Stripe-Signature", sig)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<Value>().await.unwrap()["duplicate"], duplicate);
+    }
+    loop {
+        let o: Value = http
+            .get(format!("{base}/v1/orders/{id}"))
+            .bearer_auth(token_for("u3", 600))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if o["status"] == "completed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{o:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(provider.captures(), 1);
+}

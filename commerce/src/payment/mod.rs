@@ -35,7 +35,8 @@ pub enum IntentStatus {
     RequiresPaymentMethod,
     /// A payment method is attached; waits for confirmation.
     RequiresConfirmation,
-    /// The customer must act (3-D Secure); the simulated provider never asks.
+    /// The customer must act (3-D Secure): `pm_card_threeDSecure2Required` on the simulated
+    /// provider, as on Stripe.
     RequiresAction,
     /// The provider is working on it.
     Processing,
@@ -110,6 +111,10 @@ pub struct PaymentIntent {
     /// Key-value pairs the caller attached (the order id).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// The secret the customer's browser uses to complete a required action (3-D Secure)
+    /// with Stripe.js; only ever handed to the order's owner.
+    #[serde(default)]
+    pub client_secret: Option<String>,
 }
 
 /// The subset of Stripe's Refund this service uses.
@@ -210,6 +215,7 @@ pub const TEST_CARDS: &[(&str, &str)] = &[
         "4000000000009995",
         "pm_card_chargeDeclinedInsufficientFunds",
     ),
+    ("4000002760003184", "pm_card_threeDSecure2Required"),
 ];
 
 /// Whether `digits` (ASCII digits only) passes the Luhn check card numbers carry.

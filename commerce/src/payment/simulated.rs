@@ -185,6 +185,37 @@ impl SimulatedProvider {
         }
     }
 
+    /// Completes (or fails) the customer's 3-D Secure challenge on an intent that
+    /// `requires_action`, as the shopper's browser does with Stripe.js; returns the
+    /// intent afterwards, or `None` if there is no such intent or it does not wait for
+    /// authentication.
+    pub fn authenticate(&self, id: &str, success: bool) -> Option<PaymentIntent> {
+        let mut st = self.lock();
+        let mut pi = st.intents.get(id).cloned()?;
+        if pi.status != IntentStatus::RequiresAction {
+            return None;
+        }
+        if success {
+            if pi.capture_method == CaptureMethod::Manual {
+                pi.status = IntentStatus::RequiresCapture;
+            } else {
+                pi.status = IntentStatus::Succeeded;
+                pi.amount_received = pi.amount;
+                st.captures += 1;
+                st.captured_amount += pi.amount;
+            }
+        } else {
+            pi.status = IntentStatus::RequiresPaymentMethod;
+            pi.last_payment_error = Some(PaymentFailure {
+                code: Some("payment_intent_authentication_failure".into()),
+                decline_code: None,
+                message: Some("The customer failed 3-D Secure authentication.".into()),
+            });
+        }
+        st.intents.insert(pi.id.clone(), pi.clone());
+        Some(pi)
+    }
+
     fn intent(st: &mut State, id: &str) -> Result<PaymentIntent, PaymentError> {
         st.intents
             .get(id)
@@ -198,6 +229,14 @@ fn rand_u64() -> u64 {
     let b = u.as_bytes();
     u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
+
+/// Test payment methods that always ask for 3-D Secure authentication (Stripe's
+/// `pm_card_threeDSecure2Required`, card 4000 0027 6000 3184, and
+/// `pm_card_authenticationRequired`).
+pub const THREE_DS_REQUIRED: &[&str] = &[
+    "pm_card_threeDSecure2Required",
+    "pm_card_authenticationRequired",
+];
 
 /// The outcome of a test payment method: `Ok` to authorise, or the decline.
 fn card_outcome(pm: &str) -> Result<(), Result<PaymentFailure, PaymentError>> {
@@ -258,6 +297,7 @@ impl PaymentProvider for SimulatedProvider {
                     payment_method: None,
                     last_payment_error: None,
                     metadata: req.metadata.clone(),
+                    client_secret: Some(format!("{id}_secret_{:016x}", rand_u64())),
                 };
                 st.intents.insert(id.clone(), pi.clone());
                 Ok(Answer::Intent(pi))
@@ -286,6 +326,13 @@ impl PaymentProvider for SimulatedProvider {
                     )));
                 }
                 pi.payment_method = Some(payment_method.to_string());
+                if THREE_DS_REQUIRED.contains(&payment_method) {
+                    // Stripe's 3-D Secure test cards: the customer must authenticate.
+                    pi.last_payment_error = None;
+                    pi.status = IntentStatus::RequiresAction;
+                    st.intents.insert(pi.id.clone(), pi.clone());
+                    return Ok(Answer::Intent(pi));
+                }
                 match card_outcome(payment_method) {
                     Ok(()) => {
                         pi.last_payment_error = None;
@@ -440,6 +487,53 @@ mod tests {
             "nothing left"
         );
         assert_eq!(p.refunds(), 1);
+    }
+
+    #[tokio::test]
+    async fn three_ds_cards_require_action_until_authenticated() {
+        let p = SimulatedProvider::new();
+        for (order, ok) in [("o1", true), ("o2", false)] {
+            let pi = p
+                .create(&req(1000), &format!("{order}-create"))
+                .await
+                .unwrap();
+            assert!(
+                pi.client_secret
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with(&pi.id))
+            );
+            let pi = p
+                .confirm(
+                    &pi.id,
+                    "pm_card_threeDSecure2Required",
+                    &format!("{order}-confirm"),
+                )
+                .await
+                .unwrap();
+            assert_eq!(pi.status, IntentStatus::RequiresAction);
+            assert!(matches!(
+                p.capture(&pi.id, &format!("{order}-early")).await,
+                Err(PaymentError::Invalid(_))
+            ));
+            let after = p.authenticate(&pi.id, ok).unwrap();
+            assert!(p.authenticate(&pi.id, ok).is_none(), "only once");
+            if ok {
+                assert_eq!(after.status, IntentStatus::RequiresCapture);
+                let pi = p
+                    .capture(&pi.id, &format!("{order}-capture"))
+                    .await
+                    .unwrap();
+                assert_eq!(pi.status, IntentStatus::Succeeded);
+            } else {
+                assert_eq!(after.status, IntentStatus::RequiresPaymentMethod);
+                assert_eq!(
+                    after.last_payment_error.unwrap().reason(),
+                    "payment_intent_authentication_failure"
+                );
+            }
+        }
+        assert_eq!(p.captures(), 1);
+        assert!(p.authenticate("pi_nope", true).is_none());
     }
 
     #[tokio::test]

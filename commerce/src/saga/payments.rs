@@ -4,6 +4,9 @@
 //!  ORDER_CREATED  ─► payment#<order> = Pending{amount, payment method}
 //!  ORDER_PREPARED ─► create (manual capture) ─► confirm ─► capture      keys order-<id>-<step>
 //!                    ├─ succeeded ─► Captured ─► ORDER_BILLED
+//!                    ├─ requires_action (3-D Secure) ─► RequiresAction: the order waits
+//!                    │    webhook payment_intent.succeeded ─► capture ─► Captured ─► ORDER_BILLED
+//!                    │    webhook payment_intent.payment_failed ─► Failed ─► PAYMENT_FAIL
 //!                    ├─ declined / invalid ─► Failed ─► PAYMENT_FAIL{reason}
 //!                    └─ provider unavailable ─► error: the consumer retries the event later
 //!  STOCK_LOST / DELIVERY_FAILED ─► Captured ─► refund (key order-<id>-refund) ─► ORDER_REFUNDED
@@ -33,6 +36,9 @@ use crate::store::{Cond, Key, Write, get_json};
 pub enum PaymentStatus {
     /// Recorded at order creation; not charged yet.
     Pending,
+    /// The provider asked for customer authentication (3-D Secure); waits for the
+    /// `payment_intent.succeeded` / `payment_intent.payment_failed` webhook.
+    RequiresAction,
     /// Charged.
     Captured,
     /// Declined or invalid; the order is cancelled.
@@ -66,6 +72,30 @@ pub struct PaymentRecord {
     /// The provider's refund id, once refunded.
     #[serde(default)]
     pub refund_id: Option<String>,
+    /// The intent's client secret while the customer must act (3-D Secure), for the
+    /// order's owner to complete the challenge with Stripe.js.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+}
+
+/// How the provider settled a payment that required customer action (from a webhook).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AsyncOutcome {
+    /// `payment_intent.succeeded`: authorised, capture it.
+    Succeeded,
+    /// `payment_intent.payment_failed`, with the provider's reason.
+    Failed(String),
+}
+
+/// What a payment webhook does to the saga.
+#[derive(Debug)]
+pub(crate) enum WebhookEffect {
+    /// No payment of ours waits on this intent.
+    UnknownIntent,
+    /// The payment is already settled (billed, failed, cancelled): nothing changes.
+    Stale,
+    /// Commit these with the webhook record.
+    Apply(Effects),
 }
 
 /// The store key of an order's payment record.
@@ -81,6 +111,7 @@ pub struct Payments {
 
 enum Outcome {
     Captured(String),
+    RequiresAction(String, Option<String>),
     Failed(String, Option<String>),
 }
 
@@ -130,8 +161,11 @@ impl Payments {
         match pi.status {
             IntentStatus::RequiresCapture => {}
             IntentStatus::Succeeded => return Ok(Outcome::Captured(id)),
-            IntentStatus::RequiresAction | IntentStatus::RequiresPaymentMethod => {
-                // No customer is present to authenticate: give the authorisation back.
+            IntentStatus::RequiresAction => {
+                return Ok(Outcome::RequiresAction(id, pi.client_secret));
+            }
+            IntentStatus::RequiresPaymentMethod => {
+                // Not authorised: give the intent back.
                 if let Err(e) = p.cancel(&id, &key("cancel")).await
                     && e.retriable()
                 {
@@ -181,6 +215,22 @@ impl Payments {
                     amount: rec.amount.clone(),
                 }
             }
+            Outcome::RequiresAction(intent, client_secret) => {
+                // The order waits, prepared, for the provider's webhook.
+                tracing::info!(order_id = %ev.order_id, payment_intent = %intent,
+                    "payment requires customer action; waiting for the webhook");
+                rec.status = PaymentStatus::RequiresAction;
+                rec.intent_id = Some(intent);
+                rec.client_secret = client_secret;
+                return Ok(Effects {
+                    writes: vec![Write::put_json(
+                        payment_key(&ev.order_id),
+                        &rec,
+                        Cond::Version(v),
+                    )?],
+                    emit: vec![],
+                });
+            }
             Outcome::Failed(reason, intent) => {
                 rec.status = PaymentStatus::Failed;
                 rec.intent_id = intent;
@@ -196,6 +246,89 @@ impl Payments {
             )?],
             emit: vec![OutboxMessage::saga(SagaEvent::new(&ev.order_id, now, kind))],
         })
+    }
+
+    /// Settles a payment that waited for customer action, on a verified webhook about
+    /// `intent_id` for `order_id`: captures it (`succeeded`) or fails it (`failed`, with
+    /// the provider's reason). Returns the effects to commit with the webhook record, or
+    /// [`WebhookEffect`] saying why nothing changes.
+    pub(crate) async fn settle_async(
+        ctx: &Ctx,
+        order_id: &str,
+        intent_id: &str,
+        outcome: AsyncOutcome,
+    ) -> Result<WebhookEffect, CommerceError> {
+        let Some((mut rec, v)) =
+            get_json::<PaymentRecord>(ctx.store.as_ref(), "payment", &payment_key(order_id))
+                .await?
+        else {
+            return Ok(WebhookEffect::UnknownIntent);
+        };
+        if rec.status == PaymentStatus::Pending {
+            // The event overtook the payment consumer's commit: answer 503 so that Stripe
+            // redelivers it once the record names its intent (nothing is stored now).
+            return Err(CommerceError::Unavailable(
+                "payment not recorded yet; retry the delivery".into(),
+            ));
+        }
+        if rec.intent_id.as_deref() != Some(intent_id) {
+            return Ok(WebhookEffect::UnknownIntent);
+        }
+        if rec.status != PaymentStatus::RequiresAction {
+            // Already billed, failed or cancelled (a duplicate or out-of-order delivery).
+            return Ok(WebhookEffect::Stale);
+        }
+        let kind = match outcome {
+            AsyncOutcome::Succeeded => {
+                let key = format!("order-{order_id}-capture");
+                match ctx.provider.capture(intent_id, &key).await {
+                    Ok(pi) if pi.status == IntentStatus::Succeeded => {}
+                    Ok(pi) => {
+                        return Err(CommerceError::Unavailable(format!(
+                            "capture left the intent {:?}",
+                            pi.status
+                        )));
+                    }
+                    Err(PaymentError::Auth) => {
+                        return Err(CommerceError::Unavailable(
+                            "payment provider rejected our credentials".into(),
+                        ));
+                    }
+                    Err(e @ PaymentError::Unavailable(_)) => return Err(e.into()),
+                    Err(e) => {
+                        // The intent is not capturable (e.g. the webhook raced a cancel):
+                        // nothing changes; the record stays for reconciliation.
+                        tracing::warn!(order_id, payment_intent = intent_id, error = %e,
+                            "webhook success but the intent cannot be captured");
+                        return Ok(WebhookEffect::Stale);
+                    }
+                }
+                rec.status = PaymentStatus::Captured;
+                rec.client_secret = None;
+                SagaKind::OrderBilled {
+                    payment_intent_id: intent_id.to_string(),
+                    amount: rec.amount.clone(),
+                }
+            }
+            AsyncOutcome::Failed(reason) => {
+                rec.status = PaymentStatus::Failed;
+                rec.failure = Some(reason.clone());
+                rec.client_secret = None;
+                SagaKind::PaymentFail { reason }
+            }
+        };
+        Ok(WebhookEffect::Apply(Effects {
+            writes: vec![Write::put_json(
+                payment_key(order_id),
+                &rec,
+                Cond::Version(v),
+            )?],
+            emit: vec![OutboxMessage::saga(SagaEvent::new(
+                order_id,
+                ctx.clock.now_ms(),
+                kind,
+            ))],
+        }))
     }
 
     async fn refund(&self, ev: &SagaEvent) -> Result<Effects, CommerceError> {
@@ -265,6 +398,7 @@ impl Service for Payments {
                     intent_id: None,
                     failure: None,
                     refund_id: None,
+                    client_secret: None,
                 };
                 if self
                     .ctx
