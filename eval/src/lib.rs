@@ -22,7 +22,6 @@
 pub mod baselines;
 pub mod ease;
 pub mod error;
-pub mod metrics;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -43,7 +42,7 @@ use serde::{Deserialize, Serialize};
 pub use baselines::Baselines;
 pub use ease::Ease;
 pub use error::{EvalError, Result};
-pub use metrics::SetMetrics;
+pub use recstream_model::SetMetrics;
 pub use store::LiveStore;
 
 /// The methods, in report order: the served list first.

@@ -33,69 +33,9 @@ use serde::{Deserialize, Serialize};
 use crate::affinity::LinearScorer;
 use crate::error::{ModelError, Result};
 use crate::features::{NUM_FEATURES, PairFeatures, UserContext};
+use crate::metrics::SetMetrics;
 use crate::progress::Progress;
 use crate::train::{TrainParams, is_next_item, train};
-
-/// Accumulates ranking metrics at one cut-off.
-#[derive(Debug, Clone)]
-pub struct RankMetrics {
-    /// The cut-off: only the top `k` recommendations count.
-    pub k: usize,
-    /// Targets recorded so far.
-    pub n: u64,
-    hits: f64,
-    ndcg: f64,
-    rr: f64,
-    items: FxHashSet<String>,
-}
-
-impl RankMetrics {
-    /// Empty metrics at cut-off `k`.
-    pub fn new(k: usize) -> RankMetrics {
-        RankMetrics {
-            k,
-            n: 0,
-            hits: 0.0,
-            ndcg: 0.0,
-            rr: 0.0,
-            items: FxHashSet::default(),
-        }
-    }
-
-    /// Adds one ranked list (best first) and its single relevant item.
-    pub fn add<S: AsRef<str>>(&mut self, ranked: &[S], target: &str) {
-        self.n += 1;
-        let top = &ranked[..ranked.len().min(self.k)];
-        for r in top {
-            if !self.items.contains(r.as_ref()) {
-                self.items.insert(r.as_ref().to_string());
-            }
-        }
-        if let Some(pos) = top.iter().position(|r| r.as_ref() == target) {
-            let rank = (pos + 1) as f64;
-            self.hits += 1.0;
-            self.ndcg += 1.0 / (rank + 1.0).log2();
-            self.rr += 1.0 / rank;
-        }
-    }
-
-    /// Share of targets found in the top `k` (0 without targets).
-    pub fn hit_rate(&self) -> f64 {
-        self.hits / self.n.max(1) as f64
-    }
-    /// Mean NDCG@k over the targets (one relevant item per target).
-    pub fn ndcg(&self) -> f64 {
-        self.ndcg / self.n.max(1) as f64
-    }
-    /// Mean reciprocal rank over the targets (0 for a miss).
-    pub fn mrr(&self) -> f64 {
-        self.rr / self.n.max(1) as f64
-    }
-    /// Distinct items recommended, over the catalog size.
-    pub fn coverage(&self, catalog: usize) -> f64 {
-        self.items.len() as f64 / catalog.max(1) as f64
-    }
-}
 
 /// One line of an evaluation: a method's metrics on a task at a cut-off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -309,11 +249,11 @@ pub fn evaluate(
     let rate = (params.max_targets as f64 / eligible.max(1) as f64).min(1.0);
     let mut rng = Xoshiro256Plus::seed_from_u64(params.train.seed ^ 0x5eed);
 
-    let mut acc: BTreeMap<(usize, usize, usize), RankMetrics> = BTreeMap::new();
+    let mut acc: BTreeMap<(usize, usize, usize), SetMetrics> = BTreeMap::new();
     for m in 0..METHODS.len() {
         for t in 0..TASKS.len() {
             for &k in &params.ks {
-                acc.insert((m, t, k), RankMetrics::new(k));
+                acc.insert((m, t, k), SetMetrics::new(k));
             }
         }
     }
@@ -419,7 +359,9 @@ pub fn evaluate(
                 .take(max_k)
                 .collect();
             for &k in &params.ks {
-                acc.get_mut(&(m, 0, k)).expect("present").add(&any, target);
+                acc.get_mut(&(m, 0, k))
+                    .expect("present")
+                    .add_one(&any, target);
             }
             if discovery {
                 let mut seen: FxHashSet<&str> = FxHashSet::default();
@@ -430,7 +372,9 @@ pub fn evaluate(
                     .take(max_k)
                     .collect();
                 for &k in &params.ks {
-                    acc.get_mut(&(m, 1, k)).expect("present").add(&new, target);
+                    acc.get_mut(&(m, 1, k))
+                        .expect("present")
+                        .add_one(&new, target);
                 }
             }
         }
@@ -505,12 +449,12 @@ mod tests {
 
     #[test]
     fn metrics_on_a_hand_made_example() {
-        let mut m = RankMetrics::new(3);
+        let mut m = SetMetrics::new(3);
         // Hit at rank 1, hit at rank 3, a miss (target at rank 4, beyond K), a miss.
-        m.add(&["a", "b", "c"], "a");
-        m.add(&["b", "d", "a"], "a");
-        m.add(&["b", "c", "d", "a"], "a");
-        m.add::<&str>(&[], "a");
+        m.add_one(&["a", "b", "c"], "a");
+        m.add_one(&["b", "d", "a"], "a");
+        m.add_one(&["b", "c", "d", "a"], "a");
+        m.add_one::<&str>(&[], "a");
         assert_eq!(m.n, 4);
         assert!((m.hit_rate() - 0.5).abs() < 1e-12);
         let ndcg = (1.0 + 1.0 / 4f64.log2()) / 4.0; // 1/log2(2) + 1/log2(4)

@@ -23,6 +23,7 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod features;
+pub mod metrics;
 pub mod params;
 pub mod progress;
 pub mod replay;
@@ -41,10 +42,11 @@ pub use candidates::{CandidateParams, Candidates};
 pub use cold_start::ColdStartLists;
 pub use embed::{EmbeddingParams, ProductEmbeddings};
 pub use error::ModelError;
-pub use eval::{EvalParams, EvalReport, MetricRow, RankMetrics, evaluate, temporal_split};
+pub use eval::{EvalParams, EvalReport, MetricRow, evaluate, temporal_split};
 pub use features::{
     CandidateSignals, FEATURE_NAMES, FeatureSchema, NUM_FEATURES, PairFeatures, UserContext,
 };
+pub use metrics::SetMetrics;
 pub use progress::{NoProgress, Progress};
 pub use replay::Replay;
 pub use segments::{SegmentMember, SegmentParams, SegmentProfile, Segments, read_members_parquet};

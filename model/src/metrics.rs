@@ -4,6 +4,9 @@
 //! HR@K: a hit in the top K. Recall@K: hits / relevant. NDCG@K: DCG / ideal DCG of
 //! min(relevant, K) hits. MRR@K: 1 / rank of the first hit. Coverage@K: distinct items
 //! recommended in the top K over the catalog.
+//!
+//! One implementation for both evaluators: `recstream eval --models` (this crate's
+//! [`crate::eval`]) and the served-list evaluator (`recstream-eval`).
 
 use rustc_hash::FxHashSet;
 
@@ -65,6 +68,12 @@ impl SetMetrics {
             .sum();
         self.ndcg += dcg / ideal;
         self.recall += found as f64 / relevant.len() as f64;
+    }
+
+    /// Adds one ranked list and its single relevant item (the next-item protocol).
+    pub fn add_one<S: AsRef<str>>(&mut self, ranked: &[S], target: &str) {
+        let relevant: FxHashSet<&str> = std::iter::once(target).collect();
+        self.add(ranked, &relevant);
     }
 
     /// Share of targets with a hit in the top K.
