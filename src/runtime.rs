@@ -306,6 +306,10 @@ impl Runtime {
             access,
             ready,
             max_record_bytes: self.cfg.processor.max_record_bytes,
+            event_time: recstream_serving::EventTimeBounds {
+                max_future_skew_ms: self.cfg.processor.max_future_skew_ms,
+                max_event_age_ms: self.cfg.processor.max_event_age_ms,
+            },
         };
         recstream_serving::server::harden(
             recstream_serving::api(state, self.segments.clone(), commerce),

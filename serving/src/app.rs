@@ -41,6 +41,30 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Largest single event accepted by `POST /v1/events`, bytes.
     pub max_record_bytes: usize,
+    /// How far an event's `ts` may be from the server clock when it arrives: outside, the
+    /// collector answers 422 instead of accepting an event the processor would only
+    /// dead-letter (`processor.max_future_skew_ms` / `max_event_age_ms`).
+    pub event_time: EventTimeBounds,
+}
+
+/// The event-time bounds the collector applies at arrival, the same ones the shard
+/// processor applies to every record (`recstream_ingest::decode::check_time_bounds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTimeBounds {
+    /// At most this far in the future, ms.
+    pub max_future_skew_ms: u64,
+    /// At most this old, ms (0: no limit).
+    pub max_event_age_ms: u64,
+}
+
+impl Default for EventTimeBounds {
+    /// The processor's defaults: 5 minutes ahead, no age limit.
+    fn default() -> Self {
+        EventTimeBounds {
+            max_future_skew_ms: 5 * 60 * 1000,
+            max_event_age_ms: 0,
+        }
+    }
 }
 
 /// The HTTP API: recommendations, similar products, the event collector, health,
@@ -236,9 +260,24 @@ async fn collect(
     let mut seen = std::collections::HashSet::with_capacity(items.len());
     let mut duplicates = 0usize;
     let mut product_ids = std::collections::BTreeSet::new();
+    let arrival = recstream_ingest::Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    );
     for (i, item) in items.iter().enumerate() {
         let data = serde_json::to_vec(item).map_err(|e| ApiError::internal(e.to_string()))?;
-        match recstream_ingest::decode::decode_with_limit(&data, st.max_record_bytes) {
+        let decoded = recstream_ingest::decode::decode_with_limit(&data, st.max_record_bytes)
+            .and_then(|ev| {
+                recstream_ingest::decode::check_time_bounds(
+                    ev.ts,
+                    arrival,
+                    st.event_time.max_future_skew_ms,
+                    st.event_time.max_event_age_ms,
+                )?;
+                Ok(ev)
+            });
+        match decoded {
             Ok(ev) if !seen.insert(ev.event_id.clone()) => {
                 if let Err(e) = caller.may_write_events_of(&ev.user_id) {
                     return Err(e.into());

@@ -25,7 +25,7 @@ pub mod metrics;
 pub mod segments;
 pub mod server;
 
-pub use app::{AppState, metrics_router, router};
+pub use app::{AppState, EventTimeBounds, metrics_router, router};
 pub use auth::{Access, AccessConfig, Caller};
 pub use error::ApiError;
 use recstream_commerce::CommerceState;

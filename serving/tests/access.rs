@@ -14,7 +14,7 @@ use recstream_commerce::config::AuthConfig;
 use recstream_commerce::{Authenticator, Secret};
 use recstream_ingest::sink::{EventSink, OutRecord, SinkError};
 use recstream_serving::auth::{AccessConfig, ApiClient, Scope, hash_key};
-use recstream_serving::{Access, AppState, router};
+use recstream_serving::{Access, AppState, EventTimeBounds, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -77,6 +77,7 @@ fn fixture() -> Fixture {
         access: Arc::new(Access::new(&cfg, Some(Arc::new(jwt)))),
         ready: Arc::new(AtomicBool::new(true)),
         max_record_bytes: 64 * 1024,
+        event_time: EventTimeBounds::default(),
     };
     Fixture {
         app: router(state),
@@ -233,4 +234,47 @@ async fn blank_and_bidi_control_ids_are_refused() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{user:?}: {b}");
     }
     assert!(f.sink.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_collector_refuses_an_event_dated_beyond_the_skew_with_422() {
+    let f = fixture();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let at = |event_id: &str, ts: i64| {
+        json!({"event_id": event_id, "ts": ts, "user_id": "u1",
+            "type": "view", "product_id": "p1", "category": "c"})
+    };
+    // Dated 2099 (the attack): refused at the door, nothing reaches the stream.
+    let (status, body) = call(
+        &f.app,
+        "POST",
+        "/v1/events",
+        Cred::Key(STOREFRONT),
+        Some(json!([at("ok-0", now_ms), at("far", 4_070_908_800_000)])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_event", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("ts"),
+        "{body}"
+    );
+    assert!(
+        f.sink.0.lock().unwrap().is_empty(),
+        "a refused batch sends nothing"
+    );
+    // A minute ahead (clock skew between the storefront and us) is fine.
+    let (status, body) = call(
+        &f.app,
+        "POST",
+        "/v1/events",
+        Cred::Key(STOREFRONT),
+        Some(json!([at("ok-1", now_ms + 60_000)])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(f.sink.0.lock().unwrap().len(), 1);
 }
