@@ -575,24 +575,7 @@ pub fn next_event(
     let cfg = &params.scoring;
     let max_k = params.max_k();
 
-    let eligible = {
-        let r = served.store.replay();
-        let mut last: FxHashMap<&str, &str> = FxHashMap::default();
-        let mut n = 0usize;
-        for e in test_events {
-            if let Some(p) = e.product_id.as_deref() {
-                let prev = last
-                    .get(e.user_id.as_str())
-                    .copied()
-                    .or_else(|| r.last_product(&e.user_id));
-                if prev.is_some_and(|l| l != p) {
-                    n += 1;
-                }
-                last.insert(e.user_id.as_str(), p);
-            }
-        }
-        n
-    };
+    let eligible = recstream_model::eval::next_item_targets(&served.store.replay(), test_events);
     let rate = (params.max_targets as f64 / eligible.max(1) as f64).min(1.0);
     let mut rng = Xoshiro256Plus::seed_from_u64(params.train.seed ^ 0xe7a1);
     let mut acc = Acc::new(&params.ks);

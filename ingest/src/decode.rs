@@ -108,6 +108,10 @@ fn check_id(field: &'static str, value: &str) -> Result<(), DecodeError> {
     }
 }
 
+/// How far after its arrival an event may be dated by default (5 minutes of clock skew):
+/// the shard processor's and the collector's bound.
+pub const DEFAULT_MAX_FUTURE_SKEW_MS: u64 = 5 * 60 * 1000;
+
 /// Whether an event's time `ts` is plausible for a record that arrived at `arrival`: at
 /// most `max_future_ms` after it and (unless `max_age_ms` is 0) at most `max_age_ms`
 /// before it. A file replay's arrival is the event time, so it always passes; records

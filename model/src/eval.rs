@@ -35,7 +35,29 @@ use crate::error::{ModelError, Result};
 use crate::features::{NUM_FEATURES, PairFeatures, UserContext};
 use crate::metrics::SetMetrics;
 use crate::progress::Progress;
+use crate::replay::Replay;
 use crate::train::{TrainParams, is_next_item, train};
+
+/// How many of `test_events` are next-item targets: a product event of a user whose
+/// previous product (in the test events so far, else in `replay`) was a different one.
+/// Both evaluators sample their targets against this count.
+pub fn next_item_targets(replay: &Replay, test_events: &[Event]) -> usize {
+    let mut last: FxHashMap<&str, &str> = FxHashMap::default();
+    let mut n = 0usize;
+    for e in test_events {
+        if let Some(p) = e.product_id.as_deref() {
+            let prev = last
+                .get(e.user_id.as_str())
+                .copied()
+                .or_else(|| replay.last_product(&e.user_id));
+            if prev.is_some_and(|l| l != p) {
+                n += 1;
+            }
+            last.insert(e.user_id.as_str(), p);
+        }
+    }
+    n
+}
 
 /// One line of an evaluation: a method's metrics on a task at a cut-off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,22 +252,7 @@ pub fn evaluate(
     popular.truncate(max_k + 300);
 
     // Sample targets if there are too many.
-    let mut eligible = 0usize;
-    {
-        let mut last: FxHashMap<&str, &str> = FxHashMap::default();
-        for e in test_events {
-            if let Some(p) = e.product_id.as_deref() {
-                let prev = last
-                    .get(e.user_id.as_str())
-                    .copied()
-                    .or_else(|| replay.last_product(&e.user_id));
-                if prev.is_some_and(|l| l != p) {
-                    eligible += 1;
-                }
-                last.insert(e.user_id.as_str(), p);
-            }
-        }
-    }
+    let eligible = next_item_targets(&replay, test_events);
     let rate = (params.max_targets as f64 / eligible.max(1) as f64).min(1.0);
     let mut rng = Xoshiro256Plus::seed_from_u64(params.train.seed ^ 0x5eed);
 

@@ -66,7 +66,7 @@ impl Default for ProcessorConfig {
             checkpoint_interval_ms: 10_000,
             archive_max_rows: 250_000,
             archive_max_bytes: 64 * 1024 * 1024,
-            max_future_skew_ms: 5 * 60 * 1000,
+            max_future_skew_ms: recstream_ingest::decode::DEFAULT_MAX_FUTURE_SKEW_MS,
             max_event_age_ms: 0,
         }
     }

@@ -61,7 +61,7 @@ impl Default for EventTimeBounds {
     /// The processor's defaults: 5 minutes ahead, no age limit.
     fn default() -> Self {
         EventTimeBounds {
-            max_future_skew_ms: 5 * 60 * 1000,
+            max_future_skew_ms: recstream_ingest::decode::DEFAULT_MAX_FUTURE_SKEW_MS,
             max_event_age_ms: 0,
         }
     }
