@@ -544,6 +544,24 @@ fn user_items(events: &[Event]) -> Vec<Vec<String>> {
     v.into_iter().map(|(_, i)| i).collect()
 }
 
+/// Everything a protocol scores, fitted on `train_events`: the served path (trained model,
+/// its cold-start lists, the endpoint's scoring), the simple baselines and EASE.
+fn fit_methods(
+    train_events: &[Event],
+    params: &EvalParams,
+) -> Result<(ServedPath, Baselines, Ease)> {
+    let (artifact, replay) = train(train_events, "eval", &params.train, &mut NoProgress)?;
+    let served = ServedPath::new(artifact, replay, &params.scoring)?;
+    let base = Baselines::new(train_events, params.history_half_life_hours, 2000);
+    let items = user_items(train_events);
+    let ease = Ease::fit(
+        items.iter().map(Vec::as_slice),
+        params.ease_items,
+        params.ease_lambda,
+    )?;
+    Ok((served, base, ease))
+}
+
 fn check_sorted(events: &[Event]) -> Result<()> {
     if events.windows(2).any(|w| w[0].ts > w[1].ts) {
         return Err(EvalError::InvalidParams(
@@ -563,15 +581,7 @@ pub fn next_event(
     check_sorted(train_events)?;
     check_sorted(test_events)?;
     let started = Instant::now();
-    let (artifact, replay) = train(train_events, "eval", &params.train, &mut NoProgress)?;
-    let served = ServedPath::new(artifact, replay, &params.scoring)?;
-    let mut base = Baselines::new(train_events, params.history_half_life_hours, 2000);
-    let items = user_items(train_events);
-    let ease = Ease::fit(
-        items.iter().map(Vec::as_slice),
-        params.ease_items,
-        params.ease_lambda,
-    )?;
+    let (served, mut base, ease) = fit_methods(train_events, params)?;
     let cfg = &params.scoring;
     let max_k = params.max_k();
 
@@ -732,15 +742,7 @@ pub fn next_period(
     let started = Instant::now();
     let (cut, split) = period_cut(events, params);
     let (train_events, test_events) = events.split_at(cut);
-    let (artifact, replay) = train(train_events, "eval", &params.train, &mut NoProgress)?;
-    let served = ServedPath::new(artifact, replay, &params.scoring)?;
-    let base = Baselines::new(train_events, params.history_half_life_hours, 2000);
-    let items = user_items(train_events);
-    let ease = Ease::fit(
-        items.iter().map(Vec::as_slice),
-        params.ease_items,
-        params.ease_lambda,
-    )?;
+    let (served, base, ease) = fit_methods(train_events, params)?;
     let cfg = &params.scoring;
     let max_k = params.max_k();
     let now = train_events.last().map_or(0, |e| e.ts.0);
