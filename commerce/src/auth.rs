@@ -176,6 +176,16 @@ impl Authenticator {
         })
     }
 
+    /// An authenticator with no keys: every token is refused. For hosts that serve no
+    /// requests (the saga and cart-sweep functions), which need no JWT settings.
+    pub fn refuse_all(cfg: &AuthConfig) -> Authenticator {
+        Authenticator {
+            hs256: None,
+            rs256: HashMap::new(),
+            cfg: cfg.clone(),
+        }
+    }
+
     /// Verifies a compact JWT and returns its principal.
     pub fn verify(&self, token: &str) -> Result<Principal, CommerceError> {
         let bad = |m: &str| CommerceError::Unauthorized(format!("invalid token: {m}"));

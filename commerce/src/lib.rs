@@ -57,8 +57,8 @@ pub use error::CommerceError;
 pub use http::routes;
 pub use notify::{FileNotifier, Notification, Notifier};
 pub use payment::{PaymentProvider, SimulatedProvider, StripeClient};
-pub use saga::Workers;
 pub use saga::orders::{Order, OrderStatus};
+pub use saga::{SagaPass, Workers};
 pub use store::{CommerceStore, DynamoStore, EmbeddedStore};
 
 use recstream_ingest::sink::EventSink;
@@ -142,6 +142,7 @@ pub struct CommerceBuilder {
     clock: Option<Arc<dyn Clock>>,
     jwks: Option<jsonwebtoken::jwk::JwkSet>,
     seed: Option<Vec<catalog::SeedProduct>>,
+    headless: bool,
 }
 
 impl CommerceBuilder {
@@ -180,6 +181,12 @@ impl CommerceBuilder {
         self.jwks = Some(jwks);
         self
     }
+    /// For a host that serves no requests (background work only: the saga, the cart
+    /// sweep): no JWT keys are needed or loaded, and every token is refused.
+    pub fn headless(mut self) -> Self {
+        self.headless = true;
+        self
+    }
     /// Products to seed instead of `catalog_seed` / the demo catalog.
     pub fn seed(mut self, products: Vec<catalog::SeedProduct>) -> Self {
         self.seed = Some(products);
@@ -193,6 +200,7 @@ impl CommerceBuilder {
         let cfg = self.cfg;
         cfg.validate().map_err(CommerceError::BadRequest)?;
         let jwks = match (self.jwks, &cfg.auth.jwks_url) {
+            _ if self.headless => None,
             (Some(j), _) => Some(j),
             (None, Some(url)) => Some(
                 auth::fetch_jwks(url)
@@ -202,6 +210,7 @@ impl CommerceBuilder {
             (None, None) => None,
         };
         let auth = match jwks {
+            _ if self.headless => Ok(Authenticator::refuse_all(&cfg.auth)),
             Some(j) => {
                 Authenticator::with_jwks(&cfg.auth, self.secrets.jwt_hs256.as_ref(), Some(j))
             }
@@ -301,6 +310,7 @@ impl CommerceState {
             clock: None,
             jwks: None,
             seed: None,
+            headless: false,
         }
     }
 
@@ -327,24 +337,51 @@ impl CommerceState {
             ctx.clone(),
             rx.clone(),
         ))];
-        let inventory: Arc<dyn saga::Service> =
-            Arc::new(saga::inventory::Inventory::new(ctx.clone()));
-        let delivery: Arc<dyn saga::Service> = Arc::new(saga::delivery::Delivery::new(ctx.clone()));
-        let services: Vec<Arc<dyn saga::Service>> = vec![
-            inventory.clone(),
-            Arc::new(saga::payments::Payments::new(ctx.clone())),
-            delivery.clone(),
-            Arc::new(saga::orders::Orders::new(ctx.clone())),
-        ];
-        for s in services {
+        let (consumers, timers) = self.saga_services();
+        for s in consumers {
             tasks.push(tokio::spawn(saga::run_consumer(ctx.clone(), s, rx.clone())));
         }
-        for s in [inventory, delivery] {
+        for s in timers {
             tasks.push(tokio::spawn(saga::run_ticker(ctx.clone(), s, rx.clone())));
         }
         tasks.push(tokio::spawn(run_sweeper(ctx.clone(), rx.clone())));
         tasks.push(tokio::spawn(run_purger(ctx, rx)));
         Workers::new(stop, tasks)
+    }
+
+    /// The saga's participants: every consumer, and those of them with timers.
+    fn saga_services(&self) -> (Services, Services) {
+        let ctx = &self.ctx;
+        let inventory: Arc<dyn saga::Service> =
+            Arc::new(saga::inventory::Inventory::new(ctx.clone()));
+        let delivery: Arc<dyn saga::Service> = Arc::new(saga::delivery::Delivery::new(ctx.clone()));
+        let consumers: Services = vec![
+            inventory.clone(),
+            Arc::new(saga::payments::Payments::new(ctx.clone())),
+            delivery.clone(),
+            Arc::new(saga::orders::Orders::new(ctx.clone())),
+        ];
+        (consumers, vec![inventory, delivery])
+    }
+
+    /// Runs the saga once instead of as background tasks — for a host that cannot keep
+    /// tasks running between requests (the `saga` Lambda function): the timers, then
+    /// relay and consumers in rounds until nothing moves or `budget` is spent, then the
+    /// log trim and the expiry purge. Safe to run concurrently with itself and with
+    /// [`CommerceState::spawn_workers`]: progress is kept in the store (cursors,
+    /// processed markers, conditional log head), never in the process.
+    pub async fn run_saga_pass(&self, budget: Duration) -> Result<SagaPass, CommerceError> {
+        let (consumers, timers) = self.saga_services();
+        let pass = saga::run_pass(&self.ctx, &consumers, &timers, budget).await?;
+        if let Err(e) = self
+            .ctx
+            .store
+            .purge_expired(self.ctx.clock.now_ms() / 1000)
+            .await
+        {
+            tracing::warn!(error = %e, "expiry purge failed");
+        }
+        Ok(pass)
     }
 
     /// The product catalog.
@@ -387,6 +424,9 @@ impl CommerceState {
         cart::Carts::new(self.ctx.clone()).sweep().await
     }
 }
+
+/// Saga participants, shared by their consumer and timer tasks.
+type Services = Vec<Arc<dyn saga::Service>>;
 
 async fn run_sweeper(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let every = Duration::from_millis(ctx.cfg.sweep_interval_ms);

@@ -6,6 +6,7 @@
 //!                                     └─► recstream_pipeline::ShardProcessor (the workers' code)
 //!                                         checkpoints: checkpoint::ConditionalCheckpoints
 //!  API Gateway (HTTP API, JWT) ─────► http-api          http::build ─► recstream_serving::api
+//!  commerce table stream + schedule ─► saga             jobs::saga_pass ─► CommerceState::run_saga_pass
 //!  EventBridge schedule ────────────► cart-sweep        jobs::sweep_carts ─► CommerceState::sweep_carts
 //!  EventBridge schedule ────────────► train             jobs::train ─► recstream::cmd_model::train
 //! ```

@@ -444,6 +444,66 @@ async fn process_event(ctx: &Ctx, svc: &dyn Service, ev: &SagaEvent) -> Result<(
     Err(CommerceError::Store(StoreError::Conflict { index: None }))
 }
 
+/// What one on-demand pass of the saga did ([`crate::CommerceState::run_saga_pass`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SagaPass {
+    /// Outbox rows delivered: saga events appended to the log, notifications sent,
+    /// clickstream events put on the stream.
+    pub relayed: usize,
+    /// Log entries the consumers moved past (each consumer counts its own).
+    pub consumed: usize,
+    /// Relay-then-consume rounds run.
+    pub rounds: usize,
+    /// Outbox rows whose destination failed in this pass: they stay in the outbox and the
+    /// next pass retries them (nothing is lost).
+    pub outbox_retrying: usize,
+    /// True when the last round found nothing to move; false when the time budget ran
+    /// out first (the next pass carries on from the cursors).
+    pub drained: bool,
+}
+
+/// One pass of the whole saga for a caller that runs it on demand rather than as
+/// background tasks (the `saga` Lambda function, woken by the commerce table's stream
+/// and a schedule): the timers once, then rounds of relay → every consumer until a round
+/// moves nothing or `budget` is spent, then the log trim. The same steps as the
+/// background tasks, with the same guarantees: the cursors and processed markers live in
+/// the store, so a pass that is cut off, or two passes that overlap, redo nothing.
+pub(crate) async fn run_pass(
+    ctx: &Arc<Ctx>,
+    consumers: &[Arc<dyn Service>],
+    timers: &[Arc<dyn Service>],
+    budget: Duration,
+) -> Result<SagaPass, CommerceError> {
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut pass = SagaPass::default();
+    for t in timers {
+        t.tick().await?;
+    }
+    let mut backoffs = std::collections::HashMap::new();
+    loop {
+        pass.rounds += 1;
+        let relayed = outbox::relay_once(ctx, &mut backoffs).await?;
+        let mut consumed = 0;
+        for c in consumers {
+            consumed += consume_batch(ctx, c).await?;
+        }
+        pass.relayed += relayed;
+        pass.consumed += consumed;
+        if relayed + consumed == 0 {
+            pass.drained = true;
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    pass.outbox_retrying = backoffs.len();
+    if let Err(e) = outbox::trim_log(ctx).await {
+        tracing::warn!(error = %e, "log trim failed");
+    }
+    Ok(pass)
+}
+
 /// Runs a service's timers until `stop`.
 pub(crate) async fn run_ticker(
     ctx: Arc<Ctx>,

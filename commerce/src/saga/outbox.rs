@@ -108,7 +108,7 @@ pub fn log_key(seq: u64) -> Key {
     Key::new(LOG_PK, format!("{seq:020}"))
 }
 
-struct Backoff {
+pub(crate) struct Backoff {
     attempts: u32,
     next: Instant,
 }
@@ -158,7 +158,7 @@ pub(crate) async fn run_relay(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
 }
 
 /// One pass over the outbox; returns how many rows were relayed.
-async fn relay_once(
+pub(crate) async fn relay_once(
     ctx: &Ctx,
     backoffs: &mut HashMap<String, Backoff>,
 ) -> Result<usize, CommerceError> {
@@ -315,7 +315,7 @@ async fn send_clickstream(ctx: &Ctx, events: &[Event]) -> Result<(), CommerceErr
 }
 
 /// Deletes log entries every known consumer has passed (at most 1 000 per call).
-async fn trim_log(ctx: &Ctx) -> Result<(), CommerceError> {
+pub(crate) async fn trim_log(ctx: &Ctx) -> Result<(), CommerceError> {
     let cursors = ctx.store.query("cursor", None, 64).await?;
     let expected = ctx.consumer_names.len();
     if cursors.len() < expected || expected == 0 {

@@ -88,6 +88,20 @@ impl Shop {
         tune: impl FnOnce(&mut CommerceConfig),
         products: Option<Vec<SeedProduct>>,
     ) -> Shop {
+        Shop::build(tune, products, true).await
+    }
+
+    /// A shop whose saga runs only when the test calls `state.run_saga_pass` (as on
+    /// Lambda): no background relay, consumers or timers.
+    pub async fn start_on_demand() -> Shop {
+        Shop::build(|_| {}, None, false).await
+    }
+
+    async fn build(
+        tune: impl FnOnce(&mut CommerceConfig),
+        products: Option<Vec<SeedProduct>>,
+        workers: bool,
+    ) -> Shop {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = CommerceConfig::for_tests(dir.path());
         tune(&mut cfg);
@@ -106,7 +120,7 @@ impl Shop {
             b = b.seed(p);
         }
         let state = b.build().await.unwrap();
-        let workers = state.spawn_workers();
+        let workers = workers.then(|| state.spawn_workers());
         let app = routes(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -119,7 +133,7 @@ impl Shop {
             state,
             provider,
             sink,
-            workers: Some(workers),
+            workers,
             dir,
             server,
         }
