@@ -3,9 +3,13 @@
 #
 #  1. starts `recstream demo` (release build) on a free loopback port;
 #  2. saves one real recommendations response and serves it as a static file with nginx
-#     on another loopback port (the ceiling: the same payload with no work behind it);
-#  3. max throughput: wrk, same settings, against both, in this one run -> ratio;
-#  4. latency at a fixed rate: oha at 10,000 requests/s for 10 s -> p50/p99.
+#     on another loopback port, for every /v1/recommendations/<user> path (the ceiling:
+#     the same payload with no work behind it);
+#  3. max throughput: wrk, same settings, against both, in this one run -> ratio; every
+#     request names the next of the sample's users (benches/rotate_users.lua), so no
+#     per-user cache can flatter the figure; the one-user figure is printed beside it;
+#  4. latency at a fixed rate: oha at 10,000 requests/s for 10 s, also rotating over the
+#     users (--urls-from-file) -> p50/p99.
 #
 # Needs wrk and nginx (apt-get install -y wrk nginx-light) and oha
 # (cargo install oha --locked --root .bench-tools). Everything stops by itself.
@@ -43,6 +47,17 @@ USER_ID="$(grep -m1 -oP '^  user \K[^ ]+' "$WORK/demo.out")"
 KEY="$(grep -m1 -oP '^  storefront key: \K\S+' "$WORK/demo.out")"
 AUTH="x-api-key: $KEY"
 URL_APP="http://127.0.0.1:$APP_PORT/v1/recommendations/$USER_ID?n=10"
+# Every user of the bundled sample the demo replayed, in file order.
+python3 - "$WORK/users.txt" <<'PY'
+import csv, glob, gzip, sys
+seen = {}
+for path in sorted(glob.glob("data/sample/*.csv.gz")):
+    with gzip.open(path, "rt", newline="") as f:
+        for row in csv.DictReader(f):
+            seen.setdefault(row["user_id"], None)
+open(sys.argv[1], "w").write("\n".join(seen) + "\n")
+PY
+USERS=$(wc -l < "$WORK/users.txt")
 mkdir -p "$WORK/www"
 curl -sf -H "$AUTH" "$URL_APP" > "$WORK/www/recs.json"
 BYTES=$(wc -c < "$WORK/www/recs.json")
@@ -57,22 +72,29 @@ http {
   server {
     listen 127.0.0.1:$NGINX_PORT;
     root $WORK/www;
-    location / { default_type application/json; }
+    default_type application/json;
+    # Any user's path answers the saved payload: the same bytes, no work.
+    location /v1/recommendations/ { try_files /recs.json =404; }
+    location / { }
   }
 }
 CONF
 /usr/sbin/nginx -c "$WORK/nginx.conf"
-URL_NGINX="http://127.0.0.1:$NGINX_PORT/recs.json"
+URL_NGINX="http://127.0.0.1:$NGINX_PORT/v1/recommendations/$USER_ID?n=10"
 sleep 0.5
 
-echo "payload: $BYTES bytes; user $USER_ID; wrk -t2 -c$CONNS -d${DURATION}s; oha -q $RATE -z ${DURATION}s"
-# Both get the same header, so the request sizes match.
-rps() { wrk -t2 -c"$CONNS" -d"${DURATION}s" -H "$AUTH" "$1" | awk '/Requests\/sec/ {print $2}'; }
-R_NGINX="$(rps "$URL_NGINX")"
-R_APP="$(rps "$URL_APP")"
-echo "max throughput  nginx static: $R_NGINX req/s   recstream: $R_APP req/s   ratio: $(python3 -c "print(round($R_APP/$R_NGINX, 3))")"
+echo "payload: $BYTES bytes; $USERS users; wrk -t2 -c$CONNS -d${DURATION}s; oha -q $RATE -z ${DURATION}s"
+# Both get the same header and the same paths, so the requests match byte for byte.
+rps() { wrk -t2 -c"$CONNS" -d"${DURATION}s" -H "$AUTH" "$@" | awk '/Requests\/sec/ {print $2}'; }
+export USERS_FILE="$WORK/users.txt"
+R_NGINX="$(rps -s benches/rotate_users.lua "http://127.0.0.1:$NGINX_PORT")"
+R_APP="$(rps -s benches/rotate_users.lua "http://127.0.0.1:$APP_PORT")"
+echo "max throughput, rotating over $USERS users  nginx static: $R_NGINX req/s   recstream: $R_APP req/s   ratio: $(python3 -c "print(round($R_APP/$R_NGINX, 3))")"
+R_ONE="$(rps "$URL_APP")"
+echo "max throughput, one user ($USER_ID)  recstream: $R_ONE req/s   ratio to the rotating nginx run: $(python3 -c "print(round($R_ONE/$R_NGINX, 3))")"
 
-"$OHA" --no-tui --output-format json -q "$RATE" -z "${DURATION}s" -c "$CONNS" --latency-correction -H "$AUTH" "$URL_APP" > "$WORK/oha.json"
+sed "s|^|http://127.0.0.1:$APP_PORT/v1/recommendations/|; s|\$|?n=10|" "$WORK/users.txt" > "$WORK/urls.txt"
+"$OHA" --no-tui --output-format json -q "$RATE" -z "${DURATION}s" -c "$CONNS" --latency-correction -H "$AUTH" --urls-from-file "$WORK/urls.txt" > "$WORK/oha.json"
 python3 - "$WORK/oha.json" "$RATE" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
