@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub auth: recstream_serving::AccessConfig,
     /// Header read and idle timeouts, request timeout, connection limit, URI length.
     pub limits: recstream_serving::server::ServerLimits,
+    /// How served lists are published on the stream (queue, batch, linger).
+    pub served_lists: recstream_serving::publish::ServedListsConfig,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +55,7 @@ impl Default for ServerConfig {
             collector_queue: 10_000,
             auth: recstream_serving::AccessConfig::default(),
             limits: recstream_serving::server::ServerLimits::default(),
+            served_lists: recstream_serving::publish::ServedListsConfig::default(),
         }
     }
 }
@@ -151,6 +154,7 @@ impl Config {
         }
         self.server.auth.validate()?;
         self.server.limits.validate()?;
+        self.server.served_lists.validate()?;
         self.commerce.validate()?;
         if self.mode == Mode::Aws {
             self.aws.validate()?;

@@ -8,6 +8,8 @@
 //!                    collector ─► Kinesis PutRecords; shards ◄─ KinesisWorkers (recstream-pipeline)
 //!  both              models/CURRENT in the object store ─► ModelHandle (hot reload)
 //!                    ─► ranking, similar products, segments, cold-start lists
+//!                    served lists ─► the collector's sink; feedback/ (the processors'
+//!                    join) ─► FeedbackFeed ─► the online learner
 //! ```
 
 use std::path::Path;
@@ -27,6 +29,7 @@ use recstream_model::{ModelArtifact, ModelHandle};
 use recstream_pipeline::kinesis::{AwsParts, KinesisWorkers};
 use recstream_pipeline::{Pipeline, ShardStats, ShardTask, Sinks};
 use recstream_scoring::cold_start::redis::RedisColdStartCache;
+use recstream_scoring::feedback::FeedbackFeed;
 use recstream_scoring::{ColdStartCache, ColdStartList, InProcessCache, Recommender};
 use recstream_serving::segments::SegmentsState;
 use tokio::sync::watch;
@@ -227,12 +230,63 @@ impl Runtime {
         Ok(Some(m))
     }
 
-    /// Checks for a new model every `model.reload_interval_ms` until `shutdown`.
+    /// A second server over the same stores, stream and cold-start cache, with its own
+    /// recommender, model handle and online learner: what another `recstream run`
+    /// process is in AWS mode. An embedded store is opened once per process, so this is
+    /// how two servers share one (the two-server tests).
+    pub fn another_server(&self) -> Runtime {
+        Runtime::assemble(
+            self.cfg.clone(),
+            self.sinks.clone(),
+            self.cold.clone(),
+            self.aws.clone(),
+        )
+    }
+
+    /// Feeds the online learner the feedback the shard processors joined to served lists
+    /// (`feedback/` in the object store), every `scoring.feedback_poll_ms` until
+    /// `shutdown`. Nothing to do without online learning.
+    pub fn spawn_feedback_feed(
+        &self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Option<JoinHandle<()>> {
+        let learner = self.recommender.learner()?.clone();
+        let feed = FeedbackFeed::new(self.sinks.objects.clone(), learner);
+        let every = Duration::from_millis(self.cfg.scoring.feedback_poll_ms);
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = tick.tick() => {}
+                }
+                match feed.poll().await {
+                    Ok(l) if l.positives + l.negatives > 0 => {
+                        tracing::debug!(
+                            positives = l.positives,
+                            negatives = l.negatives,
+                            "online model learned joined feedback"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "feedback not read; retrying"),
+                }
+            }
+        }))
+    }
+
+    /// Checks for a new model every `model.reload_interval_ms` until `shutdown`, and feeds
+    /// its live model the joined feedback ([`Runtime::spawn_feedback_feed`]).
     pub fn spawn_model_reloader(&self, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
         let rt = self.clone();
         let every = Duration::from_millis(self.cfg.model.reload_interval_ms);
+        let feed = self.spawn_feedback_feed(shutdown.clone());
         tokio::spawn(async move {
             if every.is_zero() {
+                if let Some(f) = feed {
+                    let _ = f.await;
+                }
                 return;
             }
             let mut tick = tokio::time::interval(every);
@@ -300,8 +354,18 @@ impl Runtime {
             &self.cfg.server.auth,
             commerce.as_ref().map(CommerceState::authenticator),
         ));
+        // Served lists go where the collector's events go (one stream), off the request path.
+        let served = self.cfg.server.served_lists.enabled.then(|| {
+            recstream_serving::publish::ServedLists::spawn(
+                collector.clone(),
+                &self.cfg.server.served_lists,
+                self.cfg.processor.max_record_bytes,
+            )
+            .0
+        });
         let state = recstream_serving::AppState {
             recommender: self.recommender.clone(),
+            served,
             collector,
             access,
             ready,

@@ -854,6 +854,7 @@ async fn merges_into_the_api_router() {
         ready: Arc::new(AtomicBool::new(true)),
         max_record_bytes: 64 * 1024,
         event_time: recstream_serving::EventTimeBounds::default(),
+        served: None,
     };
     // The one line the binary needs.
     let app = recstream_serving::router(api).merge(recstream_commerce::routes(shop.state.clone()));

@@ -35,7 +35,7 @@ async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[[server.auth.clients]]\nid = \"test\"\nscopes = [\"events:write\", \"recommendations:read\", \"segments:read\"]\nkey_sha256 = [\"{}\"]\n[embedded]\ndata_dir = \"{}\"\n[model]\nreload_interval_ms = 200\n[commerce]\ndata_dir = \"{}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[[server.auth.clients]]\nid = \"test\"\nscopes = [\"events:write\", \"recommendations:read\", \"segments:read\"]\nkey_sha256 = [\"{}\"]\n[embedded]\ndata_dir = \"{}\"\n[model]\nreload_interval_ms = 200\n[processor]\ncheckpoint_interval_ms = 300\n[scoring]\nfeedback_poll_ms = 100\n[commerce]\ndata_dir = \"{}\"\n",
             recstream_serving::auth::hash_key(key),
             dir.path().join("data").display(),
             dir.path().join("commerce").display()
@@ -160,7 +160,9 @@ async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
     assert!(items.iter().all(|i| i["reason"] == "similar"), "{body}");
 
     // Recommendations are still served (now ranked by the model), and feedback on a served
-    // list (a click naming its recommendation_id) teaches the live FTRL model.
+    // list (a click naming its recommendation_id) teaches the live FTRL model: the list is
+    // published on the stream, the processor joins the click to it, the server's feed
+    // reads the joined rows.
     let (status, body) = get(format!("/v1/recommendations/{user}?n=5")).await;
     assert_eq!(status, 200);
     let items = body["items"].as_array().unwrap();
@@ -182,18 +184,32 @@ async fn a_running_server_picks_up_a_trained_model_without_a_restart() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
-    let metrics = http
-        .get(&metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let metrics = http
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("recstream_scoring_feedback_total{outcome=\"learned\"}"))
+        {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no learned feedback in /metrics:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let learned = metrics
         .lines()
         .find(|l| l.starts_with("recstream_scoring_feedback_total{outcome=\"learned\"}"))
-        .unwrap_or_else(|| panic!("no learned feedback in /metrics:\n{metrics}"));
+        .unwrap();
     assert!(learned.ends_with(" 1"), "{learned}");
     let rows = metrics
         .lines()

@@ -40,7 +40,7 @@ fn kind_of(t: &EventType) -> usize {
         EventType::Purchase => 3,
         EventType::Search => 4,
         EventType::Click => 5,
-        EventType::Other(_) => 6,
+        EventType::Recommendation | EventType::Other(_) => 6,
     }
 }
 
@@ -219,8 +219,12 @@ impl Aggregator {
         self.products.len()
     }
 
-    /// Folds one validated event into the state.
+    /// Folds one validated event into the state. A `recommendation` event (a list the
+    /// server showed, not something the shopper did) changes nothing here.
     pub fn apply(&mut self, e: &Event) {
+        if e.event_type == EventType::Recommendation {
+            return;
+        }
         let kind = kind_of(&e.event_type);
         let t = e.ts.0;
         self.applied += 1;

@@ -19,6 +19,10 @@ const MAX_ID_BYTES: usize = 128;
 const MAX_TEXT_BYTES: usize = 256;
 const MAX_QUERY_BYTES: usize = 1024;
 const MAX_IMPRESSIONS: usize = 200;
+/// Most items in a served list (`scoring.max_n` is at most 1000).
+pub const MAX_SERVED_ITEMS: usize = 1000;
+/// Longest feature row of a served item.
+pub const MAX_SERVED_FEATURES: usize = 128;
 const MAX_QUANTITY: u32 = 10_000;
 const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000;
 
@@ -65,6 +69,8 @@ impl DecodeError {
                 "product_id" => "invalid_product_id",
                 "price" | "price.amount" | "price.currency" => "invalid_price",
                 "quantity" => "invalid_quantity",
+                "recommendation_id" => "invalid_recommendation_id",
+                "items" | "model_version" | "strategy" => "invalid_served_list",
                 _ => "invalid_other",
             },
         }
@@ -270,6 +276,78 @@ pub fn validate(e: &Event) -> Result<(), DecodeError> {
     for i in &e.impressions {
         check_id("impressions", i)?;
     }
+    validate_served(e)
+}
+
+/// A `recommendation` event names its list, holds 1..=1000 items at positions 1, 2, …
+/// with finite scores and features, and says how it was built; no other type carries a
+/// served list.
+fn validate_served(e: &Event) -> Result<(), DecodeError> {
+    if e.event_type != EventType::Recommendation {
+        if !e.items.is_empty() || e.model_version.is_some() || e.strategy.is_some() {
+            return Err(DecodeError::invalid(
+                "items",
+                format!(
+                    "`items`, `model_version` and `strategy` belong to `recommendation` events, not `{}`",
+                    e.event_type
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    if e.recommendation_id.is_none() {
+        return Err(DecodeError::invalid(
+            "recommendation_id",
+            "required for `recommendation` events",
+        ));
+    }
+    match e.strategy.as_deref() {
+        None => {
+            return Err(DecodeError::invalid(
+                "strategy",
+                "required for `recommendation` events",
+            ));
+        }
+        Some(s) => check_id("strategy", s)?,
+    }
+    if let Some(v) = &e.model_version {
+        check_id("model_version", v)?;
+    }
+    if e.items.is_empty() || e.items.len() > MAX_SERVED_ITEMS {
+        return Err(DecodeError::invalid(
+            "items",
+            format!(
+                "{} items: a served list holds 1..={MAX_SERVED_ITEMS}",
+                e.items.len()
+            ),
+        ));
+    }
+    for (i, item) in e.items.iter().enumerate() {
+        check_id("items", &item.product_id)?;
+        if item.position as usize != i + 1 {
+            return Err(DecodeError::invalid(
+                "items",
+                format!(
+                    "item {i} is at position {}, expected {} (positions are 1, 2, … in order)",
+                    item.position,
+                    i + 1
+                ),
+            ));
+        }
+        if !item.score.is_finite() {
+            return Err(DecodeError::invalid(
+                "items",
+                format!("item {i}: score is not a finite number"),
+            ));
+        }
+        if item.features.len() > MAX_SERVED_FEATURES || item.features.iter().any(|x| !x.is_finite())
+        {
+            return Err(DecodeError::invalid(
+                "items",
+                format!("item {i}: features must be at most {MAX_SERVED_FEATURES} finite numbers"),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -347,6 +425,89 @@ mod tests {
                 "{json}"
             );
         }
+    }
+
+    const SERVED: &str = r#"{"event_id":"r1","ts":1569888000000,"user_id":"u","type":"recommendation",
+        "recommendation_id":"r1","strategy":"personalized","model_version":"v7",
+        "items":[{"product_id":"p1","position":1,"score":0.9,"features":[0.5,1.0]},
+                 {"product_id":"p2","position":2,"score":0.4}]}"#;
+
+    #[test]
+    fn recommendation_events_carry_their_served_list() {
+        let e = decode(SERVED.as_bytes()).unwrap();
+        assert_eq!(e.event_type, EventType::Recommendation);
+        assert_eq!(e.recommendation_id.as_deref(), Some("r1"));
+        assert_eq!(e.model_version.as_deref(), Some("v7"));
+        assert_eq!(e.items.len(), 2);
+        assert_eq!(e.items[0].features, vec![0.5, 1.0]);
+        assert!(e.items[1].features.is_empty());
+        assert_eq!(decode(&e.to_json()).unwrap(), e, "round trip");
+        let built =
+            Event::recommendation("r1", e.ts, "u", "personalized", Some("v7"), e.items.clone());
+        assert_eq!(built, e);
+    }
+
+    #[test]
+    fn malformed_served_lists_are_refused_with_their_reason() {
+        let served: serde_json::Value = serde_json::from_str(SERVED).unwrap();
+        let with = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = served.clone();
+            f(&mut v);
+            decode(v.to_string().as_bytes()).unwrap_err()
+        };
+        let cases: Vec<(DecodeError, &str, &str)> = vec![
+            (
+                with(&|v| {
+                    v.as_object_mut().unwrap().remove("recommendation_id");
+                }),
+                "recommendation_id",
+                "required",
+            ),
+            (
+                with(&|v| {
+                    v.as_object_mut().unwrap().remove("strategy");
+                }),
+                "strategy",
+                "required",
+            ),
+            (
+                with(&|v| v["items"] = serde_json::json!([])),
+                "items",
+                "1..=1000",
+            ),
+            (
+                with(&|v| v["items"][1]["position"] = serde_json::json!(5)),
+                "items",
+                "position 5, expected 2",
+            ),
+            (
+                with(&|v| v["items"][0]["product_id"] = serde_json::json!("")),
+                "items",
+                "empty",
+            ),
+            (
+                with(&|v| v["items"][0]["features"] = serde_json::json!([1e300])),
+                "items",
+                "finite",
+            ),
+            (
+                with(&|v| {
+                    v["type"] = serde_json::json!("click");
+                    v["product_id"] = serde_json::json!("p1");
+                }),
+                "items",
+                "belong to `recommendation` events",
+            ),
+        ];
+        for (err, field, words) in cases {
+            let text = err.to_string();
+            assert_eq!(field_of(err.clone()), field, "{text}");
+            assert!(text.contains(words), "{text} should say {words}");
+            assert!(err.kind().starts_with("invalid_"), "{}", err.kind());
+        }
+        // A score of the wrong JSON type is malformed, as any other field.
+        let err = with(&|v| v["items"][0]["score"] = serde_json::json!("high"));
+        assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
     }
 
     #[test]

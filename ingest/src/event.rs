@@ -97,6 +97,11 @@ pub enum EventType {
     Search,
     /// A recommendation or search result was clicked.
     Click,
+    /// A recommendations response as served (published by the server, not by the shop):
+    /// `recommendation_id`, the ranked `items`, `model_version` and `strategy`. The shard
+    /// processor joins the clicks, carts and purchases that name its id to it; it is
+    /// never aggregated into features.
+    Recommendation,
     /// Any other type string, kept verbatim so that nothing the producer sent is lost.
     Other(CompactString),
 }
@@ -112,6 +117,7 @@ impl EventType {
             "purchase" => EventType::Purchase,
             "search" => EventType::Search,
             "click" => EventType::Click,
+            "recommendation" => EventType::Recommendation,
             other => EventType::Other(CompactString::from(other)),
         }
     }
@@ -125,6 +131,7 @@ impl EventType {
             EventType::Purchase => "purchase",
             EventType::Search => "search",
             EventType::Click => "click",
+            EventType::Recommendation => "recommendation",
             EventType::Other(s) => s,
         }
     }
@@ -140,6 +147,23 @@ impl EventType {
                 | EventType::Click
         )
     }
+}
+
+/// One item of a served list (a `recommendation` event): what was shown where, with the
+/// score and the feature row it was ranked with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServedItem {
+    /// The product shown.
+    pub product_id: CompactString,
+    /// 1-based rank in the list (the first item is position 1).
+    pub position: u32,
+    /// The score the list was ordered by (comparable only within one list).
+    pub score: f64,
+    /// The pair features the model ranked the item with (empty when no model ranked it:
+    /// the blend, cold start, a backfilled item). Logged, never recomputed, so that the
+    /// online learner learns from exactly what was ranked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<f32>,
 }
 
 impl fmt::Display for EventType {
@@ -264,6 +288,15 @@ pub struct Event {
     /// Product ids shown to the user with this event (at most 200).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub impressions: Vec<CompactString>,
+    /// The ranked list of a `recommendation` event, best first (only on that type).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<ServedItem>,
+    /// The model version that ranked a `recommendation` event's list (none: no model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<CompactString>,
+    /// How a `recommendation` event's list was built (`personalized`, `cold_start`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<CompactString>,
 }
 
 impl Event {
@@ -284,6 +317,9 @@ impl Event {
             profile: None,
             recommendation_id: None,
             impressions: Vec::new(),
+            items: Vec::new(),
+            model_version: None,
+            strategy: None,
         }
     }
 
@@ -292,6 +328,24 @@ impl Event {
         self.product_id = Some(product_id.into());
         self.category = category.map(Into::into);
         self
+    }
+
+    /// A `recommendation` event: the list served to `user_id` at `ts` under
+    /// `recommendation_id` (also its `event_id`: one event per response).
+    pub fn recommendation(
+        recommendation_id: &str,
+        ts: Timestamp,
+        user_id: &str,
+        strategy: &str,
+        model_version: Option<&str>,
+        items: Vec<ServedItem>,
+    ) -> Event {
+        let mut e = Event::new(recommendation_id, ts, user_id, EventType::Recommendation);
+        e.recommendation_id = Some(recommendation_id.into());
+        e.strategy = Some(strategy.into());
+        e.model_version = model_version.map(Into::into);
+        e.items = items;
+        e
     }
 
     /// Sets the session.

@@ -9,7 +9,8 @@
 //!                                               │      └──────────► archive: Parquet, dt=/hour= ─► ObjectStore
 //!                                               └─ DecodeError ──► dead letters ─────────────────► ObjectStore
 //!
-//!  producers (collector, commerce) ─► sink::EventSink ─► channel | Kinesis (PutRecords)
+//!  producers (collector, commerce, served lists) ─► sink::EventSink ─► channel | Kinesis (PutRecords)
+//!  processor join (recommendation ⋈ click) ─► feedback::FeedbackRow ─► feedback/<shard>/<seq>.jsonl
 //! ```
 
 pub mod archive;
@@ -18,6 +19,7 @@ pub mod datasets;
 pub mod decode;
 pub mod error;
 pub mod event;
+pub mod feedback;
 pub mod metrics;
 pub mod object_store;
 pub mod record;
@@ -26,7 +28,7 @@ pub mod source;
 
 pub use decode::{DecodeError, decode};
 pub use error::IngestError;
-pub use event::{Event, EventType, Money, Profile, Timestamp};
+pub use event::{Event, EventType, Money, Profile, ServedItem, Timestamp};
 pub use object_store::{LocalObjectStore, ObjectStore};
 pub use record::{RawRecord, SeqNo, ShardCheckpoint, ShardId};
 pub use sink::{EventSink, OutRecord, SinkError};

@@ -21,3 +21,10 @@ pub const ARCHIVE_ROLL_SECONDS: &str = "recstream_ingest_archive_roll_seconds";
 pub const LAG_MILLISECONDS: &str = "recstream_ingest_lag_milliseconds";
 /// Retries of AWS calls (labels: `service`, `operation`).
 pub const AWS_RETRIES_TOTAL: &str = "recstream_ingest_aws_retries_total";
+/// Served lists and feedback events seen by the processor's join (labels: `shard`,
+/// `outcome`: `served`, `duplicate`, `joined`, `early` (feedback before its list),
+/// `unmatched`, `expired`, `foreign_user`, `evicted`).
+pub const FEEDBACK_JOIN_TOTAL: &str = "recstream_ingest_feedback_join_total";
+/// Labelled impressions the join wrote for the online learners (labels: `shard`, `label`:
+/// `engaged`, `ignored`).
+pub const FEEDBACK_ROWS_TOTAL: &str = "recstream_ingest_feedback_rows_total";

@@ -6,9 +6,12 @@
 //!    ─► per record: base64 data ─► kpl::deaggregate ─► RawRecord (sub_seq per user record;
 //!                                   a corrupt aggregate ─► dead letter with its reason)
 //!    ─► resume: checkpoint (ConditionalCheckpoints) ─► snapshot it names (S3) ─► Aggregator
-//!    ─► ShardProcessor::process_batch   records <= committed are skipped (redelivery)
+//!    ─► ShardProcessor::process_batch   records <= committed are skipped (redelivery);
+//!                                       served lists (`recommendation` events) wait in the
+//!                                       join state, clicks naming them become feedback rows
 //!    ─► pending roll point beyond the batch? read ahead from Kinesis up to it
-//!    ─► ShardProcessor::commit          intent ─► archive roll ─► feature flush ─► snapshot
+//!    ─► ShardProcessor::commit          intent ─► archive roll + feedback/ ─► feature flush
+//!                                       ─► snapshot (aggregation and join state)
 //!                                       ─► checkpoint (conditional on the position loaded)
 //!    ─► ok: {"batchItemFailures": []}
 //!       error: the first record after the committed position ─► Lambda retries from there
@@ -23,7 +26,7 @@
 //! applied); the processor skips every record at or before the committed position, so a
 //! redelivered batch changes nothing. A crash between the steps of a commit leaves either
 //! the old checkpoint (the retry replays from the old snapshot and rewrites the same
-//! absolute feature values and the same archive object names) or an announced roll point
+//! absolute feature values, the same archive object names and the same feedback objects) or an announced roll point
 //! (`pending_end`): the retry then rolls at exactly that sequence number — reading ahead
 //! from the stream if the retried batch is shorter (bisected) — so the archive object it
 //! overwrites has the same name and the same rows. The checkpoint write is conditional on

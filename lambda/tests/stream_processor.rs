@@ -492,3 +492,78 @@ async fn an_infrastructure_failure_reports_the_first_uncommitted_record() {
     assert_eq!(got, want);
     let _ = &lambda.aws;
 }
+
+/// Every feedback row the join wrote, in object order.
+async fn feedback_rows(s: &Stores) -> Vec<recstream_ingest::feedback::FeedbackRow> {
+    let mut rows = Vec::new();
+    for key in s
+        .objects
+        .list(recstream_ingest::feedback::FEEDBACK_PREFIX)
+        .await
+        .unwrap()
+    {
+        let bytes = s.objects.get(&key).await.unwrap().unwrap();
+        rows.extend(recstream_ingest::feedback::decode_feedback(&bytes).unwrap());
+    }
+    rows
+}
+
+#[tokio::test]
+async fn served_lists_and_the_clicks_naming_them_are_joined_once() {
+    if !services_available("served_lists_and_the_clicks_naming_them_are_joined_once") {
+        return;
+    }
+    let (lambda, clean) = (
+        stores("served", true).await,
+        stores("served-clean", true).await,
+    );
+    // u3's list (index 20), other traffic, then u3's cart of its third item (index 25).
+    let served = json!({
+        "event_id": "r-20", "ts": T0 + 20 * 20_000, "user_id": "u3", "type": "recommendation",
+        "recommendation_id": "r-20", "strategy": "personalized", "model_version": "v9",
+        "items": [
+            {"product_id": "p1", "position": 1, "score": 0.9, "features": [1.0, 2.0]},
+            {"product_id": "p2", "position": 2, "score": 0.8, "features": [3.0, 4.0]},
+            {"product_id": "p3", "position": 3, "score": 0.7, "features": [5.0, 6.0]}
+        ]
+    });
+    let cart = json!({
+        "event_id": "c-25", "ts": T0 + 25 * 20_000, "user_id": "u3", "type": "add_to_cart",
+        "product_id": "p3", "category": "home.kitchen", "quantity": 1,
+        "recommendation_id": "r-20"
+    });
+    let mut all = plain(0..20);
+    all.push((20, serde_json::to_vec(&served).unwrap()));
+    all.extend(plain(21..25));
+    all.push((25, serde_json::to_vec(&cart).unwrap()));
+    all.extend(plain(26..30));
+    let h = handler(&lambda);
+    // The list and the cart in different invocations (the list waits in the snapshot),
+    // the second batch delivered twice.
+    for batch in [&all[0..22], &all[22..30], &all[22..30]] {
+        no_failures(&h.handle(payload(batch)).await.unwrap());
+    }
+    clean_run(&clean, clean_records(&all)).await;
+    let (got, want) = (feedback_rows(&lambda).await, feedback_rows(&clean).await);
+    let labels: Vec<(&str, bool)> = got
+        .iter()
+        .map(|r| (r.product_id.as_str(), r.engaged))
+        .collect();
+    assert_eq!(labels, [("p1", false), ("p2", false), ("p3", true)]);
+    assert!(got.iter().all(|r| r.event_type == "add_to_cart"));
+    assert_eq!(got, want, "the same rows as the workers' clean run, once");
+    // The list is archived, typed, once; features equal the clean run.
+    let (o_got, o_want) = (observe(&lambda).await, observe(&clean).await);
+    assert_eq!(o_got.users, o_want.users);
+    assert_eq!(o_got.archive_rows.len(), 30);
+    let archived = read_archive(lambda.objects.as_ref(), "events/")
+        .await
+        .unwrap();
+    let list = archived
+        .iter()
+        .find(|r| r.event.event_id == "r-20")
+        .unwrap();
+    assert_eq!(list.event.items.len(), 3);
+    assert_eq!(list.event.items[2].features, vec![5.0, 6.0]);
+    assert_eq!(list.event.model_version.as_deref(), Some("v9"));
+}

@@ -8,6 +8,7 @@
 //!        ▼
 //!  processor::ShardProcessor (one per shard)
 //!        ├─ decode ─► features::Aggregator ─► FeatureStore::write     (every flush interval)
+//!        ├─ join::FeedbackJoin: served lists ⋈ clicks ─► feedback rows ─► ObjectStore (at each checkpoint)
 //!        ├─ archive: Parquet + dead letters ─► ObjectStore            (at each checkpoint)
 //!        └─ checkpoint: intent ─► roll ─► flush ─► snapshot ─► CheckpointStore::save
 //!                                                               └─► Source::on_checkpoint
@@ -22,6 +23,7 @@
 //! [`Sinks`] holds the stores a processor writes to, behind their traits; the embedded
 //! and AWS implementations both live in `recstream-ingest` and `recstream-features`.
 
+pub mod join;
 pub mod kinesis;
 pub mod processor;
 mod runner;

@@ -2,14 +2,16 @@
 //!
 //! ```text
 //!  Source::next_batch ─► decode + time bounds (vs arrival) ─┬─ Ok  ─► Aggregator::apply ─► (every flush interval) FeatureStore::write
-//!                                │        └► ArchiveWriter::push
+//!                                │        ├► ArchiveWriter::push
+//!                                │        └► FeedbackJoin::apply (served lists ⋈ events naming them) ─► labelled rows
 //!                                └─ Err ─► ArchiveWriter::push_dead (reason kept)
 //!
 //!  checkpoint (every checkpoint interval, at a pending roll, at the end):
 //!    1. save intent {pending_end}      (a restart rolls at exactly this sequence number)
-//!    2. archive roll → Parquet + dead letters (names per shard and sequence range)
+//!    2. archive roll → Parquet + dead letters (names per shard and sequence range);
+//!       the joined feedback rows → feedback/<shard>/<end>.jsonl
 //!    3. feature flush                   (absolute values: replays overwrite)
-//!    4. state snapshot → object store
+//!    4. state snapshot → object store   (aggregation state, and the join's pending lists)
 //!    5. save {committed = end, snapshot}; Source::on_checkpoint(end)
 //! ```
 //!
@@ -24,12 +26,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use recstream_features::{Aggregator, FeatureConfig, FeatureStore};
 use recstream_ingest::archive::{ArchiveWriter, ArchivedRow};
+use recstream_ingest::feedback::{FeedbackRow, encode_feedback, feedback_key};
 use recstream_ingest::{
     CheckpointStore, DecodeError, ObjectStore, RawRecord, SeqNo, ShardCheckpoint, ShardId, Source,
     metrics as im,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+
+use crate::join::{FeedbackJoin, JoinLimits, OUTCOMES};
 
 /// How a processor batches, flushes and checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +60,10 @@ pub struct ProcessorConfig {
     /// 0 = no bound. Off by default: replays of historical logs into a stream are
     /// legitimate (a file replay's arrival is the event time, so it is never judged).
     pub max_event_age_ms: u64,
+    /// Served lists (`recommendation` events) the feedback join keeps per shard.
+    pub feedback_max_lists: usize,
+    /// How long after it was served a list takes feedback, ms of event time.
+    pub feedback_ttl_ms: u64,
 }
 
 impl Default for ProcessorConfig {
@@ -68,6 +77,8 @@ impl Default for ProcessorConfig {
             archive_max_bytes: 64 * 1024 * 1024,
             max_future_skew_ms: recstream_ingest::decode::DEFAULT_MAX_FUTURE_SKEW_MS,
             max_event_age_ms: 0,
+            feedback_max_lists: 10_000,
+            feedback_ttl_ms: 30 * 60 * 1000,
         }
     }
 }
@@ -95,6 +106,12 @@ impl ProcessorConfig {
         if self.max_future_skew_ms > 24 * 3600 * 1000 {
             return Err("processor.max_future_skew_ms must be at most a day".into());
         }
+        if !(1..=1_000_000).contains(&self.feedback_max_lists) || self.feedback_ttl_ms == 0 {
+            return Err(
+                "processor.feedback_max_lists must be in 1..=1000000 and feedback_ttl_ms positive"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -116,6 +133,8 @@ pub struct ShardStats {
     pub checkpoints: AtomicU64,
     /// Rows written to the archive by committed rolls.
     pub archived_rows: AtomicU64,
+    /// Labelled impressions produced by the feedback join.
+    pub feedback_rows: AtomicU64,
 }
 
 /// What a processor did, when it stops.
@@ -180,6 +199,14 @@ pub struct Resume {
     pub checkpoint: ShardCheckpoint,
     /// The aggregation state restored from the checkpoint's snapshot (empty without one).
     pub aggregator: Aggregator,
+    /// The served lists waiting for feedback, restored beside the aggregation state
+    /// (empty without a snapshot, or for a snapshot written before the join existed).
+    pub join: FeedbackJoin,
+}
+
+/// The object holding the join state of the snapshot `snapshot`.
+fn join_key(snapshot: &str) -> String {
+    format!("{snapshot}.join")
 }
 
 /// Loads the checkpoint of `shard` and the aggregation state it points to.
@@ -205,9 +232,22 @@ pub async fn resume(
         }
         None => Aggregator::new(cfg.clone()),
     };
+    let join = match &checkpoint.snapshot {
+        Some(key) => match sinks.objects.get(&join_key(key)).await? {
+            Some(bytes) => FeedbackJoin::restore(&bytes).map_err(|e| {
+                recstream_features::StoreError::Corrupt {
+                    what: "checkpoint",
+                    message: format!("join state of snapshot {key}: {e}"),
+                }
+            })?,
+            None => FeedbackJoin::default(),
+        },
+        None => FeedbackJoin::default(),
+    };
     Ok(Resume {
         checkpoint,
         aggregator,
+        join,
     })
 }
 
@@ -217,6 +257,9 @@ pub struct ShardProcessor {
     shard: ShardId,
     source: Box<dyn Source>,
     agg: Aggregator,
+    join: FeedbackJoin,
+    /// Rows joined since the last checkpoint, written with its archive roll.
+    feedback: Vec<FeedbackRow>,
     archive: ArchiveWriter,
     sinks: Sinks,
     cfg: ProcessorConfig,
@@ -242,6 +285,8 @@ impl ShardProcessor {
             last_seq: resume.checkpoint.committed.clone(),
             cp: resume.checkpoint,
             agg: resume.aggregator,
+            join: resume.join,
+            feedback: Vec::new(),
             shard,
             source,
             sinks,
@@ -347,6 +392,11 @@ impl ShardProcessor {
         let (mut accepted, mut dead, mut unknown) = (0u64, 0u64, 0u64);
         let n = records.len() as u64;
         let mut lag = None;
+        let rows_before = self.feedback.len();
+        let limits = JoinLimits {
+            max_lists: self.cfg.feedback_max_lists,
+            ttl_ms: self.cfg.feedback_ttl_ms,
+        };
         let mut records = records.into_iter().peekable();
         while let Some(rec) = records.next() {
             // Records at or before the checkpoint are already durable (a source may
@@ -378,6 +428,7 @@ impl ShardProcessor {
                         unknown += 1;
                     }
                     self.agg.apply(&event);
+                    self.join.apply(&event, limits, &mut self.feedback);
                     lag = Some(rec.arrival);
                     self.archive.push(ArchivedRow {
                         shard: rec.shard.clone(),
@@ -419,7 +470,30 @@ impl ShardProcessor {
             .fetch_add(unknown, Ordering::Relaxed);
         metrics::counter!(recstream_features::metrics::EVENTS_APPLIED_TOTAL, "shard" => self.shard.to_string())
             .increment(accepted);
+        self.count_join(rows_before);
         Ok(())
+    }
+
+    /// Per-batch metrics of the feedback join.
+    fn count_join(&mut self, rows_before: usize) {
+        let shard = self.shard.to_string();
+        for (o, n) in OUTCOMES.iter().zip(self.join.take_counts()) {
+            if n > 0 {
+                metrics::counter!(im::FEEDBACK_JOIN_TOTAL, "shard" => shard.clone(), "outcome" => o.as_str())
+                    .increment(n);
+            }
+        }
+        let new = &self.feedback[rows_before..];
+        let engaged = new.iter().filter(|r| r.engaged).count() as u64;
+        if !new.is_empty() {
+            metrics::counter!(im::FEEDBACK_ROWS_TOTAL, "shard" => shard.clone(), "label" => "engaged")
+                .increment(engaged);
+            metrics::counter!(im::FEEDBACK_ROWS_TOTAL, "shard" => shard, "label" => "ignored")
+                .increment(new.len() as u64 - engaged);
+        }
+        self.stats
+            .feedback_rows
+            .fetch_add(new.len() as u64, Ordering::Relaxed);
     }
 
     fn count_dead(&self, err: &DecodeError) {
@@ -475,11 +549,25 @@ impl ShardProcessor {
         self.stats
             .archived_rows
             .fetch_add(summary.rows as u64, Ordering::Relaxed);
+        if !self.feedback.is_empty() {
+            self.sinks
+                .objects
+                .put(
+                    &feedback_key(&self.shard, &end),
+                    encode_feedback(&self.feedback),
+                )
+                .await?;
+            self.feedback.clear();
+        }
         self.flush().await?;
         let key = format!("state/{}/{}.bin", self.shard.file_safe(), end);
         self.sinks
             .objects
             .put(&key, Bytes::from(self.agg.snapshot()))
+            .await?;
+        self.sinks
+            .objects
+            .put(&join_key(&key), Bytes::from(self.join.snapshot()))
             .await?;
         let previous = self.cp.snapshot.replace(key.clone());
         self.cp.committed = Some(end.clone());
@@ -491,6 +579,7 @@ impl ShardProcessor {
             .await?;
         if let Some(old) = previous.filter(|old| *old != key) {
             self.sinks.objects.delete(&old).await?;
+            self.sinks.objects.delete(&join_key(&old)).await?;
         }
         self.source.on_checkpoint(&end).await?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);

@@ -42,10 +42,10 @@ pub struct ScoringConfig {
     /// Keep learning (FTRL) from feedback on served lists between retrainings, and rank
     /// with that live model.
     pub online_learning: bool,
-    /// Served lists kept for feedback, and for how long.
-    pub feedback_capacity: usize,
-    /// How long a served list is kept for feedback, seconds (default 1800).
-    pub feedback_ttl_secs: u64,
+    /// How often the online learner reads the feedback the shard processors joined to
+    /// served lists, ms (default 1000). Served lists wait for feedback in the processor
+    /// (`processor.feedback_max_lists`, `feedback_ttl_ms`).
+    pub feedback_poll_ms: u64,
 }
 
 impl Default for ScoringConfig {
@@ -68,8 +68,7 @@ impl Default for ScoringConfig {
             max_per_category: 4,
             rerank_depth: 100,
             online_learning: true,
-            feedback_capacity: 100_000,
-            feedback_ttl_secs: 1800,
+            feedback_poll_ms: 1000,
         }
     }
 }
@@ -91,8 +90,8 @@ impl ScoringConfig {
                 return Err(format!("scoring.{name} must be a non-negative number"));
             }
         }
-        if self.feedback_capacity == 0 || self.feedback_ttl_secs == 0 {
-            return Err("scoring.feedback_capacity and feedback_ttl_secs must be positive".into());
+        if !(10..=600_000).contains(&self.feedback_poll_ms) {
+            return Err("scoring.feedback_poll_ms must be in 10..=600000".into());
         }
         if self.rerank_depth == 0 || self.rerank_depth > 1000 {
             return Err("scoring.rerank_depth must be in 1..=1000".into());

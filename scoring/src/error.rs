@@ -13,4 +13,7 @@ pub enum ScoringError {
     /// The request is invalid (e.g. `n` out of range): the client's fault, HTTP 400.
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// The feedback objects could not be listed or read (the next poll retries).
+    #[error("feedback: {0}")]
+    Feedback(String),
 }

@@ -1,85 +1,78 @@
-//! Online learning: the FTRL ranker keeps learning from the storefront's feedback on the
-//! lists it served, between batch retrainings.
+//! Online learning: the FTRL ranker keeps learning, between batch retrainings, from the
+//! feedback the shard processors joined to served lists — whichever server served the
+//! list and whichever took the click.
 //!
 //! ```text
-//!  GET /v1/recommendations ─► Recommender ─► the served items' pair features, exactly as
-//!        ranked (no training/serving skew) ─► OnlineLearner::record(recommendation_id, …)
-//!                                            bounded: `feedback_capacity` lists, `feedback_ttl_secs`
-//!  POST /v1/events {recommendation_id, product_id, impressions, type: click|add_to_cart|…}
-//!        ─► OnlineLearner::observe: the engaged item → 1, the other impressions (or, without
-//!           `impressions`, the other served items) → 0, each item labelled once
+//!  GET /v1/recommendations (any server) ─► Recommender ─► the served items' pair features,
+//!        exactly as ranked ─► `recommendation` event on the stream (serving publishes it)
+//!  POST /v1/events {recommendation_id, product_id, impressions?, type: click|add_to_cart|…}
+//!        (any server) ─► the stream
+//!  shard processor (worker or Lambda): join ─► labelled rows ─► feedback/<shard>/<end>.jsonl
+//!  FeedbackFeed::poll (every server, every `feedback_poll_ms`): objects not yet applied,
+//!        in (shard, position) order ─► OnlineLearner::learn: rows of the live version
 //!        ─► OnlineRanker::update_rows (linfa-ftrl FitWith) ─► ranks the next requests
-//!  model reload ─► OnlineLearner::sync: restart from the new artifact's FTRL state
+//!  model reload ─► OnlineLearner::sync: restart from the new artifact's FTRL state and
+//!        read every feedback object again (rows of the new version only)
 //! ```
 //!
-//! The log is per process: feedback is learned by the server that served the list (the
-//! storefront's sticky session); an event that reaches another server finds no list and
-//! is ignored (counted as `unmatched`).
+//! Every server reads the same objects, so every server's live model learns the same
+//! rows; within a shard they are applied in stream order.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
 
 use recstream_features::{ProductFeatures, UserFeatures};
-use recstream_ingest::{Event, EventType};
+use recstream_ingest::ObjectStore;
+use recstream_ingest::feedback::{
+    FEEDBACK_PREFIX, FeedbackRow, decode_feedback, parse_feedback_key,
+};
 use recstream_model::{
-    CandidateSignals, LinearScorer, ModelArtifact, OnlineRanker, PairFeatures, UserContext,
+    CandidateSignals, LinearScorer, ModelArtifact, NUM_FEATURES, OnlineRanker, PairFeatures,
 };
 
+use crate::error::ScoringError;
 use crate::metrics as m;
-
-/// A served list, waiting for feedback.
-struct Served {
-    at: Instant,
-    version: String,
-    /// Product id, its pair features as ranked, whether it has been labelled.
-    items: Vec<(String, PairFeatures, bool)>,
-}
-
-#[derive(Default)]
-struct Log {
-    lists: HashMap<String, Served>,
-    order: VecDeque<(Instant, String)>,
-}
 
 /// The live FTRL model of one artifact version.
 struct Live {
     version: String,
     ranker: OnlineRanker,
+    /// Feedback objects already applied to this live model.
+    applied: HashSet<String>,
 }
 
-/// What one event taught the model.
+/// What feedback taught the model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Learned {
     /// Served items labelled 1 (engaged with).
     pub positives: usize,
-    /// Served or shown items labelled 0 (shown, not engaged with).
+    /// Served items labelled 0 (shown in a list the shopper engaged with, ignored).
     pub negatives: usize,
 }
 
-/// The per-process log of served lists and the live FTRL model that learns from the
-/// feedback on them (see the module docs). Shared by the recommender and the event path.
+impl std::ops::AddAssign for Learned {
+    fn add_assign(&mut self, o: Learned) {
+        self.positives += o.positives;
+        self.negatives += o.negatives;
+    }
+}
+
+/// The live FTRL model that ranks requests and learns from joined feedback (see the module
+/// docs). Shared by the ranker and the [`FeedbackFeed`].
+#[derive(Default)]
 pub struct OnlineLearner {
-    log: Mutex<Log>,
     live: RwLock<Option<Live>>,
-    capacity: usize,
-    ttl: Duration,
 }
 
 impl OnlineLearner {
-    /// A learner keeping at most `capacity` served lists, each for `ttl`; no live model
-    /// until the first [`OnlineLearner::sync`].
-    pub fn new(capacity: usize, ttl: Duration) -> OnlineLearner {
-        OnlineLearner {
-            log: Mutex::new(Log::default()),
-            live: RwLock::new(None),
-            capacity: capacity.max(1),
-            ttl,
-        }
+    /// A learner with no live model until the first [`OnlineLearner::sync`].
+    pub fn new() -> OnlineLearner {
+        OnlineLearner::default()
     }
 
     /// Starts learning from `model`'s FTRL state (a new version replaces the old live
-    /// model; the same version keeps what was learned since it loaded).
+    /// model and forgets which feedback it applied; the same version keeps what was
+    /// learned since it loaded).
     pub fn sync(&self, model: &ModelArtifact) {
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
         if live
@@ -91,13 +84,8 @@ impl OnlineLearner {
         *live = Some(Live {
             version: model.meta.version.clone(),
             ranker: model.online.clone(),
+            applied: HashSet::new(),
         });
-        drop(live);
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .lists
-            .clear();
     }
 
     /// The live model's version, if any.
@@ -140,135 +128,54 @@ impl OnlineLearner {
         }
     }
 
-    /// Keeps the features of the `chosen` items of a list served under `recommendation_id`
-    /// (`candidates` is everything the ranker saw, to build the user context as it did).
-    pub fn record(
-        &self,
-        recommendation_id: &str,
-        user: &UserFeatures,
-        candidates: &[(&ProductFeatures, CandidateSignals)],
-        chosen: &[(String, usize)],
-    ) {
+    /// Whether the feedback object `key` was applied to the live model of `version`.
+    fn applied(&self, version: &str, key: &str) -> bool {
         let live = self.live.read().unwrap_or_else(|e| e.into_inner());
-        let Some(l) = live.as_ref() else { return };
-        let ctx = UserContext::new(user, candidates.iter().map(|(p, _)| *p), l.ranker.schema());
-        let mut items = Vec::with_capacity(chosen.len());
-        for (id, i) in chosen {
-            let Some((p, s)) = candidates.get(*i) else {
+        live.as_ref()
+            .is_some_and(|l| l.version == version && l.applied.contains(key))
+    }
+
+    /// Learns the rows of one feedback object, once: rows of another model version (or
+    /// without a feature row: not ranked by a model) are skipped; a second call with the
+    /// same `key` learns nothing. `version` is the live version the caller saw when it
+    /// listed the object: if the model changed since, nothing is learned or marked.
+    pub fn learn(&self, version: &str, key: &str, rows: &[FeedbackRow]) -> Learned {
+        let mut xs: Vec<PairFeatures> = Vec::with_capacity(rows.len());
+        let mut labels = Vec::with_capacity(rows.len());
+        let mut other_version = 0u64;
+        for r in rows {
+            if r.model_version.as_deref() != Some(version) || r.features.len() != NUM_FEATURES {
+                other_version += 1;
                 continue;
-            };
-            let mut x = [0.0; recstream_model::NUM_FEATURES];
-            ctx.pair(p, s, &mut x);
-            items.push((id.clone(), x, false));
+            }
+            let mut x = [0.0; NUM_FEATURES];
+            for (d, s) in x.iter_mut().zip(&r.features) {
+                *d = f64::from(*s);
+            }
+            xs.push(x);
+            labels.push(r.engaged);
         }
-        let version = l.version.clone();
-        drop(live);
-        self.keep(recommendation_id, version, items);
-    }
-
-    /// Keeps the served items of a list with the feature rows they were ranked with (the
-    /// rows of [`OnlineLearner::score_with_rows`]): no feature is built a second time.
-    pub fn record_rows(
-        &self,
-        recommendation_id: &str,
-        items: impl IntoIterator<Item = (String, PairFeatures)>,
-    ) {
-        let Some(version) = self.version() else {
-            return;
-        };
-        let items = items.into_iter().map(|(id, x)| (id, x, false)).collect();
-        self.keep(recommendation_id, version, items);
-    }
-
-    fn keep(
-        &self,
-        recommendation_id: &str,
-        version: String,
-        items: Vec<(String, PairFeatures, bool)>,
-    ) {
-        let now = Instant::now();
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        while log.lists.len() >= self.capacity
-            || log
-                .order
-                .front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > self.ttl)
-        {
-            let Some((_, id)) = log.order.pop_front() else {
-                break;
-            };
-            log.lists.remove(&id);
-        }
-        log.order.push_back((now, recommendation_id.to_string()));
-        log.lists.insert(
-            recommendation_id.to_string(),
-            Served {
-                at: now,
-                version,
-                items,
-            },
-        );
-    }
-
-    /// Learns from one event that names the list it came from. Views, clicks, carts and
-    /// purchases of a served item are engagement.
-    pub fn observe(&self, e: &Event) -> Learned {
-        let (Some(rec), Some(product)) = (e.recommendation_id.as_deref(), e.product_id.as_deref())
-        else {
-            return Learned::default();
-        };
-        if !matches!(
-            e.event_type,
-            EventType::View | EventType::Click | EventType::AddToCart | EventType::Purchase
-        ) {
-            return Learned::default();
-        }
-        let (rows, labels) = {
-            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(served) = log.lists.get_mut(rec) else {
-                metrics::counter!(m::FEEDBACK_TOTAL, "outcome" => "unmatched").increment(1);
-                return Learned::default();
-            };
-            if served.at.elapsed() > self.ttl {
-                metrics::counter!(m::FEEDBACK_TOTAL, "outcome" => "expired").increment(1);
-                return Learned::default();
-            }
-            let mut rows = Vec::new();
-            let mut labels = Vec::new();
-            for (id, x, done) in served.items.iter_mut() {
-                if *done {
-                    continue;
-                }
-                let engaged = id == product;
-                let shown = e.impressions.is_empty() || e.impressions.iter().any(|i| i == id);
-                if engaged || shown {
-                    rows.push(*x);
-                    labels.push(engaged);
-                    *done = true;
-                }
-            }
-            if !labels.iter().any(|l| *l) {
-                // Feedback on something the list did not hold (or already learned).
-                return Learned::default();
-            }
-            let version = served.version.clone();
-            drop(log);
-            let live = self.live.read().unwrap_or_else(|e| e.into_inner());
-            if live.as_ref().is_none_or(|l| l.version != version) {
-                return Learned::default();
-            }
-            (rows, labels)
-        };
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
-        let Some(l) = live.as_mut() else {
+        let Some(l) = live.as_mut().filter(|l| l.version == version) else {
             return Learned::default();
         };
-        if let Err(err) = l.ranker.update_rows(&rows, &labels) {
-            tracing::warn!(error = %err, "online update rejected");
+        if !l.applied.insert(key.to_string()) {
+            return Learned::default();
+        }
+        if other_version > 0 {
+            metrics::counter!(m::FEEDBACK_TOTAL, "outcome" => "other_version")
+                .increment(other_version);
+        }
+        if xs.is_empty() {
+            return Learned::default();
+        }
+        if let Err(err) = l.ranker.update_rows(&xs, &labels) {
+            tracing::warn!(error = %err, key, "online update rejected");
+            metrics::counter!(m::FEEDBACK_TOTAL, "outcome" => "rejected").increment(1);
             return Learned::default();
         }
         let positives = labels.iter().filter(|l| **l).count();
-        metrics::counter!(m::FEEDBACK_TOTAL, "outcome" => "learned").increment(1);
+        metrics::counter!(m::FEEDBACK_TOTAL, "outcome" => "learned").increment(positives as u64);
         metrics::counter!(m::ONLINE_ROWS_TOTAL).increment(labels.len() as u64);
         Learned {
             positives,
@@ -277,104 +184,141 @@ impl OnlineLearner {
     }
 }
 
+/// Reads the feedback objects the shard processors write and feeds them to a learner
+/// (one per server; see the module docs).
+pub struct FeedbackFeed {
+    objects: Arc<dyn ObjectStore>,
+    learner: Arc<OnlineLearner>,
+    /// Serialises polls, so two never apply the same objects in a different order.
+    polling: tokio::sync::Mutex<()>,
+    /// Objects that failed to decode, reported once.
+    bad: Mutex<HashSet<String>>,
+}
+
+impl FeedbackFeed {
+    /// A feed of the feedback objects in `objects` into `learner`.
+    pub fn new(objects: Arc<dyn ObjectStore>, learner: Arc<OnlineLearner>) -> FeedbackFeed {
+        FeedbackFeed {
+            objects,
+            learner,
+            polling: tokio::sync::Mutex::new(()),
+            bad: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Applies every feedback object the live model has not learned yet, per shard in
+    /// stream order. Nothing happens while no model is live. A corrupt object is skipped
+    /// (and logged once); an unreadable store is an error (the next poll retries).
+    pub async fn poll(&self) -> Result<Learned, ScoringError> {
+        let _one = self.polling.lock().await;
+        let Some(version) = self.learner.version() else {
+            return Ok(Learned::default());
+        };
+        let mut keys: Vec<(String, recstream_ingest::SeqNo, String)> = self
+            .objects
+            .list(FEEDBACK_PREFIX)
+            .await
+            .map_err(feed_err)?
+            .into_iter()
+            .filter(|k| !self.learner.applied(&version, k))
+            .filter_map(|k| parse_feedback_key(&k).map(|(shard, seq)| (shard, seq, k)))
+            .collect();
+        keys.sort();
+        let mut learned = Learned::default();
+        for (_, _, key) in keys {
+            let Some(bytes) = self.objects.get(&key).await.map_err(feed_err)? else {
+                continue;
+            };
+            match decode_feedback(&bytes) {
+                Ok(rows) => learned += self.learner.learn(&version, &key, &rows),
+                Err(e) => {
+                    if self
+                        .bad
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.clone())
+                    {
+                        tracing::warn!(key, error = %e, "skipping a corrupt feedback object");
+                        metrics::counter!(m::FEEDBACK_TOTAL, "outcome" => "corrupt").increment(1);
+                    }
+                }
+            }
+        }
+        Ok(learned)
+    }
+}
+
+fn feed_err(e: recstream_ingest::IngestError) -> ScoringError {
+    ScoringError::Feedback(e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_support::Fixture;
-    use recstream_ingest::Timestamp;
+    use recstream_ingest::feedback::{encode_feedback, feedback_key};
+    use recstream_ingest::{LocalObjectStore, SeqNo, ShardId, Timestamp};
 
-    #[test]
-    fn the_rows_kept_while_scoring_teach_exactly_what_recomputed_features_do() {
-        let f = Fixture::new(200);
-        let (artifact, user, cands) = (&f.artifact, &f.user, &f.cands);
-        let batch = f.batch();
-        let (a, b) = (
-            OnlineLearner::new(10, Duration::from_secs(60)),
-            OnlineLearner::new(10, Duration::from_secs(60)),
-        );
-        a.sync(artifact);
-        b.sync(artifact);
-        let (mut plain, mut scored, mut rows) = (Vec::new(), Vec::new(), Vec::new());
-        assert!(a.score_into("v1", user, &batch, &mut plain));
-        assert!(b.score_with_rows("v1", user, &batch, &mut scored, Some(&mut rows)));
-        assert_eq!(plain, scored);
-        assert_eq!(rows.len(), batch.len());
-
-        let chosen: Vec<(String, usize)> = cands
+    /// The rows the join would write for a click on `chosen[target]` of a list ranked
+    /// with `rows` (f32 on the wire, as in the `recommendation` event).
+    fn joined(version: &str, chosen: &[(String, PairFeatures)], target: usize) -> Vec<FeedbackRow> {
+        chosen
             .iter()
             .enumerate()
-            .take(5)
-            .map(|(i, (id, _))| (id.to_string(), i))
-            .collect();
-        a.record("r", user, &batch, &chosen);
-        b.record_rows("r", chosen.iter().map(|(id, i)| (id.clone(), rows[*i])));
-        let target = &chosen[2].0;
-        assert_eq!(
-            a.observe(&click("r", target, &[])),
-            b.observe(&click("r", target, &[]))
-        );
-        let (mut after_a, mut after_b) = (Vec::new(), Vec::new());
-        a.score_into("v1", user, &batch, &mut after_a);
-        b.score_into("v1", user, &batch, &mut after_b);
-        assert_ne!(after_a, plain, "the click was learned");
-        assert_eq!(after_a, after_b);
-    }
-
-    fn click(rec: &str, product: &str, impressions: &[&str]) -> Event {
-        let mut e = Event::new("fb", Timestamp(1_569_999_000_000), "u0", EventType::Click)
-            .with_product(product, Some("cat"));
-        e.recommendation_id = Some(rec.into());
-        e.impressions = impressions.iter().map(|s| (*s).into()).collect();
-        e
+            .map(|(i, (id, x))| FeedbackRow {
+                recommendation_id: "r".into(),
+                user_id: "u0".into(),
+                product_id: id.as_str().into(),
+                position: i as u32 + 1,
+                score: 0.0,
+                engaged: i == target,
+                event_type: "click".into(),
+                model_version: Some(version.into()),
+                served_ts: Timestamp(1),
+                ts: Timestamp(2),
+                features: x.iter().map(|v| *v as f32).collect(),
+            })
+            .collect()
     }
 
     #[test]
-    fn feedback_on_a_served_list_moves_the_live_model_once_per_item() {
+    fn joined_feedback_moves_the_live_model_once_per_object_and_version() {
         let f = Fixture::new(200);
         let (mut artifact, user, cands) = (f.artifact.clone(), &f.user, &f.cands);
         let batch = f.batch();
         assert!(batch.len() >= 3, "candidates: {}", batch.len());
-        let chosen: Vec<(String, usize)> = cands
-            .iter()
-            .enumerate()
-            .map(|(i, (id, _))| (id.to_string(), i))
-            .collect();
-        let target = chosen[chosen.len() - 1].0.clone();
-
-        let learner = OnlineLearner::new(10, Duration::from_secs(60));
+        let learner = OnlineLearner::new();
         let mut before = Vec::new();
         assert!(
             !learner.score_into("v1", user, &batch, &mut before),
             "no live model yet"
         );
         learner.sync(&artifact);
-        assert!(learner.score_into("v1", user, &batch, &mut before));
-        assert!(!learner.score_into("v0", user, &batch, &mut before.clone()));
-
-        // Unknown list, or an event without a list: nothing learned.
-        assert_eq!(
-            learner.observe(&click("nope", &target, &[])),
-            Learned::default()
-        );
-        let mut plain = click("x", &target, &[]);
-        plain.recommendation_id = None;
-        assert_eq!(learner.observe(&plain), Learned::default());
-
+        let mut rows = Vec::new();
+        assert!(learner.score_with_rows("v1", user, &batch, &mut before, Some(&mut rows)));
+        let chosen: Vec<(String, PairFeatures)> = cands
+            .iter()
+            .zip(&rows)
+            .map(|((id, _), x)| (id.to_string(), *x))
+            .collect();
+        let t = chosen.len() - 1;
         for round in 0..30 {
-            let rec = format!("r{round}");
-            learner.record(&rec, user, &batch, &chosen);
-            let learned = learner.observe(&click(&rec, &target, &[]));
-            assert_eq!(learned.positives, 1);
-            assert_eq!(learned.negatives, chosen.len() - 1);
-            // A second event on the same list teaches nothing new.
+            let got = learner.learn("v1", &format!("k{round}"), &joined("v1", &chosen, t));
             assert_eq!(
-                learner.observe(&click(&rec, &target, &[])),
+                got,
+                Learned {
+                    positives: 1,
+                    negatives: chosen.len() - 1
+                }
+            );
+            // The same object again teaches nothing.
+            assert_eq!(
+                learner.learn("v1", &format!("k{round}"), &joined("v1", &chosen, t)),
                 Learned::default()
             );
         }
         let mut after = Vec::new();
         learner.score_into("v1", user, &batch, &mut after);
-        let t = chosen.len() - 1;
         assert!(
             after[t] > before[t],
             "clicked item rises: {} → {}",
@@ -382,44 +326,83 @@ mod tests {
             after[t]
         );
 
-        // Impressions restrict the negatives to what was shown.
-        learner.record("imp", user, &batch, &chosen);
-        let shown = [chosen[0].0.as_str(), target.as_str()];
-        let learned = learner.observe(&click("imp", &target, &shown));
+        // Rows of another version, or of a list no model ranked, teach nothing.
         assert_eq!(
-            learned,
-            Learned {
-                positives: 1,
-                negatives: 1
-            }
-        );
-
-        // A new version starts from its own state and forgets lists served before it.
-        learner.record("old", user, &batch, &chosen);
-        artifact.meta.version = "v2".into();
-        learner.sync(&artifact);
-        assert_eq!(
-            learner.observe(&click("old", &target, &[])),
+            learner.learn("v1", "other", &joined("v0", &chosen, t)),
             Learned::default()
         );
+        let mut blend = joined("v1", &chosen, t);
+        blend.iter_mut().for_each(|r| r.features.clear());
+        assert_eq!(learner.learn("v1", "blend", &blend), Learned::default());
+        // A caller that listed under an older version learns nothing.
+        assert_eq!(
+            learner.learn("v0", "late", &joined("v0", &chosen, t)),
+            Learned::default()
+        );
+
+        // A new version starts from its own state, and may apply the same objects again.
+        artifact.meta.version = "v2".into();
+        learner.sync(&artifact);
         let mut fresh = Vec::new();
         learner.score_into("v2", user, &batch, &mut fresh);
         assert_eq!(fresh, before, "v2 starts from the artifact's FTRL state");
+        assert!(!learner.applied("v2", "k0"));
     }
 
-    #[test]
-    fn the_log_is_bounded() {
-        let learner = OnlineLearner::new(3, Duration::from_secs(60));
+    #[tokio::test]
+    async fn the_feed_applies_every_object_once_in_stream_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects: Arc<dyn ObjectStore> = Arc::new(LocalObjectStore::new(dir.path()));
         let f = Fixture::new(200);
-        learner.sync(&f.artifact);
-        let user = &f.user;
-        let view = ProductFeatures::default();
-        let batch = [(&view, CandidateSignals::default())];
-        for i in 0..10 {
-            learner.record(&format!("r{i}"), user, &batch, &[("p".into(), 0)]);
+        let batch = f.batch();
+        let (a, b) = (
+            Arc::new(OnlineLearner::new()),
+            Arc::new(OnlineLearner::new()),
+        );
+        let (feed_a, feed_b) = (
+            FeedbackFeed::new(objects.clone(), a.clone()),
+            FeedbackFeed::new(objects.clone(), b.clone()),
+        );
+        assert_eq!(
+            feed_a.poll().await.unwrap(),
+            Learned::default(),
+            "no live model"
+        );
+        a.sync(&f.artifact);
+        b.sync(&f.artifact);
+        let mut rows = Vec::new();
+        a.score_with_rows("v1", &f.user, &batch, &mut Vec::new(), Some(&mut rows));
+        let chosen: Vec<(String, PairFeatures)> = f
+            .cands
+            .iter()
+            .zip(&rows)
+            .map(|((id, _), x)| (id.to_string(), *x))
+            .collect();
+        let shard = ShardId::new("collector");
+        // Position 9 sorts after 10 as text: the feed orders by number.
+        for (seq, target) in [(10u64, 1usize), (9, 0)] {
+            let key = feedback_key(&shard, &SeqNo::from_u64(seq));
+            objects
+                .put(&key, encode_feedback(&joined("v1", &chosen, target)))
+                .await
+                .unwrap();
         }
-        let log = learner.log.lock().unwrap();
-        assert_eq!(log.lists.len(), 3);
-        assert!(log.lists.contains_key("r9") && !log.lists.contains_key("r0"));
+        objects
+            .put("feedback/collector/11.jsonl", "not json\n".into())
+            .await
+            .unwrap();
+        let got = feed_a.poll().await.unwrap();
+        assert_eq!(got.positives, 2);
+        assert_eq!(
+            feed_a.poll().await.unwrap(),
+            Learned::default(),
+            "each object once"
+        );
+        // A second server reading the same objects ends with the same live model.
+        assert_eq!(feed_b.poll().await.unwrap(), got);
+        let (mut sa, mut sb) = (Vec::new(), Vec::new());
+        a.score_into("v1", &f.user, &batch, &mut sa);
+        b.score_into("v1", &f.user, &batch, &mut sb);
+        assert_eq!(sa, sb);
     }
 }

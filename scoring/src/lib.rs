@@ -4,7 +4,8 @@
 //!  FeatureStore (user, products, top lists) ─┐
 //!  ColdStartCache (segment → top-N) ─────────┼─► Recommender::recommend ─► Recommendations
 //!  request (user, n, context) ───────────────┘        │ served features
-//!  feedback events (recommendation_id) ─► feedback::OnlineLearner ─► FTRL ranks the next
+//!  feedback/ (the processors' join of served lists and clicks) ─► feedback::FeedbackFeed
+//!        ─► feedback::OnlineLearner ─► FTRL ranks the next
 //!  Availability (the shop's catalog) ─► only sellable products are served
 //! ```
 
@@ -23,6 +24,6 @@ pub use availability::{Availability, ProductState};
 pub use cold_start::{ColdStartCache, ColdStartList, InProcessCache};
 pub use config::ScoringConfig;
 pub use error::ScoringError;
-pub use feedback::{Learned, OnlineLearner};
+pub use feedback::{FeedbackFeed, Learned, OnlineLearner};
 pub use rank::{HeuristicRanker, HotRanker, ModelRanker, Ranker};
 pub use recommend::{Item, Reason, Recommendations, Recommender, Request, Strategy};

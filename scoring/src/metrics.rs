@@ -8,7 +8,9 @@ pub const DEGRADED_TOTAL: &str = "recstream_scoring_degraded_total";
 pub const CANDIDATES: &str = "recstream_scoring_candidates";
 /// Time to build one response.
 pub const SECONDS: &str = "recstream_scoring_seconds";
-/// Feedback events on served lists (label: `outcome` = learned | unmatched | expired).
+/// Joined feedback read by the online learner (label: `outcome` = `learned`: engaged
+/// impressions learned, `other_version`: rows of another model version or of a list no
+/// model ranked, `rejected`, `corrupt`: objects).
 pub const FEEDBACK_TOTAL: &str = "recstream_scoring_feedback_total";
 /// Rows (impressions) the online model learned from.
 pub const ONLINE_ROWS_TOTAL: &str = "recstream_scoring_online_rows_total";

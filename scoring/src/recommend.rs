@@ -29,7 +29,7 @@ use crate::error::ScoringError;
 use crate::feedback::OnlineLearner;
 use crate::metrics as m;
 use crate::rank::{CandidateSignals, HeuristicRanker, HotRanker, Ranker};
-use recstream_model::ModelHandle;
+use recstream_model::{ModelHandle, PairFeatures};
 
 /// Why an item is in the list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -89,6 +89,15 @@ pub struct Recommendations {
     /// Dependencies that failed while answering (empty when healthy).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub degraded: Vec<&'static str>,
+    /// The model version that ranked the list (none: the blend or cold start). Not part
+    /// of the response body: it goes into the served list's `recommendation` event.
+    #[serde(skip)]
+    pub model_version: Option<String>,
+    /// The feature rows the model ranked the first `features.len()` items with (asked for
+    /// with [`Recommender::recommend_for`]; empty when no model ranked). Not part of the
+    /// response body: the served list's event carries them to the online learners.
+    #[serde(skip)]
+    pub features: Vec<PairFeatures>,
 }
 
 /// One request.
@@ -187,12 +196,10 @@ impl Recommender {
             w_trending: self.cfg.w_trending,
         };
         let mut hot = HotRanker::new(handle.clone(), fallback);
-        let learner = self.cfg.online_learning.then(|| {
-            Arc::new(OnlineLearner::new(
-                self.cfg.feedback_capacity,
-                std::time::Duration::from_secs(self.cfg.feedback_ttl_secs),
-            ))
-        });
+        let learner = self
+            .cfg
+            .online_learning
+            .then(|| Arc::new(OnlineLearner::new()));
         if let Some(l) = &learner {
             hot = hot.with_online(l.clone());
         }
@@ -211,14 +218,6 @@ impl Recommender {
     pub fn sync_model(&self) {
         if let (Some(l), Some(m)) = (&self.learner, self.model.as_ref().and_then(|h| h.get())) {
             l.sync(&m);
-        }
-    }
-
-    /// Feeds an incoming event to the online learner (feedback on a served list).
-    pub fn observe(&self, e: &recstream_ingest::Event) -> crate::feedback::Learned {
-        match &self.learner {
-            Some(l) => l.observe(e),
-            None => Default::default(),
         }
     }
 
@@ -254,8 +253,9 @@ impl Recommender {
         self.recommend_for(req, None).await
     }
 
-    /// [`Recommender::recommend`], keeping the served items' features under
-    /// `recommendation_id` for the online learner (feedback events name that id).
+    /// [`Recommender::recommend`] for a list that is logged under `recommendation_id`:
+    /// the response also holds the model version and the feature rows the model ranked
+    /// the items with ([`Recommendations::features`]), for the served list's event.
     pub async fn recommend_for(
         &self,
         req: &Request,
@@ -270,6 +270,7 @@ impl Recommender {
             )));
         }
         let mut degraded = Vec::new();
+        let mut features = Vec::new();
         let user = match self.store.user(&req.user_id).await {
             Ok(u) => u,
             Err(e) => {
@@ -283,8 +284,14 @@ impl Recommender {
             .is_some_and(|u| !u.recent.is_empty() || !u.categories.is_empty());
         let out = if history || !req.context.is_empty() {
             let u = user.clone().unwrap_or_default();
-            self.personalized(req, &u, n, recommendation_id, &mut degraded)
-                .await
+            self.personalized(
+                req,
+                &u,
+                n,
+                recommendation_id.is_some().then_some(&mut features),
+                &mut degraded,
+            )
+            .await
         } else {
             let segment = user.as_ref().and_then(|u| u.segment.clone());
             self.cold(req, segment.as_deref(), n, &mut degraded).await
@@ -298,11 +305,17 @@ impl Recommender {
         for d in &degraded {
             metrics::counter!(m::DEGRADED_TOTAL, "dependency" => *d).increment(1);
         }
+        let model_version = (!features.is_empty())
+            .then(|| self.model.as_ref().and_then(|h| h.get()))
+            .flatten()
+            .map(|m| m.version().to_string());
         Ok(Recommendations {
             user_id: req.user_id.clone(),
             strategy: out.1,
             items: out.0,
             degraded,
+            model_version,
+            features,
         })
     }
 
@@ -311,7 +324,7 @@ impl Recommender {
         req: &Request,
         user: &UserFeatures,
         n: usize,
-        recommendation_id: Option<&str>,
+        served_rows: Option<&mut Vec<PairFeatures>>,
         degraded: &mut Vec<&'static str>,
     ) -> (Vec<Item>, Strategy) {
         let cfg = &self.cfg;
@@ -450,9 +463,9 @@ impl Recommender {
             .map(|((_, c), f)| (f.as_deref().unwrap_or(&empty), c.sig))
             .collect();
         let mut scores = Vec::with_capacity(pairs.len());
-        // The feature rows are kept for the online learner when the list is logged.
+        // The feature rows are kept when the list is logged (its event carries them).
         let mut rows = Vec::new();
-        let logged = self.learner.is_some() && recommendation_id.is_some();
+        let logged = served_rows.is_some();
         self.ranker
             .score_with_rows(user, &pairs, &mut scores, logged.then_some(&mut rows));
         let mut order: Vec<usize> = (0..ranked.len()).collect();
@@ -482,16 +495,10 @@ impl Recommender {
             })
             .collect();
         // Without rows no model ranked (the blend): there is nothing to learn from.
-        if let (Some(l), Some(rec)) = (&self.learner, recommendation_id)
+        if let Some(out) = served_rows
             && !rows.is_empty()
         {
-            l.record_rows(
-                rec,
-                chosen
-                    .iter()
-                    .zip(&items)
-                    .map(|(&i, it)| (it.product_id.clone(), rows[i])),
-            );
+            out.extend(chosen.iter().map(|&i| rows[i]));
         }
         if items.len() < n {
             self.backfill(req, user, &excluded, n, &mut items, degraded)

@@ -45,6 +45,9 @@ pub struct AppState {
     /// collector answers 422 instead of accepting an event the processor would only
     /// dead-letter (`processor.max_future_skew_ms` / `max_event_age_ms`).
     pub event_time: EventTimeBounds,
+    /// Where served lists go (as `recommendation` events on the collector's stream);
+    /// `None`: not published.
+    pub served: Option<crate::publish::ServedLists>,
 }
 
 /// The event-time bounds the collector applies at arrival, the same ones the shard
@@ -185,16 +188,62 @@ async fn recommendations(
         context,
     };
     let recommendation_id = uuid::Uuid::now_v7().to_string();
+    let logged = st.served.is_some().then_some(recommendation_id.as_str());
     let body = st
         .recommender
-        .recommend_for(&req, Some(&recommendation_id))
+        .recommend_for(&req, logged)
         .await
         .map_err(crate::error::from_scoring)?;
+    if let Some(served) = &st.served
+        && !body.items.is_empty()
+    {
+        served.publish(served_event(&recommendation_id, &body));
+    }
     Ok(Json(RecResponse {
         recommendation_id,
         body,
     })
     .into_response())
+}
+
+/// The `recommendation` event of a response: the list as served, with the feature rows
+/// the model ranked it with (serialised later, off the request path).
+fn served_event(
+    recommendation_id: &str,
+    body: &recstream_scoring::Recommendations,
+) -> recstream_ingest::Event {
+    let now = recstream_ingest::Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    );
+    let items = body
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| recstream_ingest::ServedItem {
+            product_id: it.product_id.as_str().into(),
+            position: i as u32 + 1,
+            score: it.score,
+            features: body
+                .features
+                .get(i)
+                .map(|x| x.iter().map(|v| *v as f32).collect())
+                .unwrap_or_default(),
+        })
+        .collect();
+    let strategy = match body.strategy {
+        recstream_scoring::Strategy::Personalized => "personalized",
+        recstream_scoring::Strategy::ColdStart => "cold_start",
+    };
+    recstream_ingest::Event::recommendation(
+        recommendation_id,
+        now,
+        &body.user_id,
+        strategy,
+        body.model_version.as_deref(),
+        items,
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,7 +303,6 @@ async fn collect(
         )));
     }
     let mut out = Vec::with_capacity(items.len());
-    let mut feedback = Vec::new();
     // A repeated `event_id` within one request is one event: the first copy is sent, the
     // others are counted as duplicates (a retrying client must not double-count a view).
     let mut seen = std::collections::HashSet::with_capacity(items.len());
@@ -284,6 +332,18 @@ async fn collect(
                 }
                 duplicates += 1;
             }
+            Ok(ev) if ev.event_type == recstream_ingest::EventType::Recommendation => {
+                // Served lists are published by the servers themselves: one from outside
+                // could feed the online learners made-up feature rows.
+                metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => "served_list").increment(1);
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_event",
+                    format!(
+                        "event {i}: `recommendation` events are published by the server, not sent to the collector"
+                    ),
+                ));
+            }
             Ok(ev) => {
                 if let Err(e) = caller.may_write_events_of(&ev.user_id) {
                     metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => "forbidden")
@@ -299,9 +359,6 @@ async fn collect(
                     partition_key: ev.user_id.to_string(),
                     data: Bytes::from(data),
                 });
-                if ev.recommendation_id.is_some() {
-                    feedback.push(ev);
-                }
             }
             Err(e) => {
                 metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => e.kind()).increment(1);
@@ -343,10 +400,6 @@ async fn collect(
     if duplicates > 0 {
         metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => "duplicate")
             .increment(duplicates as u64);
-    }
-    // Feedback on a list this server served teaches the online ranker (once accepted).
-    for ev in &feedback {
-        st.recommender.observe(ev);
     }
     Ok((
         StatusCode::ACCEPTED,

@@ -6,6 +6,7 @@
 //!  storefront ─► GET  /v1/recommendations/{user}?n=&context=  ─► scoring::Recommender
 //!             ─► GET  /v1/products/{id}/similar                ─► co-visitation
 //!             ─► POST /v1/events (collector)                   ─► ingest::EventSink (channel | Kinesis)
+//!                  each served list ─► publish::ServedLists (bounded, batched) ─► the same EventSink
 //!             ─► GET  /v1/segments…                            ─► segments (model's clusters)
 //!             ─► /v1/carts…, /v1/checkout, /v1/orders…, webhook ─► recstream_commerce::routes
 //!  ops        ─► /healthz, /readyz          internal listener ─► /metrics (Prometheus)
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod metrics;
+pub mod publish;
 pub mod segments;
 pub mod server;
 

@@ -78,6 +78,7 @@ fn fixture() -> Fixture {
         ready: Arc::new(AtomicBool::new(true)),
         max_record_bytes: 64 * 1024,
         event_time: EventTimeBounds::default(),
+        served: None,
     };
     Fixture {
         app: router(state),

@@ -11,19 +11,26 @@
 //! object key, not in the file. `raw` keeps the record exactly as the producer sent it
 //! (unknown fields included); the typed columns are what recstream understood of it.
 //!
+//! Schema 2 appends the served list of `recommendation` events (`model_version`,
+//! `strategy`, `items`: a list of structs with the feature rows) after the columns of
+//! schema 1, which keep their names, types and order; schema-1 files read back with the
+//! new columns NULL.
+//!
 //! Reading back: a `profile` with no field set reads back as `None`, and an empty
-//! `impressions` list is stored as NULL and reads back as empty. A `raw` payload that is
+//! `impressions` or `items` list is stored as NULL and reads back as empty. A `raw` payload that is
 //! not UTF-8 (possible only for non-JSON sources) is stored lossily.
 
 use std::sync::{Arc, OnceLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, GenericListArray, Int32Builder, Int64Builder, ListBuilder,
-    PrimitiveArray, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray,
+    Array, ArrayRef, AsArray, Float32Array, Float64Array, GenericListArray, Int32Array,
+    Int32Builder, Int64Builder, ListArray, ListBuilder, PrimitiveArray, RecordBatch, StringArray,
+    StringBuilder, StructArray, TimestampMillisecondArray,
 };
+use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{
-    ArrowNativeType, DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit,
-    TimestampMillisecondType,
+    ArrowNativeType, DataType, Field, Fields, Float32Type, Float64Type, Int32Type, Int64Type,
+    Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
 };
 use bytes::Bytes;
 use compact_str::CompactString;
@@ -36,14 +43,14 @@ use parquet::schema::types::ColumnPath;
 
 use crate::decode::DecodeError;
 use crate::error::IngestError;
-use crate::event::{Event, EventType, Money, Profile, Timestamp};
+use crate::event::{Event, EventType, Money, Profile, ServedItem, Timestamp};
 use crate::record::{SeqNo, ShardId};
 
 /// Rows per Parquet row group (and per Arrow batch while encoding).
 pub const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Version of the archive schema, written to the file's key-value metadata.
-pub const SCHEMA_VERSION: &str = "1";
+pub const SCHEMA_VERSION: &str = "2";
 /// Key-value metadata key holding [`SCHEMA_VERSION`].
 pub const SCHEMA_VERSION_KEY: &str = "recstream.archive.schema_version";
 
@@ -100,6 +107,31 @@ fn list_type() -> DataType {
     DataType::List(Arc::new(Field::new(LIST_ITEM, DataType::Utf8, false)))
 }
 
+fn features_field() -> Arc<Field> {
+    Arc::new(Field::new(LIST_ITEM, DataType::Float32, false))
+}
+
+/// The fields of one served item (`items.list.element`).
+fn item_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("product_id", DataType::Utf8, false),
+        Field::new("position", DataType::Int32, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new("features", DataType::List(features_field()), true),
+    ])
+}
+
+fn item_field() -> Arc<Field> {
+    Arc::new(Field::new(
+        LIST_ITEM,
+        DataType::Struct(item_fields()),
+        false,
+    ))
+}
+
+/// Columns added by schema 2 (read back as NULL from schema-1 files).
+const ADDED_IN_2: [&str; 3] = ["model_version", "strategy", "items"];
+
 /// The Arrow schema of every archive file (column order is part of the contract).
 pub fn archive_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
@@ -129,6 +161,9 @@ pub fn archive_schema() -> SchemaRef {
                 utf8("sequence_number", false),
                 Field::new("sub_sequence_number", DataType::Int32, false),
                 Field::new("arrival_ts", ts_type(), false),
+                utf8("model_version", true),
+                utf8("strategy", true),
+                Field::new("items", DataType::List(item_field()), true),
             ]))
         })
         .clone()
@@ -206,6 +241,8 @@ fn to_batch(schema: &SchemaRef, rows: &[&ArchivedRow]) -> Result<RecordBatch, In
     let (mut query, mut age_band, mut gender, mut region, mut rec_id) =
         (s(0), s(0), s(0), s(0), s(0));
     let (mut shard, mut seq) = (s(20), s(56));
+    let (mut model_version, mut strategy) = (s(0), s(0));
+    let mut items = ItemColumns::default();
     let mut raw = Strings::new(n, rows.iter().map(|r| r.raw.len()).sum());
     let mut ts = Vec::with_capacity(n);
     let mut arrival = Vec::with_capacity(n);
@@ -256,6 +293,9 @@ fn to_batch(schema: &SchemaRef, rows: &[&ArchivedRow]) -> Result<RecordBatch, In
             .map_err(|_| parquet_err(format!("sub-sequence number {} over int32", row.sub_seq)))?;
         sub_seq.append_value(sub);
         arrival.push(row.arrival.0);
+        model_version.push(e.model_version.as_deref());
+        strategy.push(e.strategy.as_deref());
+        items.push(&e.items)?;
     }
 
     let columns: Vec<ArrayRef> = vec![
@@ -281,8 +321,136 @@ fn to_batch(schema: &SchemaRef, rows: &[&ArchivedRow]) -> Result<RecordBatch, In
         seq.finish(),
         Arc::new(sub_seq.finish()),
         Arc::new(TimestampMillisecondArray::from(arrival).with_timezone(UTC)),
+        model_version.finish(),
+        strategy.finish(),
+        items.finish()?,
     ];
     RecordBatch::try_new(schema.clone(), columns).map_err(parquet_err)
+}
+
+/// The `items` column under construction: flat child arrays and the offsets into them.
+#[derive(Default)]
+struct ItemColumns {
+    offsets: Vec<i32>,
+    valid: Vec<bool>,
+    product_id: Vec<String>,
+    position: Vec<i32>,
+    score: Vec<f64>,
+    feature_offsets: Vec<i32>,
+    feature_valid: Vec<bool>,
+    features: Vec<f32>,
+}
+
+impl ItemColumns {
+    fn push(&mut self, items: &[ServedItem]) -> Result<(), IngestError> {
+        let off = |n: usize| i32::try_from(n).map_err(|_| parquet_err("items column over 2^31"));
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+            self.feature_offsets.push(0);
+        }
+        for it in items {
+            self.product_id.push(it.product_id.to_string());
+            self.position.push(
+                i32::try_from(it.position)
+                    .map_err(|_| parquet_err(format!("position {} over int32", it.position)))?,
+            );
+            self.score.push(it.score);
+            self.features.extend_from_slice(&it.features);
+            self.feature_valid.push(!it.features.is_empty());
+            self.feature_offsets.push(off(self.features.len())?);
+        }
+        self.valid.push(!items.is_empty());
+        self.offsets.push(off(self.product_id.len())?);
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<ArrayRef, IngestError> {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+            self.feature_offsets.push(0);
+        }
+        let features = ListArray::try_new(
+            features_field(),
+            OffsetBuffer::new(self.feature_offsets.into()),
+            Arc::new(Float32Array::from(self.features)),
+            Some(NullBuffer::from(self.feature_valid)),
+        )
+        .map_err(parquet_err)?;
+        let structs = StructArray::try_new(
+            item_fields(),
+            vec![
+                Arc::new(StringArray::from(self.product_id)) as ArrayRef,
+                Arc::new(Int32Array::from(self.position)),
+                Arc::new(Float64Array::from(self.score)),
+                Arc::new(features),
+            ],
+            None,
+        )
+        .map_err(parquet_err)?;
+        let list = ListArray::try_new(
+            item_field(),
+            OffsetBuffer::new(self.offsets.into()),
+            Arc::new(structs),
+            Some(NullBuffer::from(self.valid)),
+        )
+        .map_err(parquet_err)?;
+        Ok(Arc::new(list))
+    }
+}
+
+/// Reads the served items of row `i` from the `items` column.
+fn read_items(items: &GenericListArray<i32>, i: usize) -> Result<Vec<ServedItem>, IngestError> {
+    if items.is_null(i) {
+        return Ok(Vec::new());
+    }
+    let structs = items
+        .values()
+        .as_struct_opt()
+        .ok_or_else(|| parquet_err("column `items` is not a list of structs"))?;
+    let field = |name: &str| {
+        structs
+            .column_by_name(name)
+            .ok_or_else(|| parquet_err(format!("column `items.{name}` is missing")))
+    };
+    let product_id = field("product_id")?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| parquet_err("column `items.product_id` is not utf8"))?;
+    let position = field("position")?
+        .as_primitive_opt::<Int32Type>()
+        .ok_or_else(|| parquet_err("column `items.position` is not int32"))?;
+    let score = field("score")?
+        .as_primitive_opt::<Float64Type>()
+        .ok_or_else(|| parquet_err("column `items.score` is not float64"))?;
+    let features = field("features")?
+        .as_list_opt::<i32>()
+        .ok_or_else(|| parquet_err("column `items.features` is not a list"))?;
+    let feature_values = features
+        .values()
+        .as_primitive_opt::<Float32Type>()
+        .ok_or_else(|| parquet_err("column `items.features` is not a list of float32"))?;
+    let offsets = items.offsets();
+    let (start, end) = (offsets[i].as_usize(), offsets[i + 1].as_usize());
+    let mut out = Vec::with_capacity(end - start);
+    for j in start..end {
+        if product_id.is_null(j) || position.is_null(j) || score.is_null(j) {
+            return Err(null_in("items.element", i));
+        }
+        let position = u32::try_from(position.value(j))
+            .map_err(|_| parquet_err(format!("row {i}: negative item position")))?;
+        let mut row = Vec::new();
+        if features.is_valid(j) {
+            let fo = features.offsets();
+            let (a, b) = (fo[j].as_usize(), fo[j + 1].as_usize());
+            row.extend((a..b).map(|k| feature_values.value(k)));
+        }
+        out.push(ServedItem {
+            product_id: CompactString::from(product_id.value(j)),
+            position,
+            score: score.value(j),
+            features: row,
+        });
+    }
+    Ok(out)
 }
 
 /// Decodes a Parquet file written by [`encode_events`] (or by any tool that kept the
@@ -314,9 +482,16 @@ impl Columns {
             .fields()
             .iter()
             .map(|f| {
-                let col = batch
-                    .column_by_name(f.name())
-                    .ok_or_else(|| parquet_err(format!("column `{}` is missing", f.name())))?;
+                let Some(col) = batch.column_by_name(f.name()) else {
+                    if ADDED_IN_2.contains(&f.name().as_str()) {
+                        // A schema-1 file: the served-list columns did not exist yet.
+                        return Ok(arrow::array::new_null_array(
+                            f.data_type(),
+                            batch.num_rows(),
+                        ));
+                    }
+                    return Err(parquet_err(format!("column `{}` is missing", f.name())));
+                };
                 if col.data_type() == f.data_type() {
                     Ok(col.clone())
                 } else {
@@ -427,6 +602,9 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<ArchivedRow>) -> Result<(), Ing
     let seq = c.str("sequence_number")?;
     let sub_seq = c.prim::<Int32Type>("sub_sequence_number")?;
     let arrival = c.prim::<TimestampMillisecondType>("arrival_ts")?;
+    let model_version = c.str("model_version")?;
+    let strategy = c.str("strategy")?;
+    let items = c.list("items")?;
 
     out.reserve(batch.num_rows());
     for i in 0..batch.num_rows() {
@@ -486,6 +664,9 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<ArchivedRow>) -> Result<(), Ing
             profile: has_profile.then_some(profile),
             recommendation_id: rec_id.compact(i),
             impressions: shown,
+            items: read_items(items, i)?,
+            model_version: model_version.compact(i),
+            strategy: strategy.compact(i),
         };
         out.push(ArchivedRow {
             shard: ShardId::new(shard.req(i)?),
@@ -687,6 +868,67 @@ pub(crate) mod tests {
             ts_stats
                 .statistics()
                 .is_some_and(|s| s.min_bytes_opt().is_some())
+        );
+    }
+
+    #[test]
+    fn served_lists_round_trip_and_schema_1_files_still_read() {
+        let items = vec![
+            ServedItem {
+                product_id: "p1".into(),
+                position: 1,
+                score: 0.75,
+                features: vec![0.5, -1.0, 3.25],
+            },
+            ServedItem {
+                product_id: "p2".into(),
+                position: 2,
+                score: 0.5,
+                features: vec![],
+            },
+        ];
+        let served = Event::recommendation(
+            "r1",
+            Timestamp(1_569_888_000_000),
+            "u1",
+            "personalized",
+            Some("v3"),
+            items,
+        );
+        let mut click = view("e2", "2019-10-01T00:00:05Z", "u1", "p1");
+        click.event_type = EventType::Click;
+        click.recommendation_id = Some("r1".into());
+        let rows = vec![
+            row(1, served.clone()),
+            row(2, click),
+            row(
+                3,
+                Event::recommendation(
+                    "r2",
+                    served.ts,
+                    "u2",
+                    "cold_start",
+                    None,
+                    served.items[1..].to_vec(),
+                ),
+            ),
+        ];
+        assert_eq!(decode_events(encode_events(&rows).unwrap()).unwrap(), rows);
+
+        // A file of schema 1 (written before the served-list columns existed).
+        let old: Vec<&ArchivedRow> = rows[1..2].iter().collect();
+        let batch = to_batch(&archive_schema(), &old).unwrap();
+        let v1 = batch
+            .project(&(0..archive_schema().fields().len() - ADDED_IN_2.len()).collect::<Vec<_>>())
+            .unwrap();
+        assert!(v1.column_by_name("items").is_none());
+        let mut out = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut out, v1.schema(), None).unwrap();
+        w.write(&v1).unwrap();
+        w.close().unwrap();
+        assert_eq!(
+            decode_events(Bytes::from(out)).unwrap(),
+            rows[1..2].to_vec()
         );
     }
 
