@@ -73,6 +73,12 @@ enum Command {
         /// The sample to replay (REES46 CSV, optionally .gz).
         #[arg(long, default_value = SAMPLE)]
         sample: PathBuf,
+        /// Also write the demo's credentials and address as JSON to this file (mode 0600),
+        /// once the server is ready: `{"base_url", "storefront_key", "shopper",
+        /// "shopper_token", "marketing_token", "admin_token"}`. For scripts (the hostile-input
+        /// suite in scripts/test).
+        #[arg(long)]
+        credentials_file: Option<PathBuf>,
     },
     /// Create the stream, tables and bucket of AWS mode if missing (idempotent).
     Init {
@@ -222,13 +228,20 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             exit_after,
             sample,
+            credentials_file,
         } => {
             let mut cfg = Config::default();
             cfg.server.listen = listen;
             cfg.embedded.data_dir = data_dir.clone();
             cfg.commerce.data_dir = data_dir.join("commerce");
             reset_dir(&data_dir)?;
-            demo(cfg, &sample, exit_after.map(Duration::from_secs_f64)).await
+            demo(
+                cfg,
+                &sample,
+                exit_after.map(Duration::from_secs_f64),
+                credentials_file.as_deref(),
+            )
+            .await
         }
         Command::Init { config } => {
             let cfg = load_config(config.as_deref())?;
@@ -655,7 +668,39 @@ fn demo_credentials(cfg: &mut Config, shopper: &str) -> anyhow::Result<DemoCrede
     })
 }
 
-async fn demo(mut cfg: Config, sample: &Path, exit_after: Option<Duration>) -> anyhow::Result<()> {
+/// Writes the demo's credentials as JSON, readable by the owner only, atomically (a
+/// temporary file renamed into place), so a script polling for the file reads it whole.
+fn write_credentials(path: &Path, creds: &DemoCredentials, base_url: &str) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "base_url": base_url,
+        "storefront_key": creds.storefront_key,
+        "shopper": creds.shopper,
+        "shopper_token": creds.shopper_token,
+        "marketing_token": creds.marketing_token,
+        "admin_token": creds.admin_token,
+    });
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(serde_json::to_string_pretty(&body)?.as_bytes())?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+async fn demo(
+    mut cfg: Config,
+    sample: &Path,
+    exit_after: Option<Duration>,
+    credentials_file: Option<&Path>,
+) -> anyhow::Result<()> {
     if !sample.exists() {
         bail!(
             "the demo sample {} is missing: run the demo from the repository root",
@@ -787,6 +832,9 @@ async fn demo(mut cfg: Config, sample: &Path, exit_after: Option<Duration>) -> a
         "  curl -s -H 'authorization: Bearer {}' http://{addr}/v1/segments",
         creds.marketing_token
     );
+    if let Some(path) = credentials_file {
+        write_credentials(path, &creds, &format!("http://{addr}"))?;
+    }
     println!("serving on http://{addr}");
     println!("(Ctrl-C to stop)");
 

@@ -5,7 +5,27 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The JSON body of every error answer (also the OpenAPI schema `ErrorBody`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The `error` member of [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `not_found`, `unauthorized`, `invalid_event`.
+    #[schema(example = "bad_request")]
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
 
 /// An HTTP error answer: status plus the body `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +67,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
-        (self.status, body).into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 

@@ -32,7 +32,7 @@ pub fn cart_key(user_id: &str) -> Key {
 const CART_INDEX: &str = "cart_index";
 
 /// Why a cart line cannot be checked out as it is (set by the availability sweep).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LineFlag {
     /// The product has no stock left.
@@ -45,7 +45,7 @@ pub enum LineFlag {
 }
 
 /// One line of a stored cart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CartLine {
     /// The catalog's product id.
     pub product_id: String,
@@ -64,7 +64,7 @@ pub struct CartLine {
 }
 
 /// What the availability sweep changed in a cart, reported once on the next GET.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NoticeKind {
     /// The product is gone or no longer sold; the line was removed.
@@ -88,7 +88,7 @@ pub enum NoticeKind {
 }
 
 /// One change the sweep made to a cart line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CartNotice {
     /// The product of the line.
     pub product_id: String,
@@ -112,7 +112,7 @@ pub struct Cart {
 }
 
 /// What clients see: lines with totals, the subtotal, notices.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CartView {
     /// The cart's owner.
     pub user_id: String,
@@ -129,7 +129,7 @@ pub struct CartView {
 }
 
 /// A cart line with its total.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LineView {
     /// The stored line.
     #[serde(flatten)]

@@ -35,7 +35,7 @@ pub fn stock_key(id: &str) -> Key {
 }
 
 /// A product as the catalog stores it (`catalog` / id).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Product {
     /// The product id (also the clickstream's `product_id`).
     pub id: String,
@@ -72,7 +72,7 @@ impl Stock {
 }
 
 /// A product with its availability, as carts and the API see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ProductView {
     /// The stored product.
     #[serde(flatten)]

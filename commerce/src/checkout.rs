@@ -12,8 +12,8 @@
 
 use axum::http::StatusCode;
 use recstream_ingest::Money;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::Ctx;
 use super::auth::Principal;
@@ -29,7 +29,7 @@ use super::store::{Cond, Write, get_json};
 pub const CHECKOUTS_TOTAL: &str = "recstream_commerce_checkouts_total";
 
 /// The body of `POST /v1/checkout`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
     /// A payment method id (`pm_…`), or a Stripe test card number in test mode.
@@ -40,6 +40,26 @@ pub struct CheckoutRequest {
     /// If given, checkout fails with 409 unless the cart total equals it.
     #[serde(default)]
     pub expected_total: Option<Money>,
+}
+
+/// The body of a `202` from `POST /v1/checkout`: the order is created, its saga runs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckoutAccepted {
+    /// The new order's id.
+    pub order_id: String,
+    /// Always `created` here; follow `links.order` for its progress.
+    pub status: OrderStatus,
+    /// What the order costs.
+    pub total: Money,
+    /// Where to read the order.
+    pub links: CheckoutLinks,
+}
+
+/// Links of a [`CheckoutAccepted`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckoutLinks {
+    /// `/v1/orders/{order_id}`.
+    pub order: String,
 }
 
 /// The outcome as an HTTP status and JSON body (what is stored for replays).
@@ -166,7 +186,13 @@ pub(crate) async fn checkout(
             // server-side trouble, which the client may retry with the same key.
             if status.is_client_error() && status != StatusCode::CONFLICT {
                 let api = e.to_api();
-                let body = json!({"error": {"code": api.code, "message": api.message}}).to_string();
+                let body = serde_json::to_string(&crate::api_error::ErrorBody {
+                    error: crate::api_error::ErrorDetail {
+                        code: api.code.to_string(),
+                        message: api.message,
+                    },
+                })
+                .map_err(|e| CommerceError::Internal(format!("error body: {e}")))?;
                 lease.complete(ctx, status.as_u16(), &body).await?;
             } else {
                 lease.release(ctx).await;
@@ -269,13 +295,15 @@ async fn place_order(
                 detail: None,
             }],
         };
-        let body = json!({
-            "order_id": order_id,
-            "status": "created",
-            "total": total,
-            "links": {"order": format!("/v1/orders/{order_id}")},
+        let body = serde_json::to_string(&CheckoutAccepted {
+            order_id: order_id.clone(),
+            status: OrderStatus::Created,
+            total: total.clone(),
+            links: CheckoutLinks {
+                order: format!("/v1/orders/{order_id}"),
+            },
         })
-        .to_string();
+        .map_err(|e| CommerceError::Internal(format!("checkout body: {e}")))?;
         let event = SagaEvent::new(
             &order_id,
             now,

@@ -14,18 +14,31 @@
 //! | PUT | `/v1/catalog/products/{product_id}/stock` `{"on_hand"}` | admin group |
 //! | POST | `/v1/catalog/products/{product_id}/deactivate` | admin group |
 //! | POST | `/v1/payments/webhook` | `Stripe-Signature` |
+//!
+//! Each handler carries its OpenAPI description (`#[utoipa::path]`); [`openapi_routes`]
+//! registers handler and description together (utoipa-axum), so the served routes and the
+//! spec cannot drift apart. The common error answers (400, 401/403 on secured operations,
+//! 413/415/422 on bodies, 408/414/500/503) are added to every operation by serving's
+//! spec assembly; the annotations list the ones specific to a handler.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::CommerceState;
+use super::api_error::ErrorBody;
+use super::cart::CartView;
+use super::catalog::ProductView;
+use super::checkout::{CheckoutAccepted, CheckoutRequest};
+use super::saga::orders::Order;
 use super::auth::Principal;
 use super::cart::{CartOp, Carts, Origin};
 use super::catalog::Catalog;
@@ -39,36 +52,35 @@ use super::webhook;
 /// Most orders on one page of `GET /v1/orders`.
 const MAX_ORDERS_PAGE: usize = 100;
 
+/// Most products on one page of `GET /v1/catalog/products`.
+const MAX_PRODUCTS_PAGE: usize = 200;
+
 /// Largest cart or checkout body.
 const MAX_BODY: usize = 16 * 1024;
 
 /// The commerce router, state applied, ready to `.merge()` into the API router.
 pub fn routes(state: CommerceState) -> Router {
-    Router::new()
-        .route("/v1/carts/{user_id}", get(get_cart).delete(clear_cart))
-        .route("/v1/carts/{user_id}/items", post(add_item))
-        .route(
-            "/v1/carts/{user_id}/items/{product_id}",
-            put(set_item).delete(remove_item),
-        )
-        .route("/v1/checkout", post(checkout_handler))
-        .route("/v1/orders", get(list_orders))
-        .route("/v1/orders/{order_id}", get(get_order))
-        .route("/v1/catalog/products", get(list_products))
-        .route(
-            "/v1/catalog/products/{product_id}",
-            get(get_product).put(put_product),
-        )
-        .route("/v1/catalog/products/{product_id}/stock", put(put_stock))
-        .route(
-            "/v1/catalog/products/{product_id}/deactivate",
-            post(deactivate_product),
-        )
+    openapi_routes(state).into()
+}
+
+/// [`routes`] with their OpenAPI description (utoipa-axum), for the API's spec.
+pub fn openapi_routes(state: CommerceState) -> OpenApiRouter {
+    let webhook = OpenApiRouter::new()
+        .routes(routes!(webhook_handler))
+        .layer(DefaultBodyLimit::max(webhook::MAX_WEBHOOK_BODY));
+    OpenApiRouter::new()
+        .routes(routes!(get_cart, clear_cart))
+        .routes(routes!(add_item))
+        .routes(routes!(set_item, remove_item))
+        .routes(routes!(checkout_handler))
+        .routes(routes!(list_orders))
+        .routes(routes!(get_order))
+        .routes(routes!(list_products))
+        .routes(routes!(get_product, put_product))
+        .routes(routes!(put_stock))
+        .routes(routes!(deactivate_product))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .route(
-            "/v1/payments/webhook",
-            post(webhook_handler).layer(DefaultBodyLimit::max(webhook::MAX_WEBHOOK_BODY)),
-        )
+        .merge(webhook)
         .with_state(state)
 }
 
@@ -92,6 +104,11 @@ fn owner(
     Ok(user_id)
 }
 
+/// The caller's cart, with totals and the sweep's notices (reported once).
+#[utoipa::path(get, path = "/v1/carts/{user_id}", tag = "carts",
+    params(("user_id" = String, Path, description = "The cart's owner: the token's `sub`.")),
+    responses((status = 200, description = "The cart.", body = CartView)),
+    security(("bearer" = [])))]
 async fn get_cart(
     State(st): State<CommerceState>,
     who: Principal,
@@ -101,6 +118,12 @@ async fn get_cart(
     Ok(Json(Carts::new(st.ctx.clone()).get(&user).await?).into_response())
 }
 
+/// Empties the caller's cart.
+#[utoipa::path(delete, path = "/v1/carts/{user_id}", tag = "carts",
+    params(("user_id" = String, Path, description = "The cart's owner: the token's `sub`."),
+        ("x-session-id" = Option<String>, Header, description = "The storefront session, for the clickstream.")),
+    responses((status = 200, description = "The (empty) cart.", body = CartView)),
+    security(("bearer" = [])))]
 async fn clear_cart(
     State(st): State<CommerceState>,
     who: Principal,
@@ -114,11 +137,15 @@ async fn clear_cart(
     Ok(Json(view).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/carts/{user_id}/items`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddItem {
+    /// A catalog product id.
     product_id: String,
+    /// Units to add (default 1).
     #[serde(default = "one")]
+    #[schema(minimum = 1, default = 1)]
     quantity: u32,
 }
 
@@ -126,12 +153,23 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `PUT /v1/carts/{user_id}/items/{product_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetItem {
+    /// The line's new quantity (0 deletes the line).
     quantity: u32,
 }
 
+/// Adds units of a catalog product to the caller's cart.
+#[utoipa::path(post, path = "/v1/carts/{user_id}/items", tag = "carts",
+    params(("user_id" = String, Path, description = "The cart's owner: the token's `sub`."),
+        ("x-session-id" = Option<String>, Header, description = "The storefront session, for the clickstream.")),
+    request_body = AddItem,
+    responses((status = 200, description = "The cart after the change.", body = CartView),
+        (status = 404, description = "`not_found`: no such product.", body = ErrorBody),
+        (status = 409, description = "Not enough stock or a concurrent change (`insufficient_stock`, `concurrent_update`, …).", body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn add_item(
     State(st): State<CommerceState>,
     who: Principal,
@@ -151,6 +189,16 @@ async fn add_item(
     Ok(Json(view).into_response())
 }
 
+/// Sets a line's quantity (0 deletes the line).
+#[utoipa::path(put, path = "/v1/carts/{user_id}/items/{product_id}", tag = "carts",
+    params(("user_id" = String, Path, description = "The cart's owner: the token's `sub`."),
+        ("product_id" = String, Path, description = "The line's product."),
+        ("x-session-id" = Option<String>, Header, description = "The storefront session, for the clickstream.")),
+    request_body = SetItem,
+    responses((status = 200, description = "The cart after the change.", body = CartView),
+        (status = 404, description = "`not_found`: no such product or line.", body = ErrorBody),
+        (status = 409, description = "Not enough stock or a concurrent change.", body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn set_item(
     State(st): State<CommerceState>,
     who: Principal,
@@ -172,6 +220,15 @@ async fn set_item(
     Ok(Json(view).into_response())
 }
 
+/// Removes a line from the caller's cart.
+#[utoipa::path(delete, path = "/v1/carts/{user_id}/items/{product_id}", tag = "carts",
+    params(("user_id" = String, Path, description = "The cart's owner: the token's `sub`."),
+        ("product_id" = String, Path, description = "The line's product."),
+        ("x-session-id" = Option<String>, Header, description = "The storefront session, for the clickstream.")),
+    responses((status = 200, description = "The cart after the change.", body = CartView),
+        (status = 404, description = "`not_found`: no such line.", body = ErrorBody),
+        (status = 409, description = "A concurrent change.", body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn remove_item(
     State(st): State<CommerceState>,
     who: Principal,
@@ -187,6 +244,16 @@ async fn remove_item(
     Ok(Json(view).into_response())
 }
 
+/// Turns the caller's cart into an order, once per `Idempotency-Key` (a retry with the
+/// same key and body replays the first answer, with `Idempotent-Replayed: true`).
+#[utoipa::path(post, path = "/v1/checkout", tag = "orders",
+    params(("Idempotency-Key" = String, Header, description = "1 to 255 visible ASCII characters, unique per checkout attempt.")),
+    request_body = CheckoutRequest,
+    responses((status = 202, description = "The order is created; its saga reserves stock and takes the payment.", body = CheckoutAccepted),
+        (status = 402, description = "`payment_failed`: the payment was declined.", body = ErrorBody),
+        (status = 409, description = "`cart_changed`, `total_mismatch`, `insufficient_stock`, a request with the same key in flight, …", body = ErrorBody),
+        (status = 422, description = "`cart_empty`, the key reused with another body, …", body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn checkout_handler(
     State(st): State<CommerceState>,
     who: Principal,
@@ -216,13 +283,69 @@ async fn checkout_handler(
     Ok(resp)
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /v1/orders`.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Orders per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
+    /// The `next_after` of the previous page (an order id).
     after: Option<String>,
 }
 
+/// One order of a [`OrdersPage`].
+#[derive(Debug, Serialize, ToSchema)]
+struct OrderSummary {
+    order_id: String,
+    status: OrderStatus,
+    total: recstream_ingest::Money,
+    created_at_ms: i64,
+}
+
+/// The body of `GET /v1/orders`.
+#[derive(Debug, Serialize, ToSchema)]
+struct OrdersPage {
+    orders: Vec<OrderSummary>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    next_after: Option<String>,
+}
+
+/// The query of `GET /v1/catalog/products`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ProductsQuery {
+    /// Products per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<usize>,
+    /// The `next_after` of the previous page (a product id).
+    after: Option<String>,
+}
+
+/// The body of `GET /v1/catalog/products`.
+#[derive(Debug, Serialize, ToSchema)]
+struct ProductsPage {
+    products: Vec<ProductView>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    next_after: Option<String>,
+}
+
+/// The answer to a webhook delivery.
+#[derive(Debug, Serialize, ToSchema)]
+struct WebhookAck {
+    /// Always true.
+    received: bool,
+    /// True when this event id was received before (nothing was done again).
+    duplicate: bool,
+}
+
+/// The caller's orders, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/orders", tag = "orders",
+    params(ListQuery),
+    responses((status = 200, description = "One page of orders.", body = OrdersPage)),
+    security(("bearer" = [])))]
 async fn list_orders(
     State(st): State<CommerceState>,
     who: Principal,
@@ -242,15 +365,27 @@ async fn list_orders(
     let mut orders = Vec::with_capacity(ids.len());
     for id in ids {
         if let Some(o) = checkout::order(&st.ctx, &id).await? {
-            orders.push(json!({"order_id": o.id, "status": o.status, "total": o.total, "created_at_ms": o.created_at_ms}));
+            orders.push(OrderSummary {
+                order_id: o.id,
+                status: o.status,
+                total: o.total,
+                created_at_ms: o.created_at_ms,
+            });
         }
     }
-    let next = (orders.len() == limit)
-        .then(|| orders.last().map(|o| o["order_id"].clone()))
+    let next_after = (orders.len() == limit)
+        .then(|| orders.last().map(|o| o.order_id.clone()))
         .flatten();
-    Ok(Json(json!({"orders": orders, "next_after": next})).into_response())
+    Ok(Json(OrdersPage { orders, next_after }).into_response())
 }
 
+/// One of the caller's orders with its history (and, while a 3-D Secure payment waits
+/// for the customer, `payment_action`).
+#[utoipa::path(get, path = "/v1/orders/{order_id}", tag = "orders",
+    params(("order_id" = String, Path, description = "The order id checkout returned.")),
+    responses((status = 200, description = "The order.", body = Order),
+        (status = 404, description = "`not_found`: no such order.", body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn get_order(
     State(st): State<CommerceState>,
     who: Principal,
@@ -283,22 +418,40 @@ async fn get_order(
     Ok(Json(order).into_response())
 }
 
+/// The catalog, by product id, a page at a time (public).
+#[utoipa::path(get, path = "/v1/catalog/products", tag = "catalog",
+    params(ProductsQuery),
+    responses((status = 200, description = "One page of products.", body = ProductsPage)))]
 async fn list_products(
     State(st): State<CommerceState>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<ProductsQuery>, QueryRejection>,
 ) -> Result<Response, CommerceError> {
     let Query(q) = q?;
     if let Some(a) = &q.after {
         super::check_id("after", a)?;
     }
-    let limit = q.limit.unwrap_or(50).clamp(1, 200);
-    let items = st.ctx.catalog.list(q.after.as_deref(), limit).await?;
-    let next = (items.len() == limit)
-        .then(|| items.last().map(|p| p.product.id.clone()))
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=MAX_PRODUCTS_PAGE).contains(&limit) {
+        return Err(CommerceError::BadRequest(format!(
+            "limit must be in 1..={MAX_PRODUCTS_PAGE}"
+        )));
+    }
+    let products = st.ctx.catalog.list(q.after.as_deref(), limit).await?;
+    let next_after = (products.len() == limit)
+        .then(|| products.last().map(|p| p.product.id.clone()))
         .flatten();
-    Ok(Json(json!({"products": items, "next_after": next})).into_response())
+    Ok(Json(ProductsPage {
+        products,
+        next_after,
+    })
+    .into_response())
 }
 
+/// One product with its availability (public).
+#[utoipa::path(get, path = "/v1/catalog/products/{product_id}", tag = "catalog",
+    params(("product_id" = String, Path, description = "The product id.")),
+    responses((status = 200, description = "The product.", body = ProductView),
+        (status = 404, description = "`not_found`: no such product.", body = ErrorBody)))]
 async fn get_product(
     State(st): State<CommerceState>,
     path: Result<Path<String>, PathRejection>,
@@ -316,16 +469,24 @@ fn require_admin(st: &CommerceState, who: &Principal) -> Result<(), CommerceErro
     who.require_group(&st.ctx.cfg.auth.admin_groups, "admin")
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `PUT /v1/catalog/products/{product_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProductBody {
+    /// Display name (`name` is accepted too).
     #[serde(alias = "name")]
     title: String,
+    /// Category path, e.g. `electronics.audio`.
     #[serde(default)]
     category: Option<String>,
+    /// Price of one unit.
     price: recstream_ingest::Money,
+    /// Units on hand.
+    #[schema(minimum = 0)]
     stock: i64,
+    /// For sale (default true).
     #[serde(default = "yes")]
+    #[schema(default = true)]
     active: bool,
 }
 
@@ -333,6 +494,13 @@ fn yes() -> bool {
     true
 }
 
+/// Creates or updates a product (admin role).
+#[utoipa::path(put, path = "/v1/catalog/products/{product_id}", tag = "catalog",
+    params(("product_id" = String, Path, description = "The product id.")),
+    request_body = ProductBody,
+    responses((status = 200, description = "Updated.", body = ProductView),
+        (status = 201, description = "Created.", body = ProductView)),
+    security(("bearer" = [])))]
 async fn put_product(
     State(st): State<CommerceState>,
     who: Principal,
@@ -367,12 +535,22 @@ async fn put_product(
     Ok((status, Json(view)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `PUT /v1/catalog/products/{product_id}/stock`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StockBody {
+    /// Units in the warehouse.
+    #[schema(minimum = 0)]
     on_hand: i64,
 }
 
+/// Sets a product's units on hand (admin role).
+#[utoipa::path(put, path = "/v1/catalog/products/{product_id}/stock", tag = "catalog",
+    params(("product_id" = String, Path, description = "The product id.")),
+    request_body = StockBody,
+    responses((status = 200, description = "The product after the change.", body = ProductView),
+        (status = 404, description = "`not_found`: no such product.", body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn put_stock(
     State(st): State<CommerceState>,
     who: Principal,
@@ -392,6 +570,12 @@ async fn put_stock(
     Ok(Json(view).into_response())
 }
 
+/// Takes a product off sale (admin role); carts drop it on the next sweep.
+#[utoipa::path(post, path = "/v1/catalog/products/{product_id}/deactivate", tag = "catalog",
+    params(("product_id" = String, Path, description = "The product id.")),
+    responses((status = 200, description = "The product after the change.", body = ProductView),
+        (status = 404, description = "`not_found`: no such product.", body = ErrorBody)),
+    security(("bearer" = [])))]
 async fn deactivate_product(
     State(st): State<CommerceState>,
     who: Principal,
@@ -406,6 +590,13 @@ async fn deactivate_product(
     Ok(Json(view).into_response())
 }
 
+/// Stripe events (`payment_intent.succeeded`, `payment_intent.payment_failed`, …),
+/// verified by their `Stripe-Signature` and deduplicated by event id.
+#[utoipa::path(post, path = "/v1/payments/webhook", tag = "payments",
+    params(("Stripe-Signature" = Option<String>, Header, description = "`t=<unix s>,v1=<hex HMAC-SHA256>`; a missing or wrong one is a 400.")),
+    request_body(content = Object, description = "A Stripe event (`{\"id\": \"evt_…\", \"type\": …, \"data\": {\"object\": …}}`)."),
+    responses((status = 200, description = "Received (or a duplicate delivery).", body = WebhookAck),
+        (status = 404, description = "`not_found`: webhooks are not configured.", body = ErrorBody)))]
 async fn webhook_handler(
     State(st): State<CommerceState>,
     headers: HeaderMap,
@@ -417,7 +608,10 @@ async fn webhook_handler(
     let fresh = webhook::receive(&st.ctx, sig, &body).await?;
     Ok((
         StatusCode::OK,
-        Json(json!({"received": true, "duplicate": !fresh})),
+        Json(WebhookAck {
+            received: true,
+            duplicate: !fresh,
+        }),
     )
         .into_response())
 }

@@ -49,12 +49,12 @@ use recstream_ingest::Money;
 use recstream_ingest::aws::AwsConfig;
 use tokio::sync::{Notify, watch};
 
-pub use api_error::ApiError;
+pub use api_error::{ApiError, ErrorBody, ErrorDetail};
 pub use auth::{Authenticator, Principal};
 pub use catalog::{Catalog, Product, ProductView, StoreCatalog};
 pub use config::{CommerceConfig, ProviderKind, Secret, Secrets, StoreKind};
 pub use error::CommerceError;
-pub use http::routes;
+pub use http::{openapi_routes, routes};
 pub use notify::{FileNotifier, Notification, Notifier};
 pub use payment::{PaymentProvider, SimulatedProvider, StripeClient};
 pub use saga::orders::{Order, OrderStatus};

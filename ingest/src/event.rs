@@ -198,10 +198,12 @@ impl<'de> Deserialize<'de> for EventType {
 
 /// An amount of money in integer minor units (cents) of an ISO-4217 currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Money {
     /// Minor units; never a float.
     pub amount: i64,
     /// Three upper-case letters, e.g. `USD`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[A-Z]{3}$"))]
     pub currency: CompactString,
 }
 

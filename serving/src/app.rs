@@ -1,5 +1,6 @@
 //! The router: recommendation endpoints, the collector and health; the metrics router for
-//! the internal listener.
+//! the internal listener. Each handler carries its OpenAPI description (`#[utoipa::path]`,
+//! registered with the handler by [`openapi_routes`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,16 +11,18 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use recstream_scoring::{Recommender, Request as RecRequest};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Access, Caller};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::metrics as m;
 use recstream_ingest::sink::{EventSink, OutRecord, SinkError};
 
@@ -70,20 +73,31 @@ impl Default for EventTimeBounds {
     }
 }
 
-/// The HTTP API: recommendations, similar products, the event collector, health,
-/// readiness and metrics, with per-route request metrics.
+/// The HTTP API: recommendations, similar products, the event collector, health and
+/// readiness, with per-route request metrics.
 pub fn router(state: AppState) -> Router {
     let access = state.access.clone();
-    Router::new()
-        .route("/v1/recommendations/{user_id}", get(recommendations))
-        .route("/v1/products/{product_id}/similar", get(similar))
-        .route(
-            "/v1/events",
-            post(collect).layer(DefaultBodyLimit::max(MAX_EVENTS_BODY)),
-        )
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
+    finish(openapi_routes(state).into(), access)
+}
+
+/// This module's routes with their OpenAPI description, state applied.
+pub fn openapi_routes(state: AppState) -> OpenApiRouter {
+    let events = OpenApiRouter::new()
+        .routes(routes!(collect))
+        .layer(DefaultBodyLimit::max(MAX_EVENTS_BODY));
+    OpenApiRouter::new()
+        .routes(routes!(recommendations))
+        .routes(routes!(similar))
+        .merge(events)
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .with_state(state)
+}
+
+/// What wraps the whole API router: JSON 404/405 fallbacks, per-route request metrics
+/// and the credential verifiers ([`Access`], read by the [`Caller`] extractor).
+pub fn finish(app: Router, access: Arc<Access>) -> Router {
+    app.fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -93,7 +107,6 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(middleware::from_fn(track))
         .layer(axum::Extension(access))
-        .with_state(state)
 }
 
 /// `GET /metrics` (Prometheus text) alone, for the internal listener
@@ -132,19 +145,53 @@ async fn track(req: Request, next: Next) -> Response {
     resp
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /v1/recommendations/{user_id}`.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RecQuery {
+    /// List length, 1 to `scoring.max_n` (default `scoring.default_n`).
+    #[param(minimum = 1)]
     n: Option<usize>,
-    /// Comma-separated product ids (the page or the cart).
+    /// Comma-separated product ids (the page or the cart), at most 50.
     context: Option<String>,
 }
 
-#[derive(Serialize)]
+/// The body of `GET /v1/recommendations/{user_id}`.
+#[derive(Serialize, ToSchema)]
 struct RecResponse {
+    /// Identifies this list; send it back on the events it leads to (feedback).
     recommendation_id: String,
+    /// The list: `items` (product id, score, reason), the `strategy` used, and more.
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     body: recstream_scoring::Recommendations,
+}
+
+/// The body of `GET /v1/products/{product_id}/similar`.
+#[derive(Serialize, ToSchema)]
+struct SimilarResponse {
+    /// The product asked about.
+    product_id: String,
+    /// Products bought or viewed together with it, best first.
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<recstream_scoring::Item>,
+}
+
+/// The body of a `202` from `POST /v1/events`.
+#[derive(Serialize, ToSchema)]
+struct Collected {
+    /// Events sent on to the stream.
+    accepted: usize,
+    /// Repeated `event_id`s within the request, counted once.
+    duplicates: usize,
+}
+
+/// The body of `/healthz` and `/readyz`.
+#[derive(Serialize, ToSchema)]
+struct Status {
+    /// `ok` (alive) or `ready` (initial load done).
+    status: &'static str,
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
@@ -156,6 +203,12 @@ fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A personalised list for a shopper (their own token, or a key with
+/// `recommendations:read`), filtered to what the shop can sell.
+#[utoipa::path(get, path = "/v1/recommendations/{user_id}", tag = "recommendations",
+    params(("user_id" = String, Path, description = "The shopper: 1 to 128 printable characters."), RecQuery),
+    responses((status = 200, description = "The list.", body = RecResponse)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn recommendations(
     State(st): State<AppState>,
     caller: Caller,
@@ -246,12 +299,21 @@ fn served_event(
     )
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /v1/products/{product_id}/similar`.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SimilarQuery {
+    /// List length, 1 to `scoring.max_n` (default `scoring.default_n`).
+    #[param(minimum = 1)]
     n: Option<usize>,
 }
 
+/// Products similar to one (co-visitation), public.
+#[utoipa::path(get, path = "/v1/products/{product_id}/similar", tag = "recommendations",
+    params(("product_id" = String, Path, description = "1 to 128 printable characters."), SimilarQuery),
+    responses((status = 200, description = "The similar products.", body = SimilarResponse),
+        (status = 404, description = "`not_found`: the product has no similar products (unknown).", body = ErrorBody)))]
 async fn similar(
     State(st): State<AppState>,
     product: Result<Path<String>, PathRejection>,
@@ -271,7 +333,7 @@ async fn similar(
         .await
         .map_err(crate::error::from_scoring)?
     {
-        Some(items) => Ok(Json(json!({"product_id": product_id, "items": items})).into_response()),
+        Some(items) => Ok(Json(SimilarResponse { product_id, items }).into_response()),
         None => Err(ApiError::not_found(format!(
             "unknown product `{product_id}`"
         ))),
@@ -279,6 +341,15 @@ async fn similar(
 }
 
 /// `POST /v1/events`: one event object, or an array of them.
+/// The event collector: one clickstream event or an array of 1 to 500 (a key with
+/// `events:write`, or the shopper's token for their own events).
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    request_body(content = Object, description = "An event (`event_id`, `ts`, `user_id`, `type`, `product_id`, `category`, `price`, …; see the README's Event section) or an array of them.",
+        example = json!({"event_id": "e1", "ts": "2019-10-01T03:00:00Z", "user_id": "u1", "type": "view", "product_id": "1004856"})),
+    responses((status = 202, description = "Accepted onto the stream.", body = Collected),
+        (status = 422, description = "`invalid_event` (bad field, event time out of bounds) or `unknown_product` (not in the catalog).", body = ErrorBody),
+        (status = 503, description = "`busy` or `unavailable`: retry later.", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn collect(
     State(st): State<AppState>,
     caller: Caller,
@@ -403,14 +474,28 @@ async fn collect(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"accepted": n, "duplicates": duplicates})),
+        Json(Collected {
+            accepted: n,
+            duplicates,
+        }),
     )
         .into_response())
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive.", body = Status)))]
+async fn healthz() -> Json<Status> {
+    Json(Status { status: "ok" })
+}
+
+/// Readiness: 200 once the initial load (replay, model) is done, 503 before.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "Ready.", body = Status),
+        (status = 503, description = "`unavailable`: still loading.", body = ErrorBody)))]
 async fn readyz(State(st): State<AppState>) -> Response {
     if st.ready.load(Ordering::Acquire) {
-        Json(json!({"status": "ready"})).into_response()
+        Json(Status { status: "ready" }).into_response()
     } else {
         ApiError::unavailable("still loading").into_response()
     }

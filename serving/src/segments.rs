@@ -14,13 +14,15 @@ use std::sync::{Arc, RwLock};
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
 use axum::{Json, Router};
 use recstream_model::{SegmentMember, SegmentProfile, Segments};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Access, Caller};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 /// Default and largest page size.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -58,16 +60,26 @@ pub fn routes<S>(state: SegmentsState) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    Router::new()
-        .route("/v1/segments", get(list))
-        .route("/v1/segments/{segment_id}/users", get(users))
+    Router::from(openapi_routes(state)).with_state(())
+}
+
+/// The two routes with their OpenAPI description, state applied.
+pub fn openapi_routes(state: SegmentsState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(users))
         .with_state(state)
 }
 
-#[derive(Serialize)]
+/// The body of `GET /v1/segments`.
+#[derive(Serialize, ToSchema)]
 struct ListResponse<'a> {
+    /// The model version the segmentation belongs to.
     version: &'a str,
+    /// The time of the data it was fitted on, epoch ms.
     as_of_ts: i64,
+    /// Each segment's profile (id, size, spend, activity).
+    #[schema(value_type = Vec<Object>)]
     segments: &'a [SegmentProfile],
 }
 
@@ -86,6 +98,10 @@ fn require_marketing(caller: &Caller, access: Option<&Arc<Access>>) -> Result<()
     caller.may_read_marketing(access).map_err(ApiError::from)
 }
 
+/// Every segment's profile (marketing role, or a key with `segments:read`).
+#[utoipa::path(get, path = "/v1/segments", tag = "segments",
+    responses((status = 200, description = "The segments.", body = ListResponse<'static>)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn list(
     State(st): State<SegmentsState>,
     caller: Caller,
@@ -103,22 +119,40 @@ async fn list(
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /v1/segments/{segment_id}/users`.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct UsersQuery {
+    /// The `next_page_token` of the previous page.
     page_token: Option<String>,
+    /// Members per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
-#[derive(Serialize)]
+/// The body of `GET /v1/segments/{segment_id}/users`.
+#[derive(Serialize, ToSchema)]
 struct UsersResponse<'a> {
+    /// The segment.
     segment_id: &'a str,
+    /// The model version the segmentation belongs to.
     version: &'a str,
+    /// One page of members (user id, spend, activity), by user id.
+    #[schema(value_type = Vec<Object>)]
     users: &'a [SegmentMember],
+    /// Pass as `page_token` for the next page; absent on the last one.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_page_token: Option<String>,
 }
 
+/// One page of a segment's members with their spend (marketing role, or a key with
+/// `segments:read`).
+#[utoipa::path(get, path = "/v1/segments/{segment_id}/users", tag = "segments",
+    params(("segment_id" = String, Path, description = "1 to 64 printable characters."), UsersQuery),
+    responses((status = 200, description = "One page of members.", body = UsersResponse<'static>),
+        (status = 404, description = "`not_found`: no such segment.", body = ErrorBody)),
+    security(("api_key" = []), ("bearer" = [])))]
 async fn users(
     State(st): State<SegmentsState>,
     caller: Caller,

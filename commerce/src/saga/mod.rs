@@ -55,7 +55,7 @@ pub const SAGA_EVENTS_TOTAL: &str = "recstream_commerce_saga_events_total";
 pub const ILLEGAL_TRANSITIONS_TOTAL: &str = "recstream_commerce_illegal_transitions_total";
 
 /// One line of an order, as the services see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderLine {
     /// The catalog's product id.
     pub product_id: String,
@@ -71,7 +71,7 @@ pub struct OrderLine {
 }
 
 /// Where the simulated carrier delivers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
     /// Recipient.

@@ -26,7 +26,7 @@ use crate::notify::{Notification, Template};
 use crate::store::{Cond, Key, Write, get_json};
 
 /// Where an order stands (the state machine is [`transition`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Checkout created it; stock not yet reserved.
@@ -60,7 +60,7 @@ impl OrderStatus {
 }
 
 /// One step of an order's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     /// When, epoch ms (the saga event's time).
     pub at_ms: i64,
@@ -74,7 +74,7 @@ pub struct HistoryEntry {
 }
 
 /// The captured payment of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PaymentSummary {
     /// The provider's payment intent.
     pub payment_intent_id: String,
@@ -83,7 +83,7 @@ pub struct PaymentSummary {
 }
 
 /// The shipment of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShipmentSummary {
     /// The carrier's name.
     pub carrier: String,
@@ -92,7 +92,7 @@ pub struct ShipmentSummary {
 }
 
 /// The refund of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RefundSummary {
     /// The provider's refund id.
     pub refund_id: String,
@@ -101,7 +101,7 @@ pub struct RefundSummary {
 }
 
 /// An order as `GET /v1/orders/{id}` shows it (`order#<id>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Order {
     /// The order id checkout assigned.
     pub id: String,
