@@ -163,8 +163,14 @@ fuzz_target!(|data: &[u8]| {
     let p = segment(param);
     let f = fixture();
     let (path, auth) = match which % 7 {
-        0 => (format!("/v1/recommendations/{p}"), ("x-api-key", KEY.to_string())),
-        1 => (format!("/v1/products/{p}/similar"), ("x-api-key", KEY.to_string())),
+        0 => (
+            format!("/v1/recommendations/{p}"),
+            ("x-api-key", KEY.to_string()),
+        ),
+        1 => (
+            format!("/v1/products/{p}/similar"),
+            ("x-api-key", KEY.to_string()),
+        ),
         2 => (
             format!("/v1/segments/{p}/users"),
             ("authorization", format!("Bearer {}", f.marketing)),
@@ -173,7 +179,10 @@ fuzz_target!(|data: &[u8]| {
             "/v1/orders".to_string(),
             ("authorization", format!("Bearer {}", f.shopper)),
         ),
-        4 => ("/v1/catalog/products".to_string(), ("x-none", String::new())),
+        4 => (
+            "/v1/catalog/products".to_string(),
+            ("x-none", String::new()),
+        ),
         5 => (
             format!("/v1/catalog/products/{p}"),
             ("x-none", String::new()),

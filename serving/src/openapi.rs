@@ -119,7 +119,8 @@ const COMMON_ERRORS: &[(&str, &str, &str, &str, Applies)] = &[
 ];
 
 fn error_response(code: &str, description: &str) -> OaResponse {
-    let example = serde_json::json!({"error": {"code": code, "message": "what went wrong, for people"}});
+    let example =
+        serde_json::json!({"error": {"code": code, "message": "what went wrong, for people"}});
     ResponseBuilder::new()
         .description(description)
         .content(
@@ -190,9 +191,10 @@ pub fn complete(mut spec: OpenApi) -> OpenApi {
     ));
     components.schemas.extend(error_body);
     for (_, name, code, description, _) in COMMON_ERRORS {
-        components
-            .responses
-            .insert(name.to_string(), RefOr::T(error_response(code, description)));
+        components.responses.insert(
+            name.to_string(),
+            RefOr::T(error_response(code, description)),
+        );
     }
     for op in operations(&mut spec) {
         let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
@@ -219,9 +221,5 @@ pub fn complete(mut spec: OpenApi) -> OpenApi {
     responses((status = 200, description = "The OpenAPI 3.1 description of this API.",
         content_type = "application/json", body = Object)))]
 pub async fn openapi_json(Extension(spec): Extension<Arc<SpecJson>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        spec.0.clone(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], spec.0.clone()).into_response()
 }

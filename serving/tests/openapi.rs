@@ -105,10 +105,7 @@ async fn send(app: &Router, method: &str, uri: &str) -> (StatusCode, Value) {
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let body = to_bytes(resp.into_body(), 1 << 22).await.unwrap();
-    (
-        status,
-        serde_json::from_slice(&body).unwrap_or(Value::Null),
-    )
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 fn operations(spec: &Value) -> BTreeSet<(String, String)> {
@@ -180,9 +177,15 @@ fn no_route_is_registered_without_its_description() {
     for (file, text) in [
         ("serving/src/app.rs", include_str!("../src/app.rs")),
         ("serving/src/lib.rs", include_str!("../src/lib.rs")),
-        ("serving/src/segments.rs", include_str!("../src/segments.rs")),
+        (
+            "serving/src/segments.rs",
+            include_str!("../src/segments.rs"),
+        ),
         ("serving/src/openapi.rs", include_str!("../src/openapi.rs")),
-        ("commerce/src/http.rs", include_str!("../../commerce/src/http.rs")),
+        (
+            "commerce/src/http.rs",
+            include_str!("../../commerce/src/http.rs"),
+        ),
     ] {
         let bare: Vec<&str> = [".route(", ".nest("]
             .iter()
