@@ -285,3 +285,31 @@ async fn every_operation_documents_its_errors_and_credentials() {
         }
     }
 }
+
+/// The spec says 1 to 200 products per catalog page; the server used to clamp anything
+/// else silently (0 and 1000 answered 200). Out of range is now a 400, as for orders.
+#[tokio::test]
+async fn the_catalog_page_size_is_bounded_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, spec) = fixture(dir.path()).await;
+    let limit = spec["paths"]["/v1/catalog/products"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap()
+        .clone();
+    assert_eq!(limit["schema"]["maximum"], 200);
+    for (q, want) in [
+        ("limit=0", StatusCode::BAD_REQUEST),
+        ("limit=201", StatusCode::BAD_REQUEST),
+        ("limit=1", StatusCode::OK),
+        ("limit=200", StatusCode::OK),
+    ] {
+        let (status, body) = send(&app, "GET", &format!("/v1/catalog/products?{q}")).await;
+        assert_eq!(status, want, "{q}: {body}");
+        if status == StatusCode::BAD_REQUEST {
+            assert_eq!(body["error"]["code"], "bad_request");
+        }
+    }
+}
