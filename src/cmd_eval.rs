@@ -14,7 +14,7 @@ use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use recstream_eval::{EvalParams, Report};
-use recstream_ingest::datasets::Dataset;
+use recstream_ingest::datasets::{CsvMapping, Dataset};
 use recstream_scoring::ScoringConfig;
 
 /// The evaluation parameters: the defaults with the endpoint's scoring configuration,
@@ -41,8 +41,13 @@ pub fn params(file: Option<&Path>, scoring: ScoringConfig) -> anyhow::Result<Eva
 }
 
 /// Both protocols on one dataset.
-pub async fn eval(d: Dataset, path: &Path, params: &EvalParams) -> anyhow::Result<Report> {
-    let (train, test) = crate::cmd_model::load_split(d, path, params.train_fraction)?;
+pub async fn eval(
+    d: Dataset,
+    path: &Path,
+    csv: Option<&CsvMapping>,
+    params: &EvalParams,
+) -> anyhow::Result<Report> {
+    let (train, test) = crate::cmd_model::load_split(d, path, csv, params.train_fraction)?;
     let params = params.clone();
     let name = d.name().to_string();
     let report = tokio::task::spawn_blocking(move || {
@@ -50,6 +55,46 @@ pub async fn eval(d: Dataset, path: &Path, params: &EvalParams) -> anyhow::Resul
     })
     .await
     .context("evaluation task failed")??;
+    Ok(report)
+}
+
+/// `recstream eval --tune`: every point of the grid over `params` on every dataset under
+/// `data_dir`, chosen by leave-one-dataset-out (see `recstream_eval::tune`).
+pub async fn tune(
+    data_dir: &Path,
+    params: &EvalParams,
+    min_targets: u64,
+) -> anyhow::Result<recstream_eval::tune::TuneReport> {
+    let mut sets = Vec::new();
+    for d in Dataset::ALL {
+        let p = data_dir.join(crate::cmd_model::dataset_dir(d));
+        if !p.exists() {
+            eprintln!("skipping {d}: {} does not exist", p.display());
+            continue;
+        }
+        let (train, test) = crate::cmd_model::load_split(d, &p, None, params.train_fraction)?;
+        sets.push(recstream_eval::tune::TuneSet {
+            name: d.name().to_string(),
+            train,
+            test,
+        });
+    }
+    let grid = recstream_eval::tune::grid(params);
+    eprintln!(
+        "tuning: {} points × {} datasets (leave one dataset out)",
+        grid.len(),
+        sets.len()
+    );
+    let report = tokio::task::spawn_blocking(move || {
+        recstream_eval::tune::tune(&sets, &grid, min_targets, |point, dataset, score| {
+            eprintln!(
+                "  {point:<32} {dataset:<11} {}",
+                score.map_or("—".to_string(), |s| format!("{s:.3}"))
+            );
+        })
+    })
+    .await
+    .context("tuning task failed")??;
     Ok(report)
 }
 

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use recstream_ingest::datasets::{self, Dataset, YooChooseSplit};
+use recstream_ingest::datasets::{self, CsvMapping, Dataset, YooChooseSplit};
 use recstream_ingest::{Event, LocalObjectStore, ObjectStore};
 use recstream_model::{
     EvalParams, EvalReport, ModelArtifact, Progress, TrainParams, TrainingMeta, evaluate,
@@ -40,6 +40,8 @@ pub enum TrainSource {
         dataset: Dataset,
         /// The file or directory.
         path: PathBuf,
+        /// Read the file as a CSV through this column mapping (`--csv-map`).
+        csv: Option<Box<CsvMapping>>,
     },
 }
 
@@ -55,7 +57,9 @@ impl TrainSource {
     fn describe(&self) -> String {
         match self {
             TrainSource::Archive { store, prefix } => format!("{}/{prefix}", store.describe()),
-            TrainSource::Dataset { dataset, path } => format!("{dataset}:{}", path.display()),
+            TrainSource::Dataset { dataset, path, .. } => {
+                format!("{dataset}:{}", path.display())
+            }
         }
     }
 }
@@ -164,7 +168,7 @@ pub async fn eval_with(
 ) -> anyhow::Result<EvalReport> {
     let path = path.to_path_buf();
     let report = tokio::task::spawn_blocking(move || -> anyhow::Result<EvalReport> {
-        let (train, test) = load_split(dataset, &path, params.train_fraction)?;
+        let (train, test) = load_split(dataset, &path, None, params.train_fraction)?;
         let mut bars = Bars::new(show_progress);
         Ok(evaluate(dataset.name(), &train, &test, &params, &mut bars)?)
     })
@@ -277,9 +281,9 @@ async fn load_events(source: &TrainSource) -> anyhow::Result<Vec<Event>> {
             events.sort_by_key(|e| e.ts);
             Ok(events)
         }
-        TrainSource::Dataset { dataset, path } => {
-            let (d, p) = (*dataset, path.clone());
-            tokio::task::spawn_blocking(move || load_dataset(d, &p))
+        TrainSource::Dataset { dataset, path, csv } => {
+            let (d, p, csv) = (*dataset, path.clone(), csv.clone());
+            tokio::task::spawn_blocking(move || load_dataset(d, &p, csv.as_deref()))
                 .await
                 .context("loading task failed")?
         }
@@ -293,19 +297,57 @@ fn events_of(rows: Vec<datasets::LoadedRow>) -> Vec<Event> {
         .collect()
 }
 
-fn load_dataset(d: Dataset, path: &Path) -> anyhow::Result<Vec<Event>> {
-    let rows =
-        datasets::load(d, path).with_context(|| format!("loading {d} from {}", path.display()))?;
-    Ok(events_of(rows))
+fn load_dataset(d: Dataset, path: &Path, csv: Option<&CsvMapping>) -> anyhow::Result<Vec<Event>> {
+    Ok(events_of(load_rows(d, path, csv)?))
+}
+
+/// The rows of a log: a dataset in its own format, or (with `csv`) a CSV file read
+/// through a column mapping.
+pub fn load_rows(
+    d: Dataset,
+    path: &Path,
+    csv: Option<&CsvMapping>,
+) -> anyhow::Result<Vec<datasets::LoadedRow>> {
+    match csv {
+        Some(m) => datasets::load_csv(path, m)
+            .with_context(|| format!("loading the CSV log {}", path.display())),
+        None => {
+            datasets::load(d, path).with_context(|| format!("loading {d} from {}", path.display()))
+        }
+    }
+}
+
+/// A `--csv-map` argument: a mapping file (`.toml` or `.json`, the fields of
+/// [`CsvMapping`]) when one exists at that path, else an inline
+/// `user=…,item=…,ts=…[,type=…,session=…,category=…,price=…,type.<name>=<type>]` spec.
+pub fn csv_mapping(arg: &str) -> anyhow::Result<CsvMapping> {
+    let p = Path::new(arg);
+    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if p.is_file() && (ext == "toml" || ext == "json") {
+        use figment::providers::{Format, Toml};
+        let what = || format!("reading the CSV mapping {}", p.display());
+        let m: CsvMapping = if ext == "toml" {
+            figment::Figment::from(Toml::file(p))
+                .extract()
+                .with_context(what)?
+        } else {
+            serde_json::from_str(&std::fs::read_to_string(p).with_context(what)?)
+                .with_context(what)?
+        };
+        m.check()?;
+        return Ok(m);
+    }
+    Ok(CsvMapping::parse_spec(arg)?)
 }
 
 /// Train and test events of a dataset, each sorted by time.
 pub fn load_split(
     d: Dataset,
     path: &Path,
+    csv: Option<&CsvMapping>,
     train_fraction: f64,
 ) -> anyhow::Result<(Vec<Event>, Vec<Event>)> {
-    if d == Dataset::YooChoose {
+    if d == Dataset::YooChoose && csv.is_none() {
         let train = events_of(datasets::load_yoochoose_split(
             path,
             YooChooseSplit::TrainFull,
@@ -313,7 +355,7 @@ pub fn load_split(
         let test = events_of(datasets::load_yoochoose_split(path, YooChooseSplit::Test)?);
         return Ok((train, test));
     }
-    Ok(temporal_split(load_dataset(d, path)?, train_fraction))
+    Ok(temporal_split(load_dataset(d, path, csv)?, train_fraction))
 }
 
 /// Progress bars for the model crate's stages.
@@ -389,7 +431,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn train_from_an_archive_publish_and_export_segments() {
-        let events = load_dataset(Dataset::Rees46, &data_dir().join("rees46_multicat")).unwrap();
+        let events =
+            load_dataset(Dataset::Rees46, &data_dir().join("rees46_multicat"), None).unwrap();
         let rows: Vec<ArchivedRow> = events
             .iter()
             .enumerate()

@@ -138,6 +138,24 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The demo's configuration: [`Config::load`] (defaults, the file, `RECSTREAM__*`, as
+    /// `run` reads it), then the demo's own state directory (`--data-dir`, wiped at start:
+    /// never a configured one) and, when given, `--listen`.
+    pub fn for_demo(
+        file: Option<&Path>,
+        listen: Option<std::net::SocketAddr>,
+        data_dir: &Path,
+    ) -> Result<Config, String> {
+        let mut cfg = Config::load(file)?;
+        if let Some(l) = listen {
+            cfg.server.listen = l;
+        }
+        cfg.embedded.data_dir = data_dir.to_path_buf();
+        cfg.commerce.data_dir = data_dir.join("commerce");
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Pure checks of every section; nothing connects.
     pub fn validate(&self) -> Result<(), String> {
         self.processor.validate()?;
@@ -182,6 +200,30 @@ mod tests {
         cfg.validate().unwrap();
         cfg.aws.bucket = "Not_A_Bucket".into();
         assert!(cfg.validate().unwrap_err().contains("bucket"));
+    }
+
+    #[test]
+    fn the_demo_reads_the_config_file_and_keeps_its_own_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[server]\nlisten = \"127.0.0.1:9999\"\n[scoring]\nmax_per_category = 7\n[embedded]\ndata_dir = \"/elsewhere\"\n",
+        )
+        .unwrap();
+        let state = dir.path().join("demo");
+        let cfg = Config::for_demo(Some(&f), None, &state).unwrap();
+        assert_eq!(cfg.scoring.max_per_category, 7);
+        assert_eq!(cfg.server.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(
+            cfg.embedded.data_dir, state,
+            "the wiped directory is the demo's own"
+        );
+        assert_eq!(cfg.commerce.data_dir, state.join("commerce"));
+        let cfg = Config::for_demo(Some(&f), Some("127.0.0.1:0".parse().unwrap()), &state).unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:0".parse().unwrap());
+        std::fs::write(&f, "[scoring]\nmax_per_category = 0\n").unwrap();
+        assert!(Config::for_demo(Some(&f), None, &state).is_err());
     }
 
     #[test]

@@ -61,16 +61,16 @@ enum Role {
 enum Command {
     /// Replay the bundled real sample through the whole pipeline and serve recommendations.
     Demo {
-        /// Address to serve on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
+        /// Address to serve on (default: the configuration's `server.listen`, 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
         /// Where the demo keeps its state (wiped at start).
         #[arg(long, default_value = ".recstream/demo")]
         data_dir: PathBuf,
         /// Stop after this many seconds of serving (for scripts); default: until Ctrl-C.
         #[arg(long)]
         exit_after: Option<f64>,
-        /// The sample to replay (REES46 CSV, optionally .gz).
+        /// The sample to replay (REES46 CSV, optionally .gz; any CSV with --csv-map).
         #[arg(long, default_value = SAMPLE)]
         sample: PathBuf,
         /// Also write the demo's credentials and address as JSON to this file (mode 0600),
@@ -79,6 +79,15 @@ enum Command {
         /// suite in scripts/test).
         #[arg(long)]
         credentials_file: Option<PathBuf>,
+        /// Read --sample as a CSV log through this column mapping: inline
+        /// `user=COL,item=COL,ts=COL[,type=COL,session=COL,category=COL,price=COL,type.NAME=TYPE]`
+        /// or a .toml / .json mapping file.
+        #[arg(long)]
+        csv_map: Option<String>,
+        /// Configuration file, as for `run` (and RECSTREAM__* variables); the demo keeps
+        /// its state under --data-dir.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Create the stream, tables and bucket of AWS mode if missing (idempotent).
     Init {
@@ -117,6 +126,9 @@ enum Command {
         /// Print the run summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Read --path as a CSV log through this column mapping (see `demo --csv-map`).
+        #[arg(long, requires = "path")]
+        csv_map: Option<String>,
     },
     /// Train the models from the Parquet archive (or a dataset) and publish a new version.
     Train {
@@ -142,6 +154,9 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Read --path as a CSV log through this column mapping (see `demo --csv-map`).
+        #[arg(long, requires = "path")]
+        csv_map: Option<String>,
     },
     /// Offline evaluation of the served list (the endpoint's `Recommender`, its
     /// configuration) against baselines on two protocols: next event in the session and
@@ -175,6 +190,14 @@ enum Command {
         /// popularity and co-visitation (next event only).
         #[arg(long)]
         models: bool,
+        /// Read --path as a CSV log through this column mapping (see `demo --csv-map`).
+        #[arg(long, requires = "path")]
+        csv_map: Option<String>,
+        /// Leave-one-dataset-out tuning instead: every point of the grid
+        /// (`recstream_eval::tune::grid`) on every dataset under --data-dir; for each
+        /// dataset, the point best on the other three and its score on it.
+        #[arg(long, conflicts_with_all = ["models", "dataset"])]
+        tune: bool,
     },
     /// Marketing segments of the current model.
     Segments {
@@ -229,15 +252,17 @@ async fn main() -> anyhow::Result<()> {
             exit_after,
             sample,
             credentials_file,
+            csv_map,
+            config,
         } => {
-            let mut cfg = Config::default();
-            cfg.server.listen = listen;
-            cfg.embedded.data_dir = data_dir.clone();
-            cfg.commerce.data_dir = data_dir.join("commerce");
+            let cfg = Config::for_demo(config.as_deref(), listen, &data_dir)
+                .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+            let csv = csv_map.as_deref().map(cmd_model::csv_mapping).transpose()?;
             reset_dir(&data_dir)?;
             demo(
                 cfg,
                 &sample,
+                csv.as_ref(),
                 exit_after.map(Duration::from_secs_f64),
                 credentials_file.as_deref(),
             )
@@ -267,10 +292,12 @@ async fn main() -> anyhow::Result<()> {
             speed,
             limit,
             json,
+            csv_map,
         } => {
             let cfg = load_config(config.as_deref())?;
             let path = path.unwrap_or_else(|| default_dataset_path(dataset));
-            replay(cfg, dataset, &path, to, speed, limit, json).await
+            let csv = csv_map.as_deref().map(cmd_model::csv_mapping).transpose()?;
+            replay(cfg, dataset, &path, csv.as_ref(), to, speed, limit, json).await
         }
         Command::Train {
             config,
@@ -280,9 +307,11 @@ async fn main() -> anyhow::Result<()> {
             out,
             params,
             json,
+            csv_map,
         } => {
             let cfg = load_config(config.as_deref())?;
-            train(cfg, archive, dataset, path, out, params, json).await
+            let csv = csv_map.as_deref().map(cmd_model::csv_mapping).transpose()?;
+            train(cfg, archive, dataset, path, csv, out, params, json).await
         }
         Command::Eval {
             dataset,
@@ -294,11 +323,29 @@ async fn main() -> anyhow::Result<()> {
             config,
             limit,
             models,
+            tune,
+            csv_map,
         } if !models => {
+            let csv = csv_map.as_deref().map(cmd_model::csv_mapping).transpose()?;
             let cfg = load_config(config.as_deref())?;
             let mut params = recstream::cmd_eval::params(params.as_deref(), cfg.scoring)?;
             if let Some(l) = limit {
                 params.max_targets = l.max(1);
+            }
+            if tune {
+                let report = recstream::cmd_eval::tune(&data_dir, &params, 500).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!("{}", report.markdown());
+                }
+                if let Some(f) = markdown {
+                    let cmd = std::env::args().collect::<Vec<_>>().join(" ");
+                    let doc = format!("Produced by `{cmd}`.\n\n{}", report.markdown());
+                    std::fs::write(&f, doc).with_context(|| format!("writing {}", f.display()))?;
+                    eprintln!("wrote {}", f.display());
+                }
+                return Ok(());
             }
             let mut reports = Vec::new();
             let sets: Vec<(Dataset, PathBuf)> = match dataset {
@@ -320,7 +367,7 @@ async fn main() -> anyhow::Result<()> {
             };
             for (d, p) in sets {
                 eprintln!("evaluating {d} ({})", p.display());
-                let r = recstream::cmd_eval::eval(d, &p, &params).await?;
+                let r = recstream::cmd_eval::eval(d, &p, csv.as_ref(), &params).await?;
                 if !json {
                     println!("{}", recstream::cmd_eval::table(&r));
                 }
@@ -459,18 +506,19 @@ async fn replay_rows(
     Ok((summary, elapsed))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn replay(
     cfg: Config,
     dataset: Dataset,
     path: &Path,
+    csv: Option<&datasets::CsvMapping>,
     to: ReplayTarget,
     speed: Option<f64>,
     limit: Option<usize>,
     json: bool,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let mut rows = datasets::load(dataset, path)
-        .with_context(|| format!("loading {dataset} from {}", path.display()))?;
+    let mut rows = cmd_model::load_rows(dataset, path, csv)?;
     if let Some(n) = limit {
         rows.truncate(n);
     }
@@ -558,11 +606,13 @@ async fn produce(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn train(
     cfg: Config,
     archive: Option<String>,
     dataset: Option<Dataset>,
     path: Option<PathBuf>,
+    csv: Option<datasets::CsvMapping>,
     out: Option<String>,
     params: Option<PathBuf>,
     json: bool,
@@ -571,6 +621,7 @@ async fn train(
         (Some(d), _) => TrainSource::Dataset {
             dataset: d,
             path: path.unwrap_or_else(|| default_dataset_path(d)),
+            csv: csv.map(Box::new),
         },
         (None, Some(spec)) => TrainSource::Archive {
             store: store_at(&cfg, &spec).await?,
@@ -698,6 +749,7 @@ fn write_credentials(path: &Path, creds: &DemoCredentials, base_url: &str) -> an
 async fn demo(
     mut cfg: Config,
     sample: &Path,
+    csv: Option<&datasets::CsvMapping>,
     exit_after: Option<Duration>,
     credentials_file: Option<&Path>,
 ) -> anyhow::Result<()> {
@@ -707,8 +759,13 @@ async fn demo(
             sample.display()
         );
     }
-    let rows = datasets::load(Dataset::Rees46, sample)
-        .with_context(|| format!("loading {}", sample.display()))?;
+    // The bundled sample is REES46; a CSV read through a mapping is the user's own log.
+    let dataset = if csv.is_some() {
+        Dataset::Events
+    } else {
+        Dataset::Rees46
+    };
+    let rows = cmd_model::load_rows(dataset, sample, csv)?;
     let top_users = busiest_users(&rows, 3);
     let demo_user = top_users.first().cloned().unwrap_or_else(|| "u1".into());
     let creds = demo_credentials(&mut cfg, &demo_user)?;
@@ -757,10 +814,9 @@ async fn demo(
         })
     };
 
-    let (summary, elapsed) =
-        replay_rows(&rt, Dataset::Rees46, rows, None, shutdown.clone()).await?;
+    let (summary, elapsed) = replay_rows(&rt, dataset, rows, None, shutdown.clone()).await?;
     println!(
-        "\nreplayed {} REES46 events in {:.2}s ({:.0} events/s): {} accepted, {} dead-lettered, {} archived as Parquet under {}",
+        "\nreplayed {} {dataset} events in {:.2}s ({:.0} events/s): {} accepted, {} dead-lettered, {} archived as Parquet under {}",
         summary.records,
         elapsed.as_secs_f64(),
         summary.records as f64 / elapsed.as_secs_f64().max(1e-9),

@@ -23,6 +23,7 @@ pub mod baselines;
 pub mod ease;
 pub mod error;
 pub mod store;
+pub mod tune;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -215,6 +216,14 @@ pub struct Served {
     pub personalized: u64,
     /// Answered from the cold-start lists.
     pub cold_start: u64,
+    /// Recall of the first 100 candidates (the pool by the blend, what the ranker
+    /// re-scores; the cold-start list for a user without history), after the serving
+    /// filters and, in `discovery`, without the user's known items.
+    pub candidate_recall_100: f64,
+    /// Recall of the whole candidate pool (every source, before the rerank cut).
+    pub candidate_recall_all: f64,
+    /// Mean size of the candidate pool.
+    pub mean_candidates: f64,
 }
 
 /// How one protocol split the log.
@@ -232,6 +241,11 @@ pub struct ProtocolInfo {
     pub split: String,
     /// Wall time of the protocol, seconds.
     pub seconds: f64,
+    /// Mean wall time of one `Recommender::recommend` call (the endpoint's), microseconds,
+    /// in this build's profile.
+    pub recommend_us_mean: f64,
+    /// Its 99th percentile, microseconds.
+    pub recommend_us_p99: f64,
 }
 
 /// An evaluation of one dataset: splits, how the served path answered, every metric row.
@@ -309,23 +323,28 @@ impl Report {
         let mut s = format!("### {}\n\n", self.dataset);
         for p in &self.protocols {
             s.push_str(&format!(
-                "- {}: {} train / {} test events, catalog {}, {}; {:.1} s\n",
+                "- {}: {} train / {} test events, catalog {}, {}; {:.1} s; `recommend` {:.0} µs mean, {:.0} µs p99\n",
                 p.protocol.name(),
                 p.train_events,
                 p.test_events,
                 p.catalog,
                 p.split,
-                p.seconds
+                p.seconds,
+                p.recommend_us_mean,
+                p.recommend_us_p99
             ));
         }
         for v in &self.served {
             s.push_str(&format!(
-                "- served {} {}: {} targets, {} personalised, {} cold start\n",
+                "- served {} {}: {} targets, {} personalised, {} cold start; candidate recall@100 {:.4}, of the whole pool {:.4} (mean {:.0} candidates)\n",
                 v.protocol.name(),
                 v.task,
                 v.targets,
                 v.personalized,
-                v.cold_start
+                v.cold_start,
+                v.candidate_recall_100,
+                v.candidate_recall_all,
+                v.mean_candidates
             ));
         }
         s.push_str(
@@ -383,6 +402,8 @@ fn round(x: f64) -> f64 {
 struct ServedPath {
     store: Arc<LiveStore>,
     recommender: Recommender,
+    /// Wall time of every `recommend` call, nanoseconds.
+    times: std::sync::Mutex<Vec<u64>>,
 }
 
 impl ServedPath {
@@ -405,17 +426,74 @@ impl ServedPath {
         handle.set(Arc::new(artifact));
         let recommender = Recommender::new(store.clone(), cold, cfg.clone()).with_model(handle);
         recommender.sync_model();
-        Ok(ServedPath { store, recommender })
+        Ok(ServedPath {
+            store,
+            recommender,
+            times: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The candidate pool the endpoint would rank for this request (best by the blend
+    /// first); empty for a cold-start answer.
+    fn candidates(&self, user: &str, context: Vec<String>) -> Result<Vec<String>> {
+        let req = Request {
+            user_id: user.to_string(),
+            n: None,
+            context,
+        };
+        Ok(futures::executor::block_on(
+            self.recommender.candidates(&req),
+        )?)
+    }
+
+    /// Mean and 99th percentile of the `recommend` calls so far, microseconds.
+    fn latency_us(&self) -> (f64, f64) {
+        let mut t = self.times.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if t.is_empty() {
+            return (0.0, 0.0);
+        }
+        t.sort_unstable();
+        let mean = t.iter().sum::<u64>() as f64 / t.len() as f64 / 1e3;
+        let p99 = t[((t.len() as f64 * 0.99).ceil() as usize).clamp(1, t.len()) - 1] as f64 / 1e3;
+        (round(mean), round(p99))
     }
 
     /// The endpoint's answer: product ids best first, and whether it was personalised.
     fn recommend(&self, user: &str, n: usize, context: Vec<String>) -> Result<(Vec<String>, bool)> {
+        self.ask(user, n, context, true)
+    }
+
+    /// The candidate pool of this request for the recall measurement: the blend's pool
+    /// when the answer is personalised, else the list served at `n` (cold start).
+    fn pool(&self, user: &str, n: usize, context: Vec<String>) -> Result<Vec<String>> {
+        let pool = self.candidates(user, context.clone())?;
+        if !pool.is_empty() {
+            return Ok(pool);
+        }
+        Ok(self.ask(user, n, context, false)?.0)
+    }
+
+    /// [`ServedPath::recommend`]; `timed` adds the call to the latency sample.
+    fn ask(
+        &self,
+        user: &str,
+        n: usize,
+        context: Vec<String>,
+        timed: bool,
+    ) -> Result<(Vec<String>, bool)> {
         let req = Request {
             user_id: user.to_string(),
             n: Some(n),
             context,
         };
+        let t = Instant::now();
         let r = futures::executor::block_on(self.recommender.recommend(&req))?;
+        if timed {
+            self.times
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(t.elapsed().as_nanos() as u64);
+        }
         Ok((
             r.items.into_iter().map(|i| i.product_id).collect(),
             r.strategy == Strategy::Personalized,
@@ -427,6 +505,8 @@ impl ServedPath {
 struct Acc {
     metrics: BTreeMap<(usize, usize, usize), SetMetrics>,
     served: [(u64, u64); 2],
+    /// Per task: Σ recall of the first 100 candidates, Σ recall of the pool, Σ pool size, targets.
+    cand: [(f64, f64, f64, u64); 2],
     ks: Vec<usize>,
     max_k: usize,
 }
@@ -444,6 +524,7 @@ impl Acc {
         Acc {
             metrics,
             served: [(0, 0); 2],
+            cand: [(0.0, 0.0, 0.0, 0); 2],
             ks: ks.to_vec(),
             max_k: ks.iter().copied().max().unwrap_or(20),
         }
@@ -475,6 +556,30 @@ impl Acc {
                     .add(&top, relevant);
             }
         }
+    }
+
+    /// Recall of the candidate pool `pool` (best first) for one task: the first 100 and all
+    /// of it, after the serving filters and (discovery) without known items.
+    fn add_candidates(
+        &mut self,
+        task: usize,
+        pool: &[String],
+        excluded: &FxHashSet<&str>,
+        known: Option<&dyn Fn(&str) -> bool>,
+        relevant: &FxHashSet<&str>,
+    ) {
+        let kept: Vec<&str> = pool
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !excluded.contains(p) && known.is_none_or(|k| !k(p)))
+            .collect();
+        let n = relevant.len().max(1) as f64;
+        let hits = |l: &[&str]| l.iter().filter(|p| relevant.contains(*p)).count() as f64 / n;
+        let c = &mut self.cand[task];
+        c.0 += hits(&kept[..kept.len().min(100)]);
+        c.1 += hits(&kept);
+        c.2 += kept.len() as f64;
+        c.3 += 1;
     }
 
     fn rows(&self, protocol: Protocol, catalog: usize) -> Vec<Row> {
@@ -512,6 +617,9 @@ impl Acc {
                 targets: self.served[t].0 + self.served[t].1,
                 personalized: self.served[t].0,
                 cold_start: self.served[t].1,
+                candidate_recall_100: round(self.cand[t].0 / self.cand[t].3.max(1) as f64),
+                candidate_recall_all: round(self.cand[t].1 / self.cand[t].3.max(1) as f64),
+                mean_candidates: round(self.cand[t].2 / self.cand[t].3.max(1) as f64),
             })
             .collect()
     }
@@ -550,7 +658,12 @@ fn fit_methods(
     train_events: &[Event],
     params: &EvalParams,
 ) -> Result<(ServedPath, Baselines, Ease)> {
-    let (artifact, replay) = train(train_events, "eval", &params.train, &mut NoProgress)?;
+    // The ranker learns on the candidate sets the endpoint builds.
+    let tp = TrainParams {
+        candidates: params.scoring.candidate_params(),
+        ..params.train.clone()
+    };
+    let (artifact, replay) = train(train_events, "eval", &tp, &mut NoProgress)?;
     let served = ServedPath::new(artifact, replay, &params.scoring)?;
     let base = Baselines::new(train_events, params.history_half_life_hours, 2000);
     let items = user_items(train_events);
@@ -599,6 +712,7 @@ pub fn next_event(
         base.apply(e);
     }
     let catalog = catalog(train_events);
+    let latency = served.latency_us();
     let info = ProtocolInfo {
         protocol: Protocol::NextEvent,
         train_events: train_events.len(),
@@ -606,6 +720,8 @@ pub fn next_event(
         catalog,
         split: format!("{} targets sampled at rate {:.3}", eligible, rate),
         seconds: round(started.elapsed().as_secs_f64()),
+        recommend_us_mean: latency.0,
+        recommend_us_p99: latency.1,
     };
     Ok((
         info,
@@ -677,11 +793,14 @@ fn target_next_event(
     acc.add(0, &lists, &excluded, None, &relevant);
     acc.served[0].0 += personal as u64;
     acc.served[0].1 += !personal as u64;
+    let pool = served.pool(uid, cfg.max_n, context.clone())?;
+    acc.add_candidates(0, &pool, &excluded, None, &relevant);
     if discovery {
         let (wide, personal) = served.recommend(uid, cfg.max_n, context)?;
         lists[0] = wide.iter().map(String::as_str).collect();
         let known = |p: &str| base.knows(uid, p);
         acc.add(1, &lists, &excluded, Some(&known), &relevant);
+        acc.add_candidates(1, &pool, &excluded, Some(&known), &relevant);
         acc.served[1].0 += personal as u64;
         acc.served[1].1 += !personal as u64;
     }
@@ -795,6 +914,8 @@ pub fn next_period(
         acc.add(0, &lists, &excluded, None, &relevant);
         acc.served[0].0 += personal as u64;
         acc.served[0].1 += !personal as u64;
+        let pool = served.pool(uid, cfg.max_n, Vec::new())?;
+        acc.add_candidates(0, &pool, &excluded, None, &relevant);
         let new: FxHashSet<&str> = items
             .iter()
             .copied()
@@ -805,11 +926,13 @@ pub fn next_period(
             lists[0] = wide.iter().map(String::as_str).collect();
             let known = |p: &str| base.knows(uid, p);
             acc.add(1, &lists, &excluded, Some(&known), &new);
+            acc.add_candidates(1, &pool, &excluded, Some(&known), &new);
             acc.served[1].0 += personal as u64;
             acc.served[1].1 += !personal as u64;
         }
     }
     let catalog = catalog(train_events);
+    let latency = served.latency_us();
     let info = ProtocolInfo {
         protocol: Protocol::NextPeriod,
         train_events: train_events.len(),
@@ -820,6 +943,8 @@ pub fn next_period(
             truth.len()
         ),
         seconds: round(started.elapsed().as_secs_f64()),
+        recommend_us_mean: latency.0,
+        recommend_us_p99: latency.1,
     };
     Ok((
         info,

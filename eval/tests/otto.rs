@@ -60,6 +60,19 @@ fn both_protocols_score_the_served_list_and_every_baseline() {
     assert!(ne.hr > 0.0, "the served list hits something: {ne:?}");
     for s in &r.served {
         assert_eq!(s.targets, s.personalized + s.cold_start);
+        // The first 100 candidates are part of the pool.
+        assert!(
+            (0.0..=1.0).contains(&s.candidate_recall_100)
+                && s.candidate_recall_100 <= s.candidate_recall_all
+                && s.candidate_recall_all <= 1.0,
+            "{s:?}"
+        );
+    }
+    for p in &r.protocols {
+        assert!(
+            p.recommend_us_mean > 0.0 && p.recommend_us_p99 >= p.recommend_us_mean * 0.5,
+            "{p:?}"
+        );
     }
     let s = r
         .served
@@ -68,6 +81,10 @@ fn both_protocols_score_the_served_list_and_every_baseline() {
         .unwrap();
     assert!(s.personalized > 0);
     assert_eq!(s.targets, ne.targets);
+    // The served list's hits in its top 20 come from the pool or the cold-start backfill:
+    // on this sample the pool holds at least as many next items as the list's top 20.
+    assert!(s.mean_candidates > 20.0, "{s:?}");
+    assert!(s.candidate_recall_all >= ne.recall, "{s:?} vs {ne:?}");
     // The summary names the best baseline per protocol × task.
     let sum = r.summary(20);
     assert_eq!(sum.len(), 4);

@@ -49,6 +49,20 @@ impl ColdStartLists {
     /// Computes the lists. `half_life_ms` decays older engagement; segments with fewer than
     /// `min_users` distinct users get no list of their own.
     pub fn compute(events: &[Event], n: usize, half_life_ms: f64, min_users: usize) -> Self {
+        Self::compute_with(events, n, half_life_ms, min_users, 0)
+    }
+
+    /// [`ColdStartLists::compute`], counting only each user's first `first_events` product
+    /// events (0 = all): what visitors engage with while they are new, which is what the
+    /// lists are for.
+    pub fn compute_with(
+        events: &[Event],
+        n: usize,
+        half_life_ms: f64,
+        min_users: usize,
+        first_events: usize,
+    ) -> Self {
+        let mut seen_events: FxHashMap<&str, usize> = FxHashMap::default();
         let mut overall: FxHashMap<&str, Decayed> = FxHashMap::default();
         let mut per: FxHashMap<String, FxHashMap<&str, Decayed>> = FxHashMap::default();
         let mut seg_users: FxHashMap<String, rustc_hash::FxHashSet<&str>> = FxHashMap::default();
@@ -64,6 +78,13 @@ impl ColdStartLists {
             };
             if w <= 0.0 {
                 continue;
+            }
+            if first_events > 0 {
+                let k = seen_events.entry(e.user_id.as_str()).or_default();
+                *k += 1;
+                if *k > first_events {
+                    continue;
+                }
             }
             overall.entry(p).or_default().add(w, e.ts.0, half_life_ms);
             if let Some(seg) = user_seg.get(e.user_id.as_str()) {
@@ -138,5 +159,8 @@ mod tests {
         assert_eq!(c.segments["25-34|f|*"][0].0, "y");
         assert_eq!(c.for_segment(Some("nope"))[0].0, "y");
         assert_eq!(c.lists().count(), 2);
+        // Only each user's first event: a's view of x and b's first view of x.
+        let c = ColdStartLists::compute_with(&evs, 10, 1e12, 1, 1);
+        assert_eq!(c.overall, vec![("x".to_string(), 1.0)]);
     }
 }

@@ -48,6 +48,9 @@ pub struct TrainParams {
     pub cold_start_half_life_secs: f64,
     /// Demographic segments with fewer users get no cold-start list of their own.
     pub cold_start_min_users: usize,
+    /// Cold-start lists count only each user's first this many product events (0 = all):
+    /// what new visitors engage with.
+    pub cold_start_first_events: usize,
 }
 
 impl Default for TrainParams {
@@ -69,6 +72,7 @@ impl Default for TrainParams {
             cold_start_n: 100,
             cold_start_half_life_secs: 7.0 * 24.0 * 3600.0,
             cold_start_min_users: 20,
+            cold_start_first_events: 0,
         }
     }
 }

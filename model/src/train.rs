@@ -315,11 +315,12 @@ pub fn train(
         s
     };
     let segment_secs = t.elapsed().as_secs_f64();
-    let cold_start = ColdStartLists::compute(
+    let cold_start = ColdStartLists::compute_with(
         events,
         params.cold_start_n,
         params.cold_start_half_life_secs * 1000.0,
         params.cold_start_min_users,
+        params.cold_start_first_events,
     );
 
     let mut metrics = std::collections::BTreeMap::new();

@@ -74,6 +74,21 @@ impl Default for ScoringConfig {
 }
 
 impl ScoringConfig {
+    /// The candidate budgets and filters of this configuration, as training must use them
+    /// (the ranker is trained on the candidate sets the endpoint builds).
+    pub fn candidate_params(&self) -> recstream_model::CandidateParams {
+        recstream_model::CandidateParams {
+            seed_items: self.seed_items,
+            neighbours_per_seed: self.neighbours_per_seed,
+            top_categories: self.top_categories,
+            per_category: self.per_category,
+            trending: self.trending,
+            include_recent: self.include_recent,
+            exclude_purchased: self.exclude_purchased,
+            exclude_in_cart: self.exclude_in_cart,
+        }
+    }
+
     /// Checks list lengths, weights (non-negative), rerank depth, diversity and feedback
     /// bounds; `Err` names the bad setting.
     pub fn validate(&self) -> Result<(), String> {

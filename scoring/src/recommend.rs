@@ -137,6 +137,20 @@ struct Cand<'a> {
     sig: CandidateSignals,
 }
 
+/// The candidate sources of one request, fetched before blending.
+struct Sources<'u> {
+    seed_ids: Vec<&'u str>,
+    seed_weights: Vec<f64>,
+    last_seed: Option<usize>,
+    seed_features: Vec<Option<Arc<ProductFeatures>>>,
+    top_categories: &'u [recstream_features::view::Weighted],
+    category_tops: Vec<(
+        &'u recstream_features::view::Weighted,
+        Arc<recstream_features::TopList>,
+    )>,
+    trending: Option<Arc<recstream_features::TopList>>,
+}
+
 impl<'a> Cand<'a> {
     fn add(&mut self, s: f64, reason: Reason, because: Option<&'a str>) {
         self.score += s;
@@ -319,37 +333,53 @@ impl Recommender {
         })
     }
 
-    async fn personalized(
-        &self,
-        req: &Request,
-        user: &UserFeatures,
-        n: usize,
-        served_rows: Option<&mut Vec<PairFeatures>>,
-        degraded: &mut Vec<&'static str>,
-    ) -> (Vec<Item>, Strategy) {
-        let cfg = &self.cfg;
-        let excluded = self.excluded(req, user);
+    /// The candidate pool of a personalised answer (every source, after the serving
+    /// filters and the catalog, before the ranker's `rerank_depth` cut), best by the blend
+    /// first; empty for a user the endpoint answers from the cold-start list. For offline
+    /// evaluation (recall of the candidate set): the endpoint never calls it.
+    pub async fn candidates(&self, req: &Request) -> Result<Vec<String>, ScoringError> {
+        let mut degraded = Vec::new();
+        let user = self.store.user(&req.user_id).await?;
+        let history = user
+            .as_ref()
+            .is_some_and(|u| !u.recent.is_empty() || !u.categories.is_empty());
+        if !history && req.context.is_empty() {
+            return Ok(Vec::new());
+        }
+        let u = user.unwrap_or_default();
+        let excluded = self.excluded(req, &u);
+        let src = self.sources(req, &u, &mut degraded).await;
+        let cands = self.pool(&u, &src, &excluded, &mut degraded).await;
+        let mut ranked: Vec<(&str, Cand<'_>)> = cands.into_iter().collect();
+        ranked.sort_unstable_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.cmp(b.0)));
+        Ok(ranked.into_iter().map(|(id, _)| id.to_string()).collect())
+    }
 
-        // Every source is fetched first (shared views, `Arc`s), so that the candidate map
-        // can borrow its keys from them: no id is copied until the answer is built.
-        // Seeds: context first (what is on the page now), then the most recent items.
-        let seed_ids: Vec<&str> = req
-            .context
-            .iter()
-            .map(String::as_str)
-            .chain(
-                user.recent
-                    .iter()
-                    .take(cfg.seed_items)
-                    .map(|r| r.product_id.as_str()),
-            )
-            .collect();
-        let seed_weight = |si: usize| match si.checked_sub(req.context.len()) {
-            None => 1.0,
-            Some(i) => 1.0 / (1.0 + i as f64),
-        };
+    /// Fetches every candidate source of one request (shared views, `Arc`s), so that the
+    /// candidate map can borrow its keys from them: no id is copied until the answer is built.
+    async fn sources<'u>(
+        &self,
+        req: &'u Request,
+        user: &'u UserFeatures,
+        degraded: &mut Vec<&'static str>,
+    ) -> Sources<'u> {
+        let cfg = &self.cfg;
+        // Seeds: context first (what is on the page now, weight 1), then the most recent
+        // items (weight 1 / (1 + i) by recency rank i, as training weighs them), each seed
+        // once: the product on the page is usually the most recent item too.
+        let mut seed_ids: Vec<&str> = req.context.iter().map(String::as_str).collect();
+        let mut seed_weights = vec![1.0; seed_ids.len()];
+        for (i, r) in user.recent.iter().take(cfg.seed_items).enumerate() {
+            if !seed_ids.contains(&r.product_id.as_str()) {
+                seed_ids.push(r.product_id.as_str());
+                seed_weights.push(1.0 / (1.0 + i as f64));
+            }
+        }
         // The user's most recent item: its list alone gives `covisit_last`.
-        let last_seed = (!user.recent.is_empty()).then_some(req.context.len());
+        let last_seed = user
+            .recent
+            .first()
+            .and_then(|r| seed_ids.iter().position(|s| *s == r.product_id));
         let seed_features = match self.store.products(&seed_ids).await {
             Ok(p) => p,
             Err(_) => {
@@ -373,12 +403,32 @@ impl Recommender {
                 None
             }
         };
+        Sources {
+            seed_ids,
+            seed_weights,
+            last_seed,
+            seed_features,
+            top_categories,
+            category_tops,
+            trending,
+        }
+    }
 
+    /// Blends the sources into the candidate pool and drops what may not be served
+    /// (bought, in cart, the context, not sellable).
+    async fn pool<'s>(
+        &self,
+        user: &'s UserFeatures,
+        src: &'s Sources<'s>,
+        excluded: &FxHashSet<&str>,
+        degraded: &mut Vec<&'static str>,
+    ) -> FxHashMap<&'s str, Cand<'s>> {
+        let cfg = &self.cfg;
         let mut cands: FxHashMap<&str, Cand<'_>> =
             FxHashMap::with_capacity_and_hasher(256, Default::default());
-        for (si, (seed, pf)) in seed_ids.iter().zip(&seed_features).enumerate() {
+        for (si, (seed, pf)) in src.seed_ids.iter().zip(&src.seed_features).enumerate() {
             let Some(pf) = pf else { continue };
-            let sw = seed_weight(si);
+            let sw = src.seed_weights[si];
             let max = pf.covisit.first().map(|(_, w)| *w).unwrap_or(1.0).max(1.0) as f64;
             for (nb, w) in pf.covisit.iter().take(cfg.neighbours_per_seed) {
                 let w = *w as f64;
@@ -386,7 +436,7 @@ impl Recommender {
                 c.add(cfg.w_covisit * sw * w / max, Reason::CoVisited, Some(*seed));
                 c.sig.covisit += sw * w / max;
                 c.sig.covisit_raw += sw * w;
-                if Some(si) == last_seed {
+                if Some(si) == src.last_seed {
                     c.sig.covisit_last = w / max;
                 }
             }
@@ -402,12 +452,13 @@ impl Recommender {
             }
         }
 
-        let cat_total: f64 = top_categories
+        let cat_total: f64 = src
+            .top_categories
             .iter()
             .map(|c| c.weight.value)
             .sum::<f64>()
             .max(f64::MIN_POSITIVE);
-        for (c, top) in &category_tops {
+        for (c, top) in &src.category_tops {
             let max = top_weight(&top.items);
             for (p, w) in top.items.iter().take(cfg.per_category) {
                 let v = (c.weight.value / cat_total) * (w / max);
@@ -417,7 +468,7 @@ impl Recommender {
             }
         }
 
-        if let Some(t) = &trending {
+        if let Some(t) = &src.trending {
             let max = top_weight(&t.items);
             for (p, w) in t.items.iter().take(cfg.trending) {
                 let c = cands.entry(p.as_str()).or_default();
@@ -436,6 +487,21 @@ impl Recommender {
                 }
             }
         }
+        cands
+    }
+
+    async fn personalized(
+        &self,
+        req: &Request,
+        user: &UserFeatures,
+        n: usize,
+        served_rows: Option<&mut Vec<PairFeatures>>,
+        degraded: &mut Vec<&'static str>,
+    ) -> (Vec<Item>, Strategy) {
+        let cfg = &self.cfg;
+        let excluded = self.excluded(req, user);
+        let src = self.sources(req, user, degraded).await;
+        let cands = self.pool(user, &src, &excluded, degraded).await;
         metrics::histogram!(m::CANDIDATES).record(cands.len() as f64);
         let mut ranked: Vec<(&str, Cand<'_>)> = cands.into_iter().collect();
         let depth = cfg.rerank_depth.max(n);

@@ -20,6 +20,7 @@
 
 mod diginetica;
 mod events;
+mod mapped;
 mod otto;
 mod rees46;
 mod yoochoose;
@@ -37,6 +38,7 @@ use crate::error::IngestError;
 use crate::event::Event;
 use crate::record::ShardId;
 
+pub use mapped::{CsvMapping, load_csv, parse_ts};
 pub use yoochoose::YooChooseSplit;
 
 /// One of the public datasets recstream can replay.
