@@ -45,10 +45,10 @@ pub struct CandidateParams {
 impl Default for CandidateParams {
     fn default() -> Self {
         CandidateParams {
-            seed_items: 5,
-            neighbours_per_seed: 20,
+            seed_items: 10,
+            neighbours_per_seed: 50,
             top_categories: 3,
-            per_category: 10,
+            per_category: 30,
             trending: 30,
             include_recent: true,
             exclude_purchased: true,

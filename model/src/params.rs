@@ -44,12 +44,13 @@ pub struct TrainParams {
     pub skip_segments: bool,
     /// Length of each cold-start list.
     pub cold_start_n: usize,
-    /// Half-life of the cold-start popularity, seconds.
+    /// Half-life of the cold-start popularity, seconds (default 90 days; with
+    /// `cold_start_first_events` = 10 chosen by leave-one-dataset-out, EVAL.md).
     pub cold_start_half_life_secs: f64,
     /// Demographic segments with fewer users get no cold-start list of their own.
     pub cold_start_min_users: usize,
     /// Cold-start lists count only each user's first this many product events (0 = all):
-    /// what new visitors engage with.
+    /// what new visitors engage with (default 10).
     pub cold_start_first_events: usize,
 }
 
@@ -70,9 +71,9 @@ impl Default for TrainParams {
             segments: SegmentParams::default(),
             skip_segments: false,
             cold_start_n: 100,
-            cold_start_half_life_secs: 7.0 * 24.0 * 3600.0,
+            cold_start_half_life_secs: 90.0 * 24.0 * 3600.0,
             cold_start_min_users: 20,
-            cold_start_first_events: 0,
+            cold_start_first_events: 10,
         }
     }
 }
