@@ -114,6 +114,18 @@ fn deadline_in(d: Duration) -> u64 {
         .as_millis() as u64
 }
 
+/// One invocation of the function: a minute before its deadline, at most 30 s of work.
+async fn invoke(state: &CommerceState, trigger: &SagaTrigger) -> recstream_commerce::SagaPass {
+    jobs::saga_pass(
+        state,
+        trigger,
+        deadline_in(Duration::from_secs(60)),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_and_schedule_wake_ups_take_an_order_to_completed() {
     if !emulator("stream_and_schedule_wake_ups_take_an_order_to_completed") {
@@ -182,14 +194,7 @@ async fn stream_and_schedule_wake_ups_take_an_order_to_completed() {
     let stream: SagaTrigger =
         serde_json::from_value(fixture("dynamodb-stream-outbox-insert.json")).unwrap();
     assert!(matches!(stream, SagaTrigger::Stream(_)), "{stream:?}");
-    let pass = jobs::saga_pass(
-        &saga_fn,
-        &stream,
-        deadline_in(Duration::from_secs(60)),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let pass = invoke(&saga_fn, &stream).await;
     assert!(
         pass.drained && pass.relayed > 0 && pass.consumed > 0,
         "{pass:?}"
@@ -203,14 +208,7 @@ async fn stream_and_schedule_wake_ups_take_an_order_to_completed() {
     assert!(matches!(schedule, SagaTrigger::Schedule(_)), "{schedule:?}");
     let mut status = String::new();
     for _ in 0..3 {
-        jobs::saga_pass(
-            &saga_fn,
-            &schedule,
-            deadline_in(Duration::from_secs(60)),
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
+        invoke(&saga_fn, &schedule).await;
         status = call(&api, "GET", &order_path, None).await.1["status"]
             .as_str()
             .unwrap()
@@ -230,14 +228,7 @@ async fn stream_and_schedule_wake_ups_take_an_order_to_completed() {
         .filter(|e| e["type"] == "purchase")
         .count();
     assert_eq!(purchases, 1);
-    let again = jobs::saga_pass(
-        &saga_fn,
-        &stream,
-        deadline_in(Duration::from_secs(60)),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    let again = invoke(&saga_fn, &stream).await;
     assert_eq!((again.relayed, again.consumed, again.drained), (0, 0, true));
 }
 
