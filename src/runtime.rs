@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use recstream_commerce::{CommerceState, Secrets, StoreKind};
-use recstream_features::{EmbeddedStore, FeatureStore};
+use recstream_features::{EmbeddedStore, FeatureStore, StateStore};
 use recstream_ingest::EventSink;
 use recstream_ingest::source::channel::ChannelSender;
 use recstream_ingest::{
@@ -82,11 +82,13 @@ impl Runtime {
                 .checkpoints()
                 .context("opening the embedded checkpoint store")?,
         );
+        let state: Arc<dyn StateStore> = store.clone();
         let features: Arc<dyn FeatureStore> = store;
         Ok(Runtime::assemble(
             cfg,
             Sinks {
                 features,
+                state,
                 checkpoints,
                 objects,
             },

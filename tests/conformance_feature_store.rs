@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use recstream_features::store::conformance::run_feature_store_suite;
+use recstream_features::store::conformance::{run_feature_store_suite, run_state_store_suite};
 use recstream_features::store::dynamodb::sdk::config::http::HttpResponse;
 use recstream_features::store::dynamodb::sdk::error::{ErrorMetadata, SdkError};
 use recstream_features::store::dynamodb::sdk::operation::batch_write_item::{
@@ -102,6 +102,7 @@ async fn embedded_store_conforms() {
     let cfg = FeatureConfig::default();
     let store = EmbeddedStore::open(dir.path().join("features.redb"), cfg.clone()).unwrap();
     run_feature_store_suite(&store, &cfg).await;
+    run_state_store_suite(&store).await;
 }
 
 #[tokio::test]
@@ -130,6 +131,7 @@ async fn dynamo_store_conforms() {
         .await
         .expect("create tables is idempotent");
     run_feature_store_suite(&store, &cfg).await;
+    run_state_store_suite(&store).await;
 
     // A second process (fresh caches) reads the same merged values, by BatchGetItem and
     // by the per-product Query path alike.

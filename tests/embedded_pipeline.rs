@@ -128,7 +128,10 @@ async fn replayed_features_match_the_csv_and_every_row_is_accounted_for() {
 }
 
 /// Kills the processor with SIGKILL mid-stream, several times, and restarts it over the
-/// same data directory: the final features and archive equal one clean run's.
+/// same data directory: the final features and archive equal one clean run's. The crashed
+/// runs also keep at most 50 users in memory and evict users idle for 10 minutes of event
+/// time, so users leave memory and come back from the state store all along; the clean
+/// run keeps everyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_mid_stream_loses_nothing_and_counts_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,13 +146,21 @@ async fn crash_mid_stream_loses_nothing_and_counts_nothing_twice() {
     replay(&clean, &csv, &fast_checkpoints);
 
     let crashed = dir.path().join("crashed");
+    let evicting: Vec<(&str, &str)> = fast_checkpoints
+        .iter()
+        .copied()
+        .chain([
+            ("RECSTREAM__FEATURES__MAX_HOT_USERS", "50"),
+            ("RECSTREAM__FEATURES__EVICT_IDLE_SECS", "600"),
+        ])
+        .collect();
     let mut kills = 0;
     for delay_ms in [300u64, 700, 500] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_recstream"))
             .args(["replay", "rees46", "--speed", "4000", "--path"])
             .arg(&csv)
             .env("RECSTREAM__EMBEDDED__DATA_DIR", &crashed)
-            .envs(fast_checkpoints)
+            .envs(evicting.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -165,7 +176,7 @@ async fn crash_mid_stream_loses_nothing_and_counts_nothing_twice() {
         kills >= 2,
         "the processor must actually be killed mid-stream"
     );
-    let resumed = summary(&replay(&crashed, &csv, &fast_checkpoints));
+    let resumed = summary(&replay(&crashed, &csv, &evicting));
     assert!(resumed["summary"]["finished"].as_bool().unwrap());
 
     let a = EmbeddedStore::open(clean.join("features.redb"), FeatureConfig::default()).unwrap();

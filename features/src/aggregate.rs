@@ -13,8 +13,22 @@
 //! One [`Aggregator`] owns the state of one shard: users are partitioned by shard (the
 //! partition key is the user id), products are per-shard partials merged by readers. All
 //! arithmetic is in event time and every tie is broken by the string id, so the state —
-//! and a [`snapshot`](Aggregator::snapshot) restored and replayed — depends only on the
-//! events and their order within the shard.
+//! and a state resumed from its checkpoint and replayed — depends only on the events and
+//! their order within the shard.
+//!
+//! # Checkpoints and bounded state
+//!
+//! ```text
+//!  apply ─► changed users / products (a flag on each state + a list)
+//!  take_delta ─► StateDelta { meta (watermark, top lists), changed rows only } ─► checkpoint
+//!  evict(idle, max_hot) ─► users idle in event time (or the least recent past max_hot)
+//!                          leave memory; their rows stay in the state store
+//!  resume(meta, product rows) ─► users come back one by one: load_user on their next event
+//! ```
+//!
+//! A checkpoint costs what changed since the previous one, not the whole state; the rows
+//! of a [`StateDelta`] are absolute values, so writing one twice is harmless. Evicted ids
+//! stay interned until the interner holds twice what is live, then it is rebuilt.
 
 use std::collections::VecDeque;
 
@@ -92,6 +106,9 @@ struct UserState<K> {
     currency: Option<K>,
     first_ts: i64,
     last_ts: i64,
+    /// Changed since the last [`Aggregator::take_delta`] (listed in `changed_users`).
+    #[serde(skip)]
+    changed: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -105,6 +122,9 @@ struct ProductState<K: std::hash::Hash + Eq> {
     covisit: FxHashMap<K, f32>,
     buyers: u64,
     last_ts: i64,
+    /// Changed since the last [`Aggregator::take_delta`] (listed in `changed_products`).
+    #[serde(skip)]
+    changed: bool,
 }
 
 /// A batch of changed views, ready for the feature store.
@@ -143,12 +163,77 @@ pub struct Aggregator {
     dirty_products: FxHashSet<Spur>,
     /// Categories a product left since the last drain (their top lists must drop it).
     left_categories: FxHashSet<Spur>,
+    /// Users and products changed since the last checkpoint delta.
+    changed_users: Vec<Spur>,
+    changed_products: Vec<Spur>,
+    /// Users may live in the state store and not in memory (after a resume or an
+    /// eviction): the caller must offer them with `load_user` before their events.
+    partial: bool,
     watermark: i64,
     applied: u64,
 }
 
 /// A product in a snapshot: id, state, co-visitation list sorted by id.
 type SnapshotProduct = (String, ProductState<String>, Vec<(String, f32)>);
+
+/// A product's state row: its state with string ids and its co-visitation list sorted by id.
+type ProductRow = (ProductState<String>, Vec<(String, f32)>);
+
+/// Layout version of [`StateDelta`] (a full snapshot, the layout before it, was 1).
+const DELTA_VERSION: u32 = 2;
+
+/// The small part of a shard's state written whole at every checkpoint: watermark, event
+/// count and top lists (at most `top_list_len` ids each).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardMeta {
+    watermark: i64,
+    applied: u64,
+    trending: Vec<String>,
+    category_top: Vec<(String, Vec<String>)>,
+}
+
+/// One user's or product's state as the state store keeps it (postcard, string ids).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateRow {
+    /// The user or product id.
+    pub id: String,
+    /// The encoded state (opaque outside this module).
+    pub state: Vec<u8>,
+}
+
+/// What changed in one shard's state since its previous checkpoint
+/// ([`Aggregator::take_delta`]): the checkpoint object and the rows the state store
+/// upserts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateDelta {
+    version: u32,
+    /// Watermark, event count and top lists.
+    pub meta: ShardMeta,
+    /// Rows of the users changed since the previous delta, sorted by id.
+    pub users: Vec<StateRow>,
+    /// Rows of the products (this shard's partials) changed since the previous delta.
+    pub products: Vec<StateRow>,
+}
+
+impl StateDelta {
+    /// The checkpoint object's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("state always serialises")
+    }
+
+    /// Reads a checkpoint object; damaged or foreign bytes are an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<StateDelta, crate::StoreError> {
+        let d: StateDelta =
+            postcard::from_bytes(bytes).map_err(|e| corrupt_state("state delta", e))?;
+        if d.version != DELTA_VERSION {
+            return Err(corrupt_state(
+                "state delta",
+                format!("layout version {} (expected {DELTA_VERSION})", d.version),
+            ));
+        }
+        Ok(d)
+    }
+}
 
 /// Serializable form of the whole state, with string ids (intern order is not stable).
 #[derive(Serialize, Deserialize)]
@@ -189,6 +274,9 @@ impl Aggregator {
             dirty_users: FxHashSet::default(),
             dirty_products: FxHashSet::default(),
             left_categories: FxHashSet::default(),
+            changed_users: Vec::new(),
+            changed_products: Vec::new(),
+            partial: false,
             watermark: 0,
             applied: 0,
         }
@@ -240,6 +328,10 @@ impl Aggregator {
             last_ts: t,
             ..Default::default()
         });
+        if !user.changed {
+            user.changed = true;
+            self.changed_users.push(uid);
+        }
         user.counts[kind] += 1;
         user.first_ts = user.first_ts.min(t);
         let gap = t - user.last_ts;
@@ -344,6 +436,10 @@ impl Aggregator {
         }
 
         let product = self.products.entry(pid).or_default();
+        if !product.changed {
+            product.changed = true;
+            self.changed_products.push(pid);
+        }
         product.counts[kind] += 1;
         if w > 0.0 {
             product.popularity.add(w, t, trend_h);
@@ -377,6 +473,10 @@ impl Aggregator {
                 .entry(*a)
                 .or_default() += 1.0;
             let other = self.products.entry(*a).or_default();
+            if !other.changed {
+                other.changed = true;
+                self.changed_products.push(*a);
+            }
             *other.covisit.entry(pid).or_default() += 1.0;
             self.dirty_products.insert(*a);
         }
@@ -567,143 +667,342 @@ impl Aggregator {
             .map(|k| self.product_view(k))
     }
 
-    /// Serialises the whole state (ids as strings) for a checkpoint.
-    pub fn snapshot(&self) -> Vec<u8> {
+    // ---- checkpoint state ----------------------------------------------------------
+
+    fn user_owned(&self, u: &UserState<Spur>) -> UserState<String> {
         let s = |k: &Spur| self.name(k);
         let so = |k: &Option<Spur>| k.map(|k| self.name(&k));
-        let mut users: Vec<(String, UserState<String>)> = self
-            .users
-            .iter()
-            .map(|(k, u)| {
-                (
-                    s(k),
-                    UserState {
-                        counts: u.counts,
-                        recent: u.recent.iter().map(|(p, t, k)| (s(p), *t, *k)).collect(),
-                        items: u.items.iter().map(|(p, d)| (s(p), *d)).collect(),
-                        categories: u.categories.iter().map(|(p, d)| (s(p), *d)).collect(),
-                        cart: u.cart.iter().map(|(p, q)| (s(p), *q)).collect(),
-                        purchased: u.purchased.iter().map(s).collect(),
-                        session: so(&u.session),
-                        session_items: u.session_items.iter().map(s).collect(),
-                        segment: so(&u.segment),
-                        spend_minor: u.spend_minor,
-                        currency: so(&u.currency),
-                        first_ts: u.first_ts,
-                        last_ts: u.last_ts,
-                    },
-                )
-            })
-            .collect();
-        users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut products: Vec<SnapshotProduct> = self
-            .products
-            .iter()
-            .map(|(k, p)| {
-                let mut covisit: Vec<(String, f32)> =
-                    p.covisit.iter().map(|(k, w)| (s(k), *w)).collect();
-                covisit.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                (
-                    s(k),
-                    ProductState {
-                        counts: p.counts,
-                        popularity: p.popularity,
-                        category: so(&p.category),
-                        brand: so(&p.brand),
-                        price_minor: p.price_minor,
-                        currency: so(&p.currency),
-                        covisit: FxHashMap::default(),
-                        buyers: p.buyers,
-                        last_ts: p.last_ts,
-                    },
-                    covisit,
-                )
-            })
-            .collect();
-        products.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        UserState {
+            counts: u.counts,
+            recent: u.recent.iter().map(|(p, t, k)| (s(p), *t, *k)).collect(),
+            items: u.items.iter().map(|(p, d)| (s(p), *d)).collect(),
+            categories: u.categories.iter().map(|(p, d)| (s(p), *d)).collect(),
+            cart: u.cart.iter().map(|(p, q)| (s(p), *q)).collect(),
+            purchased: u.purchased.iter().map(s).collect(),
+            session: so(&u.session),
+            session_items: u.session_items.iter().map(s).collect(),
+            segment: so(&u.segment),
+            spend_minor: u.spend_minor,
+            currency: so(&u.currency),
+            first_ts: u.first_ts,
+            last_ts: u.last_ts,
+            changed: false,
+        }
+    }
+
+    /// A product's state with string ids and its co-visitation list sorted by id (hash
+    /// order is not stable).
+    fn product_owned(&self, p: &ProductState<Spur>) -> ProductRow {
+        let so = |k: &Option<Spur>| k.map(|k| self.name(&k));
+        let mut covisit: Vec<(String, f32)> =
+            p.covisit.iter().map(|(k, w)| (self.name(k), *w)).collect();
+        covisit.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        (
+            ProductState {
+                counts: p.counts,
+                popularity: p.popularity,
+                category: so(&p.category),
+                brand: so(&p.brand),
+                price_minor: p.price_minor,
+                currency: so(&p.currency),
+                covisit: FxHashMap::default(),
+                buyers: p.buyers,
+                last_ts: p.last_ts,
+                changed: false,
+            },
+            covisit,
+        )
+    }
+
+    fn intern_user(ids: &mut Rodeo<Spur, FxBuildHasher>, u: &UserState<String>) -> UserState<Spur> {
+        let mut k = |s: &str| ids.get_or_intern(s);
+        UserState {
+            counts: u.counts,
+            recent: u.recent.iter().map(|(p, t, kk)| (k(p), *t, *kk)).collect(),
+            items: u.items.iter().map(|(p, d)| (k(p), *d)).collect(),
+            categories: u.categories.iter().map(|(p, d)| (k(p), *d)).collect(),
+            cart: u.cart.iter().map(|(p, q)| (k(p), *q)).collect(),
+            purchased: u.purchased.iter().map(|p| k(p)).collect(),
+            session: u.session.as_deref().map(&mut k),
+            session_items: u.session_items.iter().map(|p| k(p)).collect(),
+            segment: u.segment.as_deref().map(&mut k),
+            spend_minor: u.spend_minor,
+            currency: u.currency.as_deref().map(&mut k),
+            first_ts: u.first_ts,
+            last_ts: u.last_ts,
+            changed: false,
+        }
+    }
+
+    fn intern_product(
+        ids: &mut Rodeo<Spur, FxBuildHasher>,
+        row: &ProductRow,
+    ) -> ProductState<Spur> {
+        let (p, covisit) = row;
+        let mut k = |s: &str| ids.get_or_intern(s);
+        ProductState {
+            counts: p.counts,
+            popularity: p.popularity,
+            category: p.category.as_deref().map(&mut k),
+            brand: p.brand.as_deref().map(&mut k),
+            price_minor: p.price_minor,
+            currency: p.currency.as_deref().map(&mut k),
+            covisit: covisit.iter().map(|(n, w)| (k(n), *w)).collect(),
+            buyers: p.buyers,
+            last_ts: p.last_ts,
+            changed: false,
+        }
+    }
+
+    fn meta(&self) -> ShardMeta {
+        let s = |k: &Spur| self.name(k);
         let mut category_top: Vec<(String, Vec<String>)> = self
             .category_top
             .iter()
             .map(|(c, l)| (s(c), l.iter().map(s).collect()))
             .collect();
         category_top.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let snap = Snapshot {
-            version: 1,
+        ShardMeta {
             watermark: self.watermark,
             applied: self.applied,
-            users,
-            products,
             trending: self.trending.iter().map(s).collect(),
             category_top,
+        }
+    }
+
+    /// Top lists name only products this state holds (a damaged checkpoint must not
+    /// make a later drain index a missing product).
+    fn set_meta(&mut self, meta: &ShardMeta) {
+        let (ids, products) = (&mut self.ids, &self.products);
+        let known = |ids: &mut Rodeo<Spur, FxBuildHasher>, l: &[String]| -> Vec<Spur> {
+            l.iter()
+                .filter_map(|p| ids.get(p.as_str()).filter(|k| products.contains_key(k)))
+                .collect()
+        };
+        self.trending = known(ids, &meta.trending);
+        for (c, l) in &meta.category_top {
+            let l = known(ids, l);
+            if !l.is_empty() {
+                let c = ids.get_or_intern(c.as_str());
+                self.category_top.insert(c, l);
+            }
+        }
+        self.watermark = meta.watermark;
+        self.applied = meta.applied;
+    }
+
+    /// What changed since the previous call: the state rows of every user and product an
+    /// event touched (absolute values, sorted by id) and the shard's small meta
+    /// (watermark, event count, top lists). Its size follows the changes, not the state.
+    pub fn take_delta(&mut self) -> StateDelta {
+        let mut users = Vec::with_capacity(self.changed_users.len());
+        for k in std::mem::take(&mut self.changed_users) {
+            let Some(u) = self.users.get_mut(&k) else {
+                continue;
+            };
+            u.changed = false;
+            let row = self.user_owned(&self.users[&k]);
+            users.push(StateRow {
+                id: self.name(&k),
+                state: postcard::to_stdvec(&row).expect("state always serialises"),
+            });
+        }
+        let mut products = Vec::with_capacity(self.changed_products.len());
+        for k in std::mem::take(&mut self.changed_products) {
+            let Some(p) = self.products.get_mut(&k) else {
+                continue;
+            };
+            p.changed = false;
+            let row = self.product_owned(&self.products[&k]);
+            products.push(StateRow {
+                id: self.name(&k),
+                state: postcard::to_stdvec(&row).expect("state always serialises"),
+            });
+        }
+        users.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        products.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        StateDelta {
+            version: DELTA_VERSION,
+            meta: self.meta(),
+            users,
+            products,
+        }
+    }
+
+    /// Rebuilds a shard's state from its checkpoint: the meta of its last delta and every
+    /// product row of the shard, read from the state store (with that delta written to
+    /// it). Users stay in the store until [`Aggregator::load_user`] brings them back.
+    pub fn resume<B: AsRef<[u8]>>(
+        cfg: FeatureConfig,
+        meta: &ShardMeta,
+        products: impl IntoIterator<Item = (String, B)>,
+    ) -> Result<Aggregator, crate::StoreError> {
+        let mut agg = Aggregator::new(cfg);
+        for (id, bytes) in products {
+            let row: ProductRow = postcard::from_bytes(bytes.as_ref())
+                .map_err(|e| corrupt_state("product state row", e))?;
+            let key = agg.ids.get_or_intern(&id);
+            let state = Aggregator::intern_product(&mut agg.ids, &row);
+            agg.products.insert(key, state);
+        }
+        agg.set_meta(meta);
+        agg.partial = true;
+        Ok(agg)
+    }
+
+    /// Whether some users' state may be in the state store only (after a resume or an
+    /// eviction): then a user who is not [resident](Self::is_resident) must be offered
+    /// to [`Aggregator::load_user`] before their next event is applied.
+    pub fn is_partial(&self) -> bool {
+        self.partial
+    }
+
+    /// Whether `user_id`'s state is in memory.
+    pub fn is_resident(&self, user_id: &str) -> bool {
+        self.ids
+            .get(user_id)
+            .is_some_and(|k| self.users.contains_key(&k))
+    }
+
+    /// Brings a user's state row (read from the state store) back into memory; a user
+    /// already in memory keeps the newer state it has.
+    pub fn load_user(&mut self, user_id: &str, row: &[u8]) -> Result<(), crate::StoreError> {
+        if self.is_resident(user_id) {
+            return Ok(());
+        }
+        let owned: UserState<String> =
+            postcard::from_bytes(row).map_err(|e| corrupt_state("user state row", e))?;
+        let key = self.ids.get_or_intern(user_id);
+        let state = Aggregator::intern_user(&mut self.ids, &owned);
+        self.users.insert(key, state);
+        Ok(())
+    }
+
+    /// Drops users from memory: those idle for more than `idle_ms` of event time before
+    /// the watermark, then, while more than `max_hot` remain, the least recently active.
+    /// Only users whose state is in the last [delta](Self::take_delta) and flushed are
+    /// dropped: call it right after a checkpoint wrote that delta to the state store.
+    /// Returns how many users left memory.
+    pub fn evict(&mut self, idle_ms: Option<i64>, max_hot: Option<usize>) -> usize {
+        let cutoff = idle_ms.map(|i| self.watermark.saturating_sub(i));
+        let mut out: Vec<Spur> = Vec::new();
+        let mut keep: Vec<(i64, Spur)> = Vec::new();
+        for (k, u) in &self.users {
+            if u.changed || self.dirty_users.contains(k) {
+                continue;
+            }
+            if cutoff.is_some_and(|c| u.last_ts < c) {
+                out.push(*k);
+            } else {
+                keep.push((u.last_ts, *k));
+            }
+        }
+        if let Some(max) = max_hot {
+            let excess = (self.users.len() - out.len())
+                .saturating_sub(max)
+                .min(keep.len());
+            if excess > 0 {
+                let ids = &self.ids;
+                keep.select_nth_unstable_by(excess - 1, |a, b| {
+                    a.0.cmp(&b.0)
+                        .then_with(|| ids.resolve(&a.1).cmp(ids.resolve(&b.1)))
+                });
+                out.extend(keep[..excess].iter().map(|(_, k)| *k));
+            }
+        }
+        for k in &out {
+            self.users.remove(k);
+        }
+        if !out.is_empty() {
+            self.partial = true;
+            self.compact_ids();
+        }
+        out.len()
+    }
+
+    /// Ids stay interned after their user leaves memory; once the interner holds twice
+    /// what the live state can name, it is rebuilt from the live state (amortised: the
+    /// rebuild costs what is live, and the next one is as many evictions away).
+    fn compact_ids(&mut self) {
+        let live = 2 * self.users.len() + self.products.len() + 4096;
+        let pending = !(self.dirty_users.is_empty()
+            && self.dirty_products.is_empty()
+            && self.left_categories.is_empty()
+            && self.changed_users.is_empty()
+            && self.changed_products.is_empty());
+        if self.ids.len() <= 2 * live || pending {
+            return;
+        }
+        match Aggregator::restore(self.cfg.clone(), &self.snapshot()) {
+            Ok(mut fresh) => {
+                fresh.partial = self.partial;
+                *self = fresh;
+            }
+            Err(e) => tracing::warn!(error = %e, "interner compaction skipped"),
+        }
+    }
+
+    /// Serialises the whole state (ids as strings): the interner's compaction, and the
+    /// tests' proof that a resumed state equals a clean run's.
+    fn snapshot(&self) -> Vec<u8> {
+        let mut users: Vec<(String, UserState<String>)> = self
+            .users
+            .iter()
+            .map(|(k, u)| (self.name(k), self.user_owned(u)))
+            .collect();
+        users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut products: Vec<SnapshotProduct> = self
+            .products
+            .iter()
+            .map(|(k, p)| {
+                let (state, covisit) = self.product_owned(p);
+                (self.name(k), state, covisit)
+            })
+            .collect();
+        products.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let meta = self.meta();
+        let snap = Snapshot {
+            version: 1,
+            watermark: meta.watermark,
+            applied: meta.applied,
+            users,
+            products,
+            trending: meta.trending,
+            category_top: meta.category_top,
         };
         postcard::to_stdvec(&snap).expect("state always serialises")
     }
 
-    /// Rebuilds the state from a [`snapshot`](Self::snapshot).
+    /// Rebuilds the whole state from a full snapshot: the checkpoints of earlier versions
+    /// (`state/<shard>/<seq>.bin`), which held every user and product.
     pub fn restore(cfg: FeatureConfig, bytes: &[u8]) -> Result<Aggregator, crate::StoreError> {
         let snap: Snapshot =
-            postcard::from_bytes(bytes).map_err(|e| crate::StoreError::Corrupt {
-                what: "aggregation snapshot",
-                message: e.to_string(),
-            })?;
+            postcard::from_bytes(bytes).map_err(|e| corrupt_state("aggregation snapshot", e))?;
         let mut agg = Aggregator::new(cfg);
-        let ids = &mut agg.ids;
-        let mut k = |s: &str| ids.get_or_intern(s);
         for (id, u) in &snap.users {
-            let key = k(id);
-            let mut ko = |s: &Option<String>| s.as_deref().map(&mut k);
-            let state = UserState {
-                counts: u.counts,
-                recent: VecDeque::new(),
-                items: Vec::new(),
-                categories: Vec::new(),
-                cart: Vec::new(),
-                purchased: VecDeque::new(),
-                session: ko(&u.session),
-                session_items: VecDeque::new(),
-                segment: ko(&u.segment),
-                spend_minor: u.spend_minor,
-                currency: ko(&u.currency),
-                first_ts: u.first_ts,
-                last_ts: u.last_ts,
-            };
-            let state = UserState {
-                recent: u.recent.iter().map(|(p, t, kk)| (k(p), *t, *kk)).collect(),
-                items: u.items.iter().map(|(p, d)| (k(p), *d)).collect(),
-                categories: u.categories.iter().map(|(p, d)| (k(p), *d)).collect(),
-                cart: u.cart.iter().map(|(p, q)| (k(p), *q)).collect(),
-                purchased: u.purchased.iter().map(|p| k(p)).collect(),
-                session_items: u.session_items.iter().map(|p| k(p)).collect(),
-                ..state
-            };
+            let key = agg.ids.get_or_intern(id);
+            let state = Aggregator::intern_user(&mut agg.ids, u);
             agg.users.insert(key, state);
         }
-        for (id, p, covisit) in &snap.products {
-            let key = k(id);
-            let mut ko = |s: &Option<String>| s.as_deref().map(&mut k);
-            let mut state = ProductState {
-                counts: p.counts,
-                popularity: p.popularity,
-                category: ko(&p.category),
-                brand: ko(&p.brand),
-                price_minor: p.price_minor,
-                currency: ko(&p.currency),
-                covisit: FxHashMap::default(),
-                buyers: p.buyers,
-                last_ts: p.last_ts,
-            };
-            state.covisit = covisit.iter().map(|(n, w)| (k(n), *w)).collect();
+        for (id, p, covisit) in snap.products {
+            let key = agg.ids.get_or_intern(&id);
+            let state = Aggregator::intern_product(&mut agg.ids, &(p, covisit));
             agg.products.insert(key, state);
         }
-        agg.trending = snap.trending.iter().map(|p| k(p)).collect();
-        for (c, l) in &snap.category_top {
-            let c = k(c);
-            let l = l.iter().map(|p| k(p)).collect();
-            agg.category_top.insert(c, l);
-        }
-        agg.watermark = snap.watermark;
-        agg.applied = snap.applied;
+        agg.set_meta(&ShardMeta {
+            watermark: snap.watermark,
+            applied: snap.applied,
+            trending: snap.trending,
+            category_top: snap.category_top,
+        });
         Ok(agg)
+    }
+}
+
+fn corrupt_state(what: &'static str, e: impl std::fmt::Display) -> crate::StoreError {
+    crate::StoreError::Corrupt {
+        what,
+        message: e.to_string(),
     }
 }
 
@@ -848,7 +1147,8 @@ mod tests {
             }
         }
 
-        /// Snapshot at any point, restore, replay the rest: identical to one clean run.
+        /// Snapshot at any point, restore, replay the rest: identical to one clean run
+        /// (the full snapshots of earlier versions still resume).
         #[test]
         fn snapshot_restore_replay_equals_clean_run(events in arb_events(), cut in 0usize..120) {
             let cut = cut.min(events.len());
@@ -872,5 +1172,194 @@ mod tests {
             prop_assert_eq!(clean.drain().trending, resumed.drain().trending);
             prop_assert_eq!(clean.snapshot(), resumed.snapshot());
         }
+
+        /// Checkpoints as the processor takes them (flush, delta into the state store,
+        /// eviction), then a crash after the last one: resuming from the state store and
+        /// that delta, meeting users again on their next event, and replaying the rest
+        /// gives the state of one clean run, byte for byte.
+        #[test]
+        fn deltas_eviction_and_resume_equal_a_clean_run(
+            events in arb_events(),
+            cuts in proptest::collection::vec(0usize..120, 1..4),
+            idle_ms in prop_oneof![Just(None), (0i64..5_000_000).prop_map(Some)],
+            max_hot in prop_oneof![Just(None), (0usize..4).prop_map(Some)],
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(events.len())).collect();
+            cuts.sort_unstable();
+            let mut clean = Aggregator::new(FeatureConfig::default());
+            clean.apply_all(&events);
+
+            let mut rows = Rows::default();
+            let mut live = Aggregator::new(FeatureConfig::default());
+            let mut at = 0;
+            let mut last = None;
+            for &cut in &cuts {
+                apply_lazily(&mut live, &rows, &events[at..cut]);
+                at = cut;
+                let _ = live.drain();
+                let delta = live.take_delta();
+                let delta = StateDelta::decode(&delta.encode()).unwrap();
+                rows.put(&delta);
+                live.evict(idle_ms, max_hot);
+                last = Some(delta);
+            }
+            let delta = last.expect("at least one cut");
+            let mut resumed = Aggregator::resume(
+                FeatureConfig::default(),
+                &delta.meta,
+                rows.products.iter().map(|(k, v)| (k.clone(), v.clone())),
+            ).unwrap();
+            apply_lazily(&mut resumed, &rows, &events[at..]);
+            // Bring every user back, then the two states must be the same.
+            for (id, row) in &rows.users {
+                resumed.load_user(id, row).unwrap();
+            }
+            for u in 0..4 {
+                let id = format!("u{u}");
+                prop_assert_eq!(clean.user(&id), resumed.user(&id));
+            }
+            prop_assert_eq!(clean.drain().trending, resumed.drain().trending);
+            prop_assert_eq!(clean.snapshot(), resumed.snapshot());
+        }
+    }
+
+    /// The rows a state store holds: the last row of each id over all deltas.
+    #[derive(Default)]
+    struct Rows {
+        users: std::collections::BTreeMap<String, Vec<u8>>,
+        products: std::collections::BTreeMap<String, Vec<u8>>,
+    }
+
+    impl Rows {
+        fn put(&mut self, d: &StateDelta) {
+            for r in &d.users {
+                self.users.insert(r.id.clone(), r.state.clone());
+            }
+            for r in &d.products {
+                self.products.insert(r.id.clone(), r.state.clone());
+            }
+        }
+    }
+
+    /// Applies events as the processor does: a user not in memory is read back first.
+    fn apply_lazily(agg: &mut Aggregator, rows: &Rows, events: &[Event]) {
+        for e in events {
+            if agg.is_partial()
+                && !agg.is_resident(&e.user_id)
+                && let Some(row) = rows.users.get(e.user_id.as_str())
+            {
+                agg.load_user(&e.user_id, row).unwrap();
+            }
+            agg.apply(e);
+        }
+    }
+
+    #[test]
+    fn a_delta_holds_what_changed_since_the_last_one() {
+        let mut a = Aggregator::new(FeatureConfig::default());
+        for i in 0..1000 {
+            a.apply(&ev(
+                i,
+                &format!("u{i}"),
+                EventType::View,
+                &format!("p{}", i % 50),
+                "c",
+                T0 + i as i64,
+            ));
+        }
+        let first = a.take_delta();
+        assert_eq!((first.users.len(), first.products.len()), (1000, 50));
+        for i in 0..10 {
+            a.apply(&ev(
+                2000 + i,
+                &format!("u{i}"),
+                EventType::View,
+                "p7",
+                "c",
+                T0 + 5000,
+            ));
+        }
+        let second = a.take_delta();
+        let users: Vec<&str> = second.users.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(
+            users,
+            ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "u9"]
+        );
+        // p7 and the products the ten users co-visited with it in their session.
+        assert!(second.products.len() <= 11, "{}", second.products.len());
+        assert!(second.encode().len() * 20 < first.encode().len());
+        assert!(a.take_delta().users.is_empty(), "nothing changed since");
+    }
+
+    #[test]
+    fn idle_users_leave_memory_and_come_back_unchanged() {
+        let mut a = Aggregator::new(FeatureConfig::default());
+        let day = 24 * 3600 * 1000;
+        a.apply(&ev(1, "old", EventType::AddToCart, "p1", "c", T0));
+        a.apply(&ev(2, "new", EventType::View, "p2", "c", T0 + 2 * day));
+        let _ = a.drain();
+        let delta = a.take_delta();
+        let before = a.user("old").unwrap();
+        assert_eq!(a.evict(Some(day), None), 1);
+        assert!(!a.is_resident("old") && a.is_resident("new") && a.is_partial());
+        assert_eq!(a.user("old"), None);
+        let row = &delta.users.iter().find(|r| r.id == "old").unwrap().state;
+        a.load_user("old", row).unwrap();
+        assert_eq!(a.user("old").unwrap(), before);
+        assert!(
+            a.load_user("x", b"\xff\xff").is_err(),
+            "a damaged row is an error"
+        );
+    }
+
+    #[test]
+    fn the_hot_set_is_bounded_and_the_interner_rebuilt() {
+        let cfg = FeatureConfig::default();
+        let mut a = Aggregator::new(cfg);
+        for round in 0..20 {
+            for i in 0..1000 {
+                let u = format!("u{round}-{i}");
+                a.apply(&ev(
+                    i,
+                    &u,
+                    EventType::View,
+                    &format!("p{}", i % 10),
+                    "c",
+                    T0 + round * 1000 + i as i64,
+                ));
+            }
+            let _ = a.drain();
+            let _ = a.take_delta();
+            a.evict(None, Some(500));
+            assert!(a.user_count() <= 500);
+        }
+        // 20,000 users and as many sessions were interned; at most twice the live set
+        // (plus slack) stays.
+        assert!(a.ids.len() <= 2 * (2 * 500 + 10 + 4096), "{}", a.ids.len());
+        // The most recent users are the ones kept.
+        assert!(a.is_resident("u19-999") && !a.is_resident("u0-0"));
+    }
+
+    #[test]
+    fn damaged_deltas_are_errors_not_panics() {
+        assert!(StateDelta::decode(b"").is_err());
+        assert!(StateDelta::decode(&[0xff; 64]).is_err());
+        let mut a = Aggregator::new(FeatureConfig::default());
+        a.apply(&ev(1, "u", EventType::View, "p", "c", T0));
+        let mut d = a.take_delta();
+        d.version = 9;
+        assert!(
+            StateDelta::decode(&d.encode()).is_err(),
+            "a foreign layout version"
+        );
+        // Top lists naming products the store does not have are dropped, not trusted.
+        let d = a.take_delta();
+        let resumed = Aggregator::resume(
+            FeatureConfig::default(),
+            &d.meta,
+            Vec::<(String, Vec<u8>)>::new(),
+        )
+        .unwrap();
+        assert!(resumed.trending.is_empty());
     }
 }

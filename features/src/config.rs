@@ -27,6 +27,13 @@ pub struct FeatureConfig {
     pub session_gap_secs: i64,
     /// Length of the trending list and of each category's top list.
     pub top_list_len: usize,
+    /// Users idle this long (event time, behind the shard's watermark) leave memory at
+    /// the next checkpoint; their state stays in the state store and comes back on their
+    /// next event. 0 = never by idleness.
+    pub evict_idle_secs: u64,
+    /// At most this many users per shard stay in memory after a checkpoint (the least
+    /// recently active leave first). 0 = no bound.
+    pub max_hot_users: usize,
 }
 
 fn defaults() -> FeatureConfig {
@@ -41,6 +48,8 @@ fn defaults() -> FeatureConfig {
         covisit_neighbours: 50,
         session_gap_secs: 30 * 60,
         top_list_len: 100,
+        evict_idle_secs: 24 * 3600,
+        max_hot_users: 1_000_000,
     }
 }
 
@@ -78,6 +87,9 @@ impl FeatureConfig {
                 return Err(format!("features.{name} must be in 1..={max}, not {v}"));
             }
         }
+        if self.evict_idle_secs > 100 * 365 * 24 * 3600 {
+            return Err("features.evict_idle_secs must be at most a century (0 = never)".into());
+        }
         if self.session_gap_secs <= 0 {
             return Err("features.session_gap_secs must be positive".into());
         }
@@ -87,6 +99,16 @@ impl FeatureConfig {
     /// `user_half_life_secs` in milliseconds (the unit of event times).
     pub fn user_half_life_ms(&self) -> f64 {
         self.user_half_life_secs * 1000.0
+    }
+
+    /// The idle time after which a user leaves memory, in ms (None: never).
+    pub fn evict_idle_ms(&self) -> Option<i64> {
+        (self.evict_idle_secs > 0).then(|| (self.evict_idle_secs as i64).saturating_mul(1000))
+    }
+
+    /// The bound on users in memory per shard (None: unbounded).
+    pub fn max_hot_users(&self) -> Option<usize> {
+        (self.max_hot_users > 0).then_some(self.max_hot_users)
     }
 
     /// `trending_half_life_secs` in milliseconds (the unit of event times).

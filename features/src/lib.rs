@@ -6,7 +6,8 @@
 //!               ▼
 //!          FlushBatch (absolute values) ─► FeatureStore ─┬─► EmbeddedStore (redb)
 //!                                                        └─► DynamoDB
-//!          snapshot() at each checkpoint ─► object store; restore() + replay after a crash
+//!          take_delta() at each checkpoint ─► object store + StateStore (changed rows only)
+//!          resume() + load_user() + replay after a crash; evict() bounds the users in memory
 //! ```
 
 pub mod aggregate;
@@ -17,9 +18,9 @@ pub mod metrics;
 pub mod store;
 pub mod view;
 
-pub use aggregate::{Aggregator, FlushBatch};
+pub use aggregate::{Aggregator, FlushBatch, ShardMeta, StateDelta, StateRow};
 pub use config::FeatureConfig;
 pub use decay::Decayed;
 pub use error::StoreError;
-pub use store::{EmbeddedStore, FeatureStore};
+pub use store::{EmbeddedStore, FeatureStore, StateStore};
 pub use view::{EventCounts, ProductFeatures, TopList, UserFeatures};

@@ -10,3 +10,11 @@ pub const FLUSH_ITEMS: &str = "recstream_features_flush_items";
 pub const FLUSH_SECONDS: &str = "recstream_features_flush_seconds";
 /// Users and products held in memory (label: `kind`).
 pub const STATE_KEYS: &str = "recstream_features_state_keys";
+/// Bytes of the state delta written per checkpoint.
+pub const CHECKPOINT_BYTES: &str = "recstream_features_checkpoint_bytes";
+/// State rows (users and products) written per checkpoint.
+pub const CHECKPOINT_ROWS: &str = "recstream_features_checkpoint_rows";
+/// Users read back from the state store (label: `result` = found | new).
+pub const STATE_LOADS_TOTAL: &str = "recstream_features_state_loads_total";
+/// Users that left memory at a checkpoint (idle, or past the hot-state bound).
+pub const EVICTED_USERS_TOTAL: &str = "recstream_features_evicted_users_total";

@@ -69,12 +69,14 @@ impl StreamProcessor {
         }
         let sdk = sdk_config(cfg.aws.region.as_deref()).await;
         let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+        let store = Arc::new(DynamoFeatureStore::with_client(
+            dynamo.clone(),
+            &cfg.aws,
+            cfg.features.clone(),
+        ));
         let sinks = Sinks {
-            features: Arc::new(DynamoFeatureStore::with_client(
-                dynamo.clone(),
-                &cfg.aws,
-                cfg.features.clone(),
-            )),
+            features: store.clone(),
+            state: store,
             checkpoints: Arc::new(ConditionalCheckpoints::new(dynamo, &cfg.aws)),
             objects: Arc::new(S3ObjectStore::new(&sdk, &cfg.aws)),
         };

@@ -5,14 +5,17 @@
 //!  KinesisEvent (one shard's records, in sequence order)
 //!    ─► per record: base64 data ─► kpl::deaggregate ─► RawRecord (sub_seq per user record;
 //!                                   a corrupt aggregate ─► dead letter with its reason)
-//!    ─► resume: checkpoint (ConditionalCheckpoints) ─► snapshot it names (S3) ─► Aggregator
+//!    ─► resume: checkpoint (ConditionalCheckpoints) ─► state delta it names (S3)
+//!               ─► the shard's product rows (DynamoDB `<prefix>state`) ─► Aggregator;
+//!               each user's row is read when the batch first names them
 //!    ─► ShardProcessor::process_batch   records <= committed are skipped (redelivery);
 //!                                       served lists (`recommendation` events) wait in the
 //!                                       join state, clicks naming them become feedback rows
 //!    ─► pending roll point beyond the batch? read ahead from Kinesis up to it
 //!    ─► ShardProcessor::commit          intent ─► archive roll + feedback/ ─► feature flush
-//!                                       ─► snapshot (aggregation and join state)
+//!                                       ─► state delta (what changed) and join state (S3)
 //!                                       ─► checkpoint (conditional on the position loaded)
+//!                                       ─► the delta's rows ─► `<prefix>state`
 //!    ─► ok: {"batchItemFailures": []}
 //!       error: the first record after the committed position ─► Lambda retries from there
 //! ```
@@ -20,8 +23,9 @@
 //! # Effectively once on Lambda
 //!
 //! Lambda keeps nothing between invocations that can be relied on, so every invocation
-//! rebuilds the shard's state from what is durable: the checkpoint item and the
-//! aggregation snapshot it names. Kinesis and the event source mapping deliver at least
+//! rebuilds the shard's state from what is durable: the checkpoint item, the state delta it
+//! names and the state table (products at once, users as their records arrive), so an
+//! invocation reads what it needs, not the whole shard's state. Kinesis and the event source mapping deliver at least
 //! once (a retry after an error or a timeout redelivers records that may already have been
 //! applied); the processor skips every record at or before the committed position, so a
 //! redelivered batch changes nothing. A crash between the steps of a commit leaves either

@@ -98,6 +98,7 @@ async fn stores(tag: &str, create_bucket: bool) -> Stores {
     }
     let sinks = Sinks {
         features: features.clone(),
+        state: features.clone(),
         checkpoints,
         objects: objects.clone(),
     };

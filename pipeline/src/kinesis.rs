@@ -75,6 +75,7 @@ impl AwsParts {
     pub fn sinks(&self) -> Sinks {
         Sinks {
             features: self.dynamo.clone(),
+            state: self.dynamo.clone(),
             checkpoints: Arc::new(self.coordinator.clone()),
             objects: self.s3.clone(),
         }

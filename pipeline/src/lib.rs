@@ -10,10 +10,11 @@
 //!        ├─ decode ─► features::Aggregator ─► FeatureStore::write     (every flush interval)
 //!        ├─ join::FeedbackJoin: served lists ⋈ clicks ─► feedback rows ─► ObjectStore (at each checkpoint)
 //!        ├─ archive: Parquet + dead letters ─► ObjectStore            (at each checkpoint)
-//!        └─ checkpoint: intent ─► roll ─► flush ─► snapshot ─► CheckpointStore::save
-//!                                                               └─► Source::on_checkpoint
+//!        └─ checkpoint: intent ─► roll ─► flush ─► state delta ─► CheckpointStore::save
+//!                                                     └─► StateStore (rows) ─► evict idle users
+//!                                                     └─► Source::on_checkpoint
 //!
-//!  Pipeline::spawn_shard      resume (checkpoint + snapshot) ─► ShardProcessor::run
+//!  Pipeline::spawn_shard      resume (checkpoint + delta + state rows) ─► ShardProcessor::run
 //!  kinesis::KinesisWorkers    one processor per lease the LeaseCoordinator hands out,
 //!                             stopped when the lease is lost; shards read to their end
 //!  kinesis::AwsParts          the AWS clients (Kinesis, lease table, DynamoDB, S3) and

@@ -1,9 +1,10 @@
 //! The shard processor: the loop that joins the stages for one shard.
 //!
 //! ```text
-//!  Source::next_batch ─► decode + time bounds (vs arrival) ─┬─ Ok  ─► Aggregator::apply ─► (every flush interval) FeatureStore::write
-//!                                │        ├► ArchiveWriter::push
-//!                                │        └► FeedbackJoin::apply (served lists ⋈ events naming them) ─► labelled rows
+//!  Source::next_batch ─► decode + time bounds (vs arrival) ─┬─ Ok  ─► (users not in memory: StateStore::user_states ─► Aggregator::load_user)
+//!                                │                           │        Aggregator::apply ─► (every flush interval) FeatureStore::write
+//!                                │                           ├► ArchiveWriter::push
+//!                                │                           └► FeedbackJoin::apply (served lists ⋈ events naming them) ─► labelled rows
 //!                                └─ Err ─► ArchiveWriter::push_dead (reason kept)
 //!
 //!  checkpoint (every checkpoint interval, at a pending roll, at the end):
@@ -11,20 +12,28 @@
 //!    2. archive roll → Parquet + dead letters (names per shard and sequence range);
 //!       the joined feedback rows → feedback/<shard>/<end>.jsonl
 //!    3. feature flush                   (absolute values: replays overwrite)
-//!    4. state snapshot → object store   (aggregation state, and the join's pending lists)
-//!    5. save {committed = end, snapshot}; Source::on_checkpoint(end)
+//!    4. state delta → object store      (state/<shard>/<end>.delta: the users and products
+//!                                        changed since the last checkpoint + the shard's
+//!                                        meta; and the join's pending lists beside it)
+//!    5. save {committed = end, snapshot = the delta}; Source::on_checkpoint(end)
+//!    6. the delta's rows → StateStore   (absolute values), then "applied = this delta";
+//!       the previous delta deleted;
+//!       idle users leave memory (features.evict_idle_secs, features.max_hot_users)
 //! ```
 //!
-//! After a crash anywhere, the restart restores the snapshot at `committed` and replays
-//! the records after it. Archive objects and feature values come out exactly as one
-//! clean run would have written them: nothing is lost and nothing is counted twice.
+//! After a crash anywhere, the restart writes the committed delta's rows to the state
+//! store again (step 6 may not have finished), loads the shard's products from it and
+//! replays the records after `committed`; users come back from the state store on their
+//! next event. Archive objects and feature values come out exactly as one clean run would
+//! have written them: nothing is lost and nothing is counted twice. A checkpoint costs what
+//! changed since the previous one; memory holds the active users only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use recstream_features::{Aggregator, FeatureConfig, FeatureStore};
+use recstream_features::{Aggregator, FeatureConfig, FeatureStore, StateDelta, StateStore};
 use recstream_ingest::archive::{ArchiveWriter, ArchivedRow};
 use recstream_ingest::feedback::{FeedbackRow, encode_feedback, feedback_key};
 use recstream_ingest::{
@@ -161,6 +170,8 @@ pub struct ShardSummary {
 pub struct Sinks {
     /// Where flushed features go.
     pub features: Arc<dyn FeatureStore>,
+    /// Where the aggregation state rows of checkpoints go (and evicted users come from).
+    pub state: Arc<dyn StateStore>,
     /// Where checkpoints are saved (embedded database or lease table).
     pub checkpoints: Arc<dyn CheckpointStore>,
     /// Where archive objects, dead letters and state snapshots go.
@@ -209,7 +220,11 @@ fn join_key(snapshot: &str) -> String {
     format!("{snapshot}.join")
 }
 
-/// Loads the checkpoint of `shard` and the aggregation state it points to.
+/// Loads the checkpoint of `shard` and the aggregation state it points to: unless the state
+/// store says the committed delta's rows are all written, they are written again
+/// (idempotent; a crash may have cut step 6 short), then the shard's products are loaded
+/// from it. A checkpoint of an earlier
+/// version names a full snapshot (`.bin`), which is restored whole.
 pub async fn resume(
     sinks: &Sinks,
     shard: &ShardId,
@@ -225,10 +240,20 @@ pub async fn resume(
             let bytes = sinks.objects.get(key).await?.ok_or_else(|| {
                 recstream_features::StoreError::Corrupt {
                     what: "checkpoint",
-                    message: format!("snapshot {key} named by the checkpoint is missing"),
+                    message: format!("state {key} named by the checkpoint is missing"),
                 }
             })?;
-            Aggregator::restore(cfg.clone(), &bytes)?
+            if key.ends_with(DELTA_SUFFIX) {
+                let delta = StateDelta::decode(&bytes)?;
+                if sinks.state.applied(shard).await?.as_deref() != Some(key.as_str()) {
+                    sinks.state.put_state(shard, &delta).await?;
+                    sinks.state.mark_applied(shard, key).await?;
+                }
+                let products = sinks.state.product_states(shard).await?;
+                Aggregator::resume(cfg.clone(), &delta.meta, products)?
+            } else {
+                Aggregator::restore(cfg.clone(), &bytes)?
+            }
         }
         None => Aggregator::new(cfg.clone()),
     };
@@ -250,6 +275,9 @@ pub async fn resume(
         join,
     })
 }
+
+/// The suffix of a checkpoint's state object (a [`StateDelta`]).
+const DELTA_SUFFIX: &str = ".delta";
 
 /// Processes one shard: reads batches from its source, decodes, aggregates, archives,
 /// flushes features and checkpoints (see the module docs). Runs on its own task.
@@ -316,7 +344,7 @@ impl ShardProcessor {
     /// While a previous run's pending roll point lies beyond what was applied, nothing is
     /// committed (see [`ShardProcessor::pending_end`]).
     pub async fn commit(&mut self) -> Result<Option<SeqNo>, ProcessorError> {
-        self.checkpoint(false).await?;
+        self.checkpoint(false, false).await?;
         Ok(self.cp.committed.clone())
     }
 
@@ -371,10 +399,10 @@ impl ShardProcessor {
                 || self.last_checkpoint.elapsed()
                     >= Duration::from_millis(self.cfg.checkpoint_interval_ms)
             {
-                self.checkpoint(false).await?;
+                self.checkpoint(false, true).await?;
             }
         }
-        self.checkpoint(finished).await?;
+        self.checkpoint(finished, false).await?;
         self.source.close().await?;
         let s = &self.stats;
         Ok(ShardSummary {
@@ -397,30 +425,20 @@ impl ShardProcessor {
             max_lists: self.cfg.feedback_max_lists,
             ttl_ms: self.cfg.feedback_ttl_ms,
         };
-        let mut records = records.into_iter().peekable();
-        while let Some(rec) = records.next() {
-            // Records at or before the checkpoint are already durable (a source may
-            // redeliver them after an iterator renewal): skip, never count twice. A
-            // checkpoint always covers whole Kinesis records, with all their sub-records.
-            if self.cp.committed.as_ref().is_some_and(|c| rec.seq <= *c) {
-                continue;
-            }
-            let decoded = match &rec.rejected {
-                Some(err) => Err(err.clone()),
-                None => recstream_ingest::decode::decode_with_limit(
-                    &rec.data,
-                    self.cfg.max_record_bytes,
-                )
-                .and_then(|ev| {
-                    recstream_ingest::decode::check_time_bounds(
-                        ev.ts,
-                        rec.arrival,
-                        self.cfg.max_future_skew_ms,
-                        self.cfg.max_event_age_ms,
-                    )?;
-                    Ok(ev)
-                }),
-            };
+        // Records at or before the checkpoint are already durable (a source may redeliver
+        // them after an iterator renewal): skip, never count twice. A checkpoint always
+        // covers whole Kinesis records, with all their sub-records.
+        let records: Vec<RawRecord> = records
+            .into_iter()
+            .filter(|rec| self.cp.committed.as_ref().is_none_or(|c| rec.seq > *c))
+            .collect();
+        let decoded: Vec<Result<recstream_ingest::Event, DecodeError>> =
+            records.iter().map(|rec| self.decode(rec)).collect();
+        if self.agg.is_partial() {
+            self.load_users(&decoded).await?;
+        }
+        let mut records = records.into_iter().zip(decoded).peekable();
+        while let Some((rec, decoded)) = records.next() {
             match decoded {
                 Ok(event) => {
                     accepted += 1;
@@ -446,12 +464,13 @@ impl ShardProcessor {
                 }
             }
             let at_pending = self.cp.pending_end.as_ref() == Some(&rec.seq)
-                && records.peek().is_none_or(|next| next.seq != rec.seq);
+                && records.peek().is_none_or(|(next, _)| next.seq != rec.seq);
             self.last_seq = Some(rec.seq);
             self.dirty = true;
             if at_pending {
-                // A previous run wrote an archive object ending exactly here.
-                self.checkpoint(false).await?;
+                // A previous run wrote an archive object ending exactly here. No eviction:
+                // the rest of the batch's users were loaded for it.
+                self.checkpoint(false, false).await?;
             }
         }
         let shard = self.shard.to_string();
@@ -471,6 +490,54 @@ impl ShardProcessor {
         metrics::counter!(recstream_features::metrics::EVENTS_APPLIED_TOTAL, "shard" => self.shard.to_string())
             .increment(accepted);
         self.count_join(rows_before);
+        Ok(())
+    }
+
+    /// Decodes one record and checks its event time against its arrival.
+    fn decode(&self, rec: &RawRecord) -> Result<recstream_ingest::Event, DecodeError> {
+        if let Some(err) = &rec.rejected {
+            return Err(err.clone());
+        }
+        let ev = recstream_ingest::decode::decode_with_limit(&rec.data, self.cfg.max_record_bytes)?;
+        recstream_ingest::decode::check_time_bounds(
+            ev.ts,
+            rec.arrival,
+            self.cfg.max_future_skew_ms,
+            self.cfg.max_event_age_ms,
+        )?;
+        Ok(ev)
+    }
+
+    /// Brings back from the state store the users of this batch who are not in memory
+    /// (evicted, or not met since a resume): one read for the whole batch.
+    async fn load_users(
+        &mut self,
+        decoded: &[Result<recstream_ingest::Event, DecodeError>],
+    ) -> Result<(), ProcessorError> {
+        let mut missing: Vec<&str> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .filter(|e| e.event_type != recstream_ingest::EventType::Recommendation)
+            .map(|e| e.user_id.as_str())
+            .filter(|u| !self.agg.is_resident(u))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let rows = self.sinks.state.user_states(&self.shard, &missing).await?;
+        let mut found = 0u64;
+        for (id, row) in missing.iter().zip(rows) {
+            if let Some(row) = row {
+                self.agg.load_user(id, &row)?;
+                found += 1;
+            }
+        }
+        use recstream_features::metrics as fm;
+        metrics::counter!(fm::STATE_LOADS_TOTAL, "result" => "found").increment(found);
+        metrics::counter!(fm::STATE_LOADS_TOTAL, "result" => "new")
+            .increment(missing.len() as u64 - found);
         Ok(())
     }
 
@@ -517,8 +584,9 @@ impl ShardProcessor {
         Ok(())
     }
 
-    /// Makes everything read so far durable, in the order the module doc gives.
-    async fn checkpoint(&mut self, finished: bool) -> Result<(), ProcessorError> {
+    /// Makes everything read so far durable, in the order the module doc gives; with
+    /// `evict`, idle users leave memory afterwards.
+    async fn checkpoint(&mut self, finished: bool, evict: bool) -> Result<(), ProcessorError> {
         self.last_checkpoint = Instant::now();
         let Some(end) = self.last_seq.clone() else {
             return Ok(());
@@ -560,11 +628,14 @@ impl ShardProcessor {
             self.feedback.clear();
         }
         self.flush().await?;
-        let key = format!("state/{}/{}.bin", self.shard.file_safe(), end);
-        self.sinks
-            .objects
-            .put(&key, Bytes::from(self.agg.snapshot()))
-            .await?;
+        let delta = self.agg.take_delta();
+        let bytes = Bytes::from(delta.encode());
+        let key = format!("state/{}/{end}{DELTA_SUFFIX}", self.shard.file_safe());
+        use recstream_features::metrics as fm;
+        metrics::histogram!(fm::CHECKPOINT_BYTES).record(bytes.len() as f64);
+        metrics::histogram!(fm::CHECKPOINT_ROWS)
+            .record((delta.users.len() + delta.products.len()) as f64);
+        self.sinks.objects.put(&key, bytes).await?;
         self.sinks
             .objects
             .put(&join_key(&key), Bytes::from(self.join.snapshot()))
@@ -577,12 +648,23 @@ impl ShardProcessor {
             .checkpoints
             .save_checkpoint(&self.shard, &self.cp)
             .await?;
+        self.sinks.state.put_state(&self.shard, &delta).await?;
+        self.sinks.state.mark_applied(&self.shard, &key).await?;
         if let Some(old) = previous.filter(|old| *old != key) {
             self.sinks.objects.delete(&old).await?;
             self.sinks.objects.delete(&join_key(&old)).await?;
         }
         self.source.on_checkpoint(&end).await?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        if evict {
+            let cfg = self.agg.config();
+            let (idle, max_hot) = (cfg.evict_idle_ms(), cfg.max_hot_users());
+            let evicted = self.agg.evict(idle, max_hot);
+            if evicted > 0 {
+                metrics::counter!(fm::EVICTED_USERS_TOTAL).increment(evicted as u64);
+                metrics::gauge!(fm::STATE_KEYS, "kind" => "user").set(self.agg.user_count() as f64);
+            }
+        }
         tracing::debug!(seq = %end, rows = summary.rows, "checkpoint committed");
         Ok(())
     }

@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use recstream_ingest::ShardId;
 
-use super::FeatureStore;
-use crate::aggregate::FlushBatch;
+use super::{FeatureStore, StateStore};
+use crate::aggregate::{Aggregator, FlushBatch, StateDelta};
 use crate::config::FeatureConfig;
 use crate::decay::Decayed;
 use crate::view::{
@@ -428,6 +428,125 @@ fn shard1_batch() -> FlushBatch {
     }
 }
 
+/// Runs the [`StateStore`] contract against `store` (which must hold no state rows):
+/// missing rows, two shards kept apart, upserts as absolute values (a delta written twice
+/// or overwritten by a newer one), more users than one BatchGetItem takes, and a shard
+/// resumed from the rows equal to the state that wrote them.
+pub async fn run_state_store_suite(store: &dyn StateStore) {
+    let s0 = ShardId::new("shardId-000000000000");
+    let s1 = ShardId::new("shardId-000000000001");
+    assert_eq!(
+        store.user_states(&s0, &["nobody"]).await.expect("read"),
+        vec![None]
+    );
+    assert!(store.product_states(&s0).await.expect("scan").is_empty());
+    assert_eq!(store.applied(&s0).await.expect("applied"), None);
+    store
+        .mark_applied(&s0, "state/s0/1.delta")
+        .await
+        .expect("mark");
+    store
+        .mark_applied(&s0, "state/s0/2.delta")
+        .await
+        .expect("mark");
+    assert_eq!(
+        store.applied(&s0).await.expect("applied").as_deref(),
+        Some("state/s0/2.delta"),
+        "the last mark wins"
+    );
+    assert_eq!(
+        store.applied(&s1).await.expect("applied"),
+        None,
+        "per shard"
+    );
+
+    // One shard's state: 150 users (more than one BatchGetItem), 7 products.
+    let cfg = FeatureConfig::default();
+    let mut agg = Aggregator::new(cfg.clone());
+    let event = |i: usize, user: String, product: usize| {
+        recstream_ingest::Event::new(
+            &format!("e{i}"),
+            recstream_ingest::Timestamp(T0 + i as i64),
+            &user,
+            recstream_ingest::EventType::View,
+        )
+        .with_product(&format!("p{product}"), Some("c"))
+        .with_session(&format!("{user}-s"))
+    };
+    for i in 0..300 {
+        agg.apply(&event(i, format!("u{}", i % 150), i % 7));
+    }
+    let _ = agg.drain();
+    let first = agg.take_delta();
+    store.put_state(&s0, &first).await.expect("put");
+    store.put_state(&s0, &first).await.expect("a delta twice");
+    // The other shard has rows of the same ids that must not mix.
+    let mut other = Aggregator::new(cfg.clone());
+    other.apply(&event(0, "u1".into(), 1));
+    let other_delta = other.take_delta();
+    store.put_state(&s1, &other_delta).await.expect("put");
+
+    let ids: Vec<String> = (0..150).map(|u| format!("u{u}")).collect();
+    let mut asked: Vec<&str> = ids.iter().map(String::as_str).collect();
+    asked.push("nobody");
+    asked.push("u3"); // asked twice
+    let rows = store.user_states(&s0, &asked).await.expect("read");
+    assert_eq!(rows.len(), asked.len(), "one answer per id asked, in order");
+    for (id, row) in asked.iter().zip(&rows) {
+        let want = first.users.iter().find(|r| r.id == *id).map(|r| &r.state);
+        assert_eq!(row.as_ref(), want, "user {id}");
+    }
+    let mut products = store.product_states(&s0).await.expect("scan");
+    products.sort();
+    let want: Vec<(String, Vec<u8>)> = first
+        .products
+        .iter()
+        .map(|r| (r.id.clone(), r.state.clone()))
+        .collect();
+    assert_eq!(
+        products, want,
+        "every product row of the shard, and only its own"
+    );
+    assert_eq!(
+        store.user_states(&s1, &["u1"]).await.expect("read")[0].as_ref(),
+        Some(&other_delta.users[0].state)
+    );
+
+    // A newer delta overwrites: rows are absolute values.
+    agg.apply(&event(1000, "u5".into(), 2));
+    let _ = agg.drain();
+    let second = agg.take_delta();
+    assert_eq!(second.users.len(), 1);
+    store.put_state(&s0, &second).await.expect("put");
+    assert_eq!(
+        store.user_states(&s0, &["u5"]).await.expect("read")[0].as_ref(),
+        Some(&second.users[0].state)
+    );
+
+    // Resumed from the store and the last delta, with every user met again, the shard's
+    // state is the one that wrote it.
+    let delta = StateDelta::decode(&second.encode()).expect("decode");
+    let products = store.product_states(&s0).await.expect("scan");
+    let mut resumed = Aggregator::resume(cfg, &delta.meta, products).expect("resume");
+    let rows = store
+        .user_states(&s0, &ids.iter().map(String::as_str).collect::<Vec<_>>())
+        .await
+        .expect("read");
+    for (id, row) in ids.iter().zip(rows) {
+        resumed
+            .load_user(id, &row.expect("every user has a row"))
+            .expect("row");
+    }
+    for id in &ids {
+        assert_eq!(resumed.user(id), agg.user(id), "user {id}");
+    }
+    for p in 0..7 {
+        let id = format!("p{p}");
+        assert_eq!(resumed.product(&id), agg.product(&id), "product {id}");
+    }
+    assert_eq!(resumed.drain().trending, agg.drain().trending);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +558,7 @@ mod tests {
         let cfg = FeatureConfig::default();
         let store = EmbeddedStore::open(dir.path().join("features.redb"), cfg.clone()).unwrap();
         run_feature_store_suite(&store, &cfg).await;
+        run_state_store_suite(&store).await;
         drop(store);
         // And after a restart: the caches are rebuilt from disk.
         let store = EmbeddedStore::open(dir.path().join("features.redb"), cfg.clone()).unwrap();

@@ -17,6 +17,8 @@
 //! | `<prefix>users` | `user_id` (S) | `events`, `views`, `carts`, `purchases` (N), `spend_minor` (N), `currency` (S), `segment` (S), `first_ts`, `last_ts` (N, epoch ms) | postcard [`UserFeatures`] |
 //! | `<prefix>products` | `product_id` (S) + `shard` (S) | `views`, `carts`, `purchases`, `buyers` (N), `category`, `brand` (S), `price_minor` (N), `last_ts` (N) | postcard [`ProductFeatures`]: one shard's partial |
 //! | `<prefix>top-lists` | `name` (S: `trending` or `category:<c>`) + `shard` (S) | `at` (N, epoch ms), `len` (N) | postcard [`TopList`]: one shard's list |
+//! | `<prefix>state` | `shard` (S) + `key` (S: `u#<user id>` or `p#<product id>`) | — | one aggregation state row ([`StateStore`]) |
+//! | `<prefix>state` | `shard` (S) + `key` = `m#applied` | `tag` (S: the last checkpoint delta whose rows are all written) | — |
 //!
 //! Every item also carries `ver` (N, the layout version, `1`). Readers decode `v` only; the
 //! readable attributes are for people (console, PartiQL, exports) and are never read back.
@@ -65,8 +67,8 @@ use tokio::task::JoinSet;
 /// real client to inject throttling and UnprocessedItems).
 pub use aws_sdk_dynamodb as sdk;
 
-use super::FeatureStore;
-use crate::aggregate::FlushBatch;
+use super::{FeatureStore, StateStore};
+use crate::aggregate::{FlushBatch, StateDelta};
 use crate::config::FeatureConfig;
 use crate::error::StoreError;
 use crate::view::{ProductFeatures, TopList, UserFeatures};
@@ -158,6 +160,7 @@ struct Tables {
     users: String,
     products: String,
     top_lists: String,
+    state: String,
 }
 
 /// The read-through cache in front of the tables: entries expire `ttl` after they were
@@ -243,6 +246,7 @@ impl DynamoFeatureStore {
                 users: aws.table("users"),
                 products: aws.table("products"),
                 top_lists: aws.table("top-lists"),
+                state: aws.table("state"),
             },
             cfg,
             policy,
@@ -283,16 +287,17 @@ impl DynamoFeatureStore {
         &self.client
     }
 
-    /// The table names: users, products, top lists.
-    pub fn table_names(&self) -> [&str; 3] {
+    /// The table names: users, products, top lists, aggregation state.
+    pub fn table_names(&self) -> [&str; 4] {
         [
             &self.tables.users,
             &self.tables.products,
             &self.tables.top_lists,
+            &self.tables.state,
         ]
     }
 
-    /// Creates the three tables (on-demand capacity) unless they exist, and waits until
+    /// Creates the four tables (on-demand capacity) unless they exist, and waits until
     /// they are ACTIVE. Idempotent (`recstream init`). An existing table with other key
     /// attributes is a configuration error.
     pub async fn create_tables_if_missing(&self) -> Result<(), StoreError> {
@@ -306,6 +311,7 @@ impl DynamoFeatureStore {
                 &self.tables.top_lists,
                 KeySchema::composite("name", "shard"),
             ),
+            (&self.tables.state, KeySchema::composite("shard", "key")),
         ];
         for (table, key) in specs {
             ensure_table(&self.client, table, key, &self.policy).await?;
@@ -568,7 +574,7 @@ impl DynamoFeatureStore {
                 );
                 let chunk = chunk.to_vec();
                 tasks.spawn(async move {
-                    batch_get_chunk(&client, &policy, &table, chunk, consistent).await
+                    batch_get_chunk(&client, &policy, &table, chunk, consistent, "shard").await
                 });
             }
         } else {
@@ -938,19 +944,37 @@ async fn query_all(
     value: &str,
     consistent: bool,
 ) -> Result<Vec<Item>, StoreError> {
+    query_prefix(client, policy, table, (pk, value), None, consistent).await
+}
+
+/// Every item under partition key `pk` whose sort key begins with `sk_prefix` (all pages).
+async fn query_prefix(
+    client: &Client,
+    policy: &RetryPolicy,
+    table: &str,
+    (pk, value): (&str, &str),
+    sk_prefix: Option<(&str, &str)>,
+    consistent: bool,
+) -> Result<Vec<Item>, StoreError> {
     let mut items = Vec::new();
     let mut start: Option<Item> = None;
     loop {
         let page = retry(policy, SERVICE, "Query", is_retriable, || {
-            client
+            let q = client
                 .query()
                 .table_name(table)
-                .key_condition_expression("#pk = :pk")
                 .expression_attribute_names("#pk", pk)
                 .expression_attribute_values(":pk", s(value))
                 .consistent_read(consistent)
-                .set_exclusive_start_key(start.clone())
-                .send()
+                .set_exclusive_start_key(start.clone());
+            let q = match sk_prefix {
+                None => q.key_condition_expression("#pk = :pk"),
+                Some((sk, prefix)) => q
+                    .key_condition_expression("#pk = :pk AND begins_with(#sk, :sk)")
+                    .expression_attribute_names("#sk", sk)
+                    .expression_attribute_values(":sk", s(prefix)),
+            };
+            q.send()
         })
         .await
         .map_err(|e| dynamo_error("Query", &e))?;
@@ -969,6 +993,7 @@ async fn batch_get_chunk(
     table: &str,
     keys: Vec<Item>,
     consistent: bool,
+    key_attr: &str,
 ) -> Result<Vec<Item>, StoreError> {
     let pending = Mutex::new(keys);
     let got = Mutex::new(Vec::new());
@@ -979,7 +1004,7 @@ async fn batch_get_chunk(
             let request = KeysAndAttributes::builder()
                 .set_keys(Some(keys))
                 .projection_expression("#s, #v")
-                .expression_attribute_names("#s", "shard")
+                .expression_attribute_names("#s", key_attr)
                 .expression_attribute_names("#v", "v")
                 .consistent_read(consistent)
                 .build()
@@ -1093,6 +1118,182 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     sdk_error(operation, e).into()
+}
+
+const USER_ROW: &str = "u#";
+const PRODUCT_ROW: &str = "p#";
+const APPLIED_ROW: &str = "m#applied";
+
+/// The aggregation state rows (`<prefix>state`): written at each checkpoint, read with
+/// strongly consistent reads (a resumed shard must see the last checkpoint's rows).
+#[async_trait]
+impl StateStore for DynamoFeatureStore {
+    #[tracing::instrument(skip_all, fields(shard = %shard, users = delta.users.len(), products = delta.products.len()))]
+    async fn put_state(&self, shard: &ShardId, delta: &StateDelta) -> Result<(), StoreError> {
+        let limit = self.opts.write_concurrency.max(1);
+        let mut tasks = JoinSet::new();
+        let mut chunk = ChunkBuilder::default();
+        let mut handed_back = 0u64;
+        let rows = delta
+            .users
+            .iter()
+            .map(|r| (USER_ROW, r))
+            .chain(delta.products.iter().map(|r| (PRODUCT_ROW, r)));
+        for (kind, row) in rows {
+            if row.state.len() > MAX_VIEW_BYTES {
+                // State must be exact: a row that cannot be stored is an error to fix in
+                // the [features] bounds, never a silent cut.
+                return Err(StoreError::Dynamo {
+                    operation: "BatchWriteItem",
+                    message: format!(
+                        "state row {kind}{} of {} bytes exceeds the dynamodb item limit; lower the [features] bounds",
+                        row.id,
+                        row.state.len()
+                    ),
+                    retriable: false,
+                });
+            }
+            let item = Item::from([
+                ("shard".to_string(), s(shard.as_str())),
+                ("key".to_string(), s(format!("{kind}{}", row.id))),
+                ("v".to_string(), b(row.state.clone())),
+                ("ver".to_string(), n(LAYOUT_VERSION)),
+            ]);
+            if let Some(full) = chunk.push(&self.tables.state, item)? {
+                spawn_chunk(
+                    &mut tasks,
+                    limit,
+                    &mut handed_back,
+                    &self.writer,
+                    self.policy,
+                    full,
+                )
+                .await?;
+            }
+        }
+        if chunk.len > 0 {
+            let last = chunk.take();
+            spawn_chunk(
+                &mut tasks,
+                limit,
+                &mut handed_back,
+                &self.writer,
+                self.policy,
+                last,
+            )
+            .await?;
+        }
+        while let Some(n) = join_one(&mut tasks).await? {
+            handed_back += n;
+        }
+        if handed_back > 0 {
+            metrics::counter!(DYNAMO_UNPROCESSED_TOTAL).increment(handed_back);
+        }
+        Ok(())
+    }
+
+    async fn user_states(
+        &self,
+        shard: &ShardId,
+        ids: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut distinct: Vec<&str> = ids.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut found: FxHashMap<String, Vec<u8>> = FxHashMap::default();
+        for chunk in distinct.chunks(GET_CHUNK) {
+            let keys = chunk
+                .iter()
+                .map(|id| {
+                    Item::from([
+                        ("shard".to_string(), s(shard.as_str())),
+                        ("key".to_string(), s(format!("{USER_ROW}{id}"))),
+                    ])
+                })
+                .collect();
+            let items = batch_get_chunk(
+                &self.client,
+                &self.policy,
+                &self.tables.state,
+                keys,
+                true,
+                "key",
+            )
+            .await?;
+            for it in items {
+                let key = attr::get_s(&it, "key")
+                    .and_then(|k| k.strip_prefix(USER_ROW))
+                    .ok_or_else(|| corrupt("state item", "attribute `key` is missing"))?
+                    .to_string();
+                let v = attr::get_b(&it, "v")
+                    .ok_or_else(|| corrupt("state item", "attribute `v` is missing"))?
+                    .to_vec();
+                found.insert(key, v);
+            }
+        }
+        Ok(ids.iter().map(|id| found.get(*id).cloned()).collect())
+    }
+
+    async fn product_states(&self, shard: &ShardId) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let items = query_prefix(
+            &self.client,
+            &self.policy,
+            &self.tables.state,
+            ("shard", shard.as_str()),
+            Some(("key", PRODUCT_ROW)),
+            true,
+        )
+        .await?;
+        items
+            .iter()
+            .map(|it| {
+                let id = attr::get_s(it, "key")
+                    .and_then(|k| k.strip_prefix(PRODUCT_ROW))
+                    .ok_or_else(|| corrupt("state item", "attribute `key` is missing"))?;
+                let v = attr::get_b(it, "v")
+                    .ok_or_else(|| corrupt("state item", "attribute `v` is missing"))?;
+                Ok((id.to_string(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    async fn mark_applied(&self, shard: &ShardId, tag: &str) -> Result<(), StoreError> {
+        let item = Item::from([
+            ("shard".to_string(), s(shard.as_str())),
+            ("key".to_string(), s(APPLIED_ROW)),
+            ("tag".to_string(), s(tag)),
+            ("ver".to_string(), n(LAYOUT_VERSION)),
+        ]);
+        retry(&self.policy, SERVICE, "PutItem", is_retriable, || {
+            self.client
+                .put_item()
+                .table_name(&self.tables.state)
+                .set_item(Some(item.clone()))
+                .send()
+        })
+        .await
+        .map_err(|e| dynamo_error("PutItem", &e))?;
+        Ok(())
+    }
+
+    async fn applied(&self, shard: &ShardId) -> Result<Option<String>, StoreError> {
+        let out = retry(&self.policy, SERVICE, "GetItem", is_retriable, || {
+            self.client
+                .get_item()
+                .table_name(&self.tables.state)
+                .key("shard", s(shard.as_str()))
+                .key("key", s(APPLIED_ROW))
+                .consistent_read(true)
+                .send()
+        })
+        .await
+        .map_err(|e| dynamo_error("GetItem", &e))?;
+        Ok(out
+            .item
+            .as_ref()
+            .and_then(|it| attr::get_s(it, "tag"))
+            .map(str::to_string))
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@
 //! | `products` | (product id, shard) | postcard [`ProductFeatures`] (one shard's partial) |
 //! | `top_lists` | (`trending` or `category:<c>`, shard) | postcard [`TopList`] |
 //! | `checkpoints` | shard | JSON checkpoint, owned by [`EmbeddedCheckpoints`] (see [`EmbeddedStore::checkpoints`]) |
+//! | `user_state` | (shard, user id) | a user's aggregation state row ([`StateStore`]) |
+//! | `product_state` | (shard, product id) | a product's aggregation state row (this shard's partial) |
+//! | `state_applied` | shard | the key of the last checkpoint delta whose rows are all written |
 //!
 //! Products and top lists are loaded into memory at open and kept merged across shards.
 //! Users are read from the database and kept, decoded, in an LRU of the
@@ -25,8 +28,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use rustc_hash::FxHashMap;
 use std::sync::RwLock;
 
-use super::FeatureStore;
-use crate::aggregate::FlushBatch;
+use super::{FeatureStore, StateStore};
+use crate::aggregate::{FlushBatch, StateDelta};
 use crate::config::FeatureConfig;
 use crate::error::StoreError;
 use crate::view::{ProductFeatures, TopList, UserFeatures};
@@ -34,6 +37,9 @@ use crate::view::{ProductFeatures, TopList, UserFeatures};
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const PRODUCTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("products");
 const TOP_LISTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("top_lists");
+const USER_STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("user_state");
+const PRODUCT_STATE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("product_state");
+const STATE_APPLIED: TableDefinition<&str, &str> = TableDefinition::new("state_applied");
 const TRENDING: &str = "trending";
 
 /// Users kept decoded in memory (a few KB each at the default feature bounds).
@@ -132,6 +138,9 @@ impl EmbeddedStore {
             w.open_table(USERS)?;
             w.open_table(PRODUCTS)?;
             w.open_table(TOP_LISTS)?;
+            w.open_table(USER_STATE)?;
+            w.open_table(PRODUCT_STATE)?;
+            w.open_table(STATE_APPLIED)?;
             w.commit()?;
         }
         let mut cache = Cache::default();
@@ -290,5 +299,84 @@ impl FeatureStore for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl StateStore for EmbeddedStore {
+    async fn put_state(&self, shard: &ShardId, delta: &StateDelta) -> Result<(), StoreError> {
+        if delta.users.is_empty() && delta.products.is_empty() {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        let shard = shard.to_string();
+        let delta = delta.clone();
+        blocking(move || {
+            let w = db.begin_write()?;
+            {
+                let mut users = w.open_table(USER_STATE)?;
+                for r in &delta.users {
+                    users.insert((shard.as_str(), r.id.as_str()), r.state.as_slice())?;
+                }
+                let mut products = w.open_table(PRODUCT_STATE)?;
+                for r in &delta.products {
+                    products.insert((shard.as_str(), r.id.as_str()), r.state.as_slice())?;
+                }
+            }
+            w.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user_states(
+        &self,
+        shard: &ShardId,
+        ids: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(USER_STATE)?;
+        ids.iter()
+            .map(|id| Ok(t.get((shard.as_str(), *id))?.map(|v| v.value().to_vec())))
+            .collect()
+    }
+
+    async fn product_states(&self, shard: &ShardId) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let db = self.db.clone();
+        let shard = shard.to_string();
+        blocking(move || {
+            let r = db.begin_read()?;
+            let t = r.open_table(PRODUCT_STATE)?;
+            let mut out = Vec::new();
+            for row in t.range((shard.as_str(), "")..)? {
+                let (k, v) = row?;
+                let (s, id) = k.value();
+                if s != shard {
+                    break;
+                }
+                out.push((id.to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn mark_applied(&self, shard: &ShardId, tag: &str) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        let (shard, tag) = (shard.to_string(), tag.to_string());
+        blocking(move || {
+            let w = db.begin_write()?;
+            w.open_table(STATE_APPLIED)?
+                .insert(shard.as_str(), tag.as_str())?;
+            w.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn applied(&self, shard: &ShardId) -> Result<Option<String>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(STATE_APPLIED)?;
+        Ok(t.get(shard.as_str())?.map(|v| v.value().to_string()))
     }
 }

@@ -6,6 +6,10 @@
 //!                                                          └─► DynamoDB
 //!  scoring ◄─ FeatureStore::{user, products, trending, category_top} (merged across shards, cached)
 //!  EmbeddedStore::checkpoints ─► recstream_ingest::EmbeddedCheckpoints (same redb file)
+//!
+//!  Aggregator::take_delta ─► StateDelta ─► StateStore::put_state ─┬─► EmbeddedStore (redb tables)
+//!  (changed rows, at each checkpoint)                              └─► DynamoDB `<prefix>state`
+//!  resume ◄─ StateStore::product_states (the shard's products) + user_states (on demand)
 //! ```
 //!
 //! Writes carry absolute values, never increments, so writing the same batch twice is
@@ -21,7 +25,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use recstream_ingest::ShardId;
 
-use crate::aggregate::FlushBatch;
+use crate::aggregate::{FlushBatch, StateDelta};
 use crate::error::StoreError;
 use crate::view::{ProductFeatures, TopList, UserFeatures};
 
@@ -49,4 +53,32 @@ pub trait FeatureStore: Send + Sync + 'static {
 
     /// Every user's features, for batch jobs (segments, training).
     async fn scan_users(&self) -> Result<Vec<Arc<UserFeatures>>, StoreError>;
+}
+
+/// Where the aggregation state of each shard lives beyond memory: one row per user and
+/// per product (this shard's partial), upserted from each checkpoint's
+/// [`StateDelta`]. A resumed shard loads its products and meets its users again one by
+/// one; an evicted user is read back on their next event.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    /// Upserts the rows of `delta` (absolute values: writing a delta twice is harmless).
+    async fn put_state(&self, shard: &ShardId, delta: &StateDelta) -> Result<(), StoreError>;
+
+    /// The state rows of these users of `shard`, in the order asked (`None`: no row).
+    async fn user_states(
+        &self,
+        shard: &ShardId,
+        ids: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+
+    /// Every product row of `shard`, as (product id, row).
+    async fn product_states(&self, shard: &ShardId) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Records that every row of the delta named `tag` (its checkpoint object's key) is
+    /// in the store; called after [`StateStore::put_state`] returned.
+    async fn mark_applied(&self, shard: &ShardId, tag: &str) -> Result<(), StoreError>;
+
+    /// The tag of the last delta whose rows are all in the store: a resumed shard whose
+    /// checkpoint names that delta need not write its rows again.
+    async fn applied(&self, shard: &ShardId) -> Result<Option<String>, StoreError>;
 }
