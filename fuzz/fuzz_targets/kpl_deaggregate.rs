@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
     framed.extend_from_slice(&Md5::digest(data));
     match kpl::deaggregate(&Bytes::from(framed)) {
         Ok(Some(users)) => {
-            assert!(!users.is_empty(), "an aggregate without user records was accepted");
+            assert!(
+                !users.is_empty(),
+                "an aggregate without user records was accepted"
+            );
             let again = kpl::aggregate(users.iter().map(|u| {
                 (
                     u.partition_key.as_str(),

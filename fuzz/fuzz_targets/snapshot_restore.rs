@@ -11,6 +11,10 @@ fuzz_target!(|data: &[u8]| {
         let first = agg.snapshot();
         let again = Aggregator::restore(FeatureConfig::default(), &first)
             .expect("a snapshot written by the aggregator restores");
-        assert_eq!(first, again.snapshot(), "snapshot → restore → snapshot changed it");
+        assert_eq!(
+            first,
+            again.snapshot(),
+            "snapshot → restore → snapshot changed it"
+        );
     }
 });
