@@ -81,6 +81,15 @@ fn view(i: usize, user: usize, product: usize, ts: i64) -> Event {
     .with_session(&format!("s{user}"))
 }
 
+/// A runtime for the store's async calls, a temporary directory and the shard's id.
+fn setup() -> (tokio::runtime::Runtime, tempfile::TempDir, ShardId) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    (rt, dir, ShardId::new("bench-shard"))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -108,11 +117,7 @@ fn main() {
 fn part1() {
     let users = env_usize("CHECKPOINT_USERS", 1_000_000);
     let changed = env_usize("CHANGED", 1_000);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let shard = ShardId::new("bench-shard");
+    let (rt, dir, shard) = setup();
 
     // ---- part 1: a checkpoint of 1k changes in a state of 1M users ------------------
     let cfg = FeatureConfig {
@@ -193,11 +198,7 @@ fn part2() {
     let users = env_usize("CHECKPOINT_USERS", 1_000_000);
     let hot_events = env_usize("HOT_EVENTS", 10_000_000);
     let max_hot = env_usize("MAX_HOT", 100_000);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let shard = ShardId::new("bench-shard");
+    let (rt, dir, shard) = setup();
     // ---- part 2: bounded hot state over a long replay --------------------------------
     let cfg = FeatureConfig {
         evict_idle_secs: 0,

@@ -680,6 +680,61 @@ fn last_of<'a, T>(items: &'a [T], key: impl Fn(&'a T) -> &'a str) -> Vec<usize> 
     idx
 }
 
+/// Sends items in BatchWriteItem chunks of at most 25 (grouped by table), with at most
+/// `write_concurrency` chunks in flight: the one write path of [`FeatureStore::write`] and
+/// [`StateStore::put_state`].
+struct ChunkSender<'a> {
+    store: &'a DynamoFeatureStore,
+    tasks: JoinSet<Result<u64, StoreError>>,
+    chunk: ChunkBuilder,
+    handed_back: u64,
+}
+
+impl<'a> ChunkSender<'a> {
+    fn new(store: &'a DynamoFeatureStore) -> ChunkSender<'a> {
+        ChunkSender {
+            store,
+            tasks: JoinSet::new(),
+            chunk: ChunkBuilder::default(),
+            handed_back: 0,
+        }
+    }
+
+    /// Adds one item; a full chunk is sent (after waiting for a free slot).
+    async fn push(&mut self, table: &str, item: Item) -> Result<(), StoreError> {
+        if let Some(full) = self.chunk.push(table, item)? {
+            self.send(full).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, chunk: HashMap<String, Vec<WriteRequest>>) -> Result<(), StoreError> {
+        let limit = self.store.opts.write_concurrency.max(1);
+        spawn_chunk(
+            &mut self.tasks,
+            limit,
+            &mut self.handed_back,
+            &self.store.writer,
+            self.store.policy,
+            chunk,
+        )
+        .await
+    }
+
+    /// Sends what is left and waits for every chunk; returns how many items DynamoDB
+    /// handed back (and were resent) along the way.
+    async fn finish(mut self) -> Result<u64, StoreError> {
+        if self.chunk.len > 0 {
+            let last = self.chunk.take();
+            self.send(last).await?;
+        }
+        while let Some(n) = join_one(&mut self.tasks).await? {
+            self.handed_back += n;
+        }
+        Ok(self.handed_back)
+    }
+}
+
 /// Waits for a free slot (at most `limit` chunks in flight), then sends `chunk`.
 async fn spawn_chunk(
     tasks: &mut JoinSet<Result<u64, StoreError>>,
@@ -719,11 +774,8 @@ impl FeatureStore for DynamoFeatureStore {
     #[tracing::instrument(skip_all, fields(shard = %shard, users = batch.users.len(), products = batch.products.len()))]
     async fn write(&self, shard: &ShardId, batch: &FlushBatch) -> Result<(), StoreError> {
         let shard_s = shard.as_str();
-        let limit = self.opts.write_concurrency.max(1);
-        let mut tasks = JoinSet::new();
-        let mut chunk = ChunkBuilder::default();
+        let mut sender = ChunkSender::new(self);
         let mut truncated = 0u64;
-        let mut handed_back = 0u64;
         let users = last_of(&batch.users, |u| u.user_id.as_str());
         let products = last_of(&batch.products, |p| p.product_id.as_str());
         let categories = last_of(&batch.categories, |(c, _)| c.as_str());
@@ -737,17 +789,7 @@ impl FeatureStore for DynamoFeatureStore {
                 continue;
             }
             let item = self.user_item(&batch.users[i], &mut truncated)?;
-            if let Some(full) = chunk.push(&self.tables.users, item)? {
-                spawn_chunk(
-                    &mut tasks,
-                    limit,
-                    &mut handed_back,
-                    &self.writer,
-                    self.policy,
-                    full,
-                )
-                .await?;
-            }
+            sender.push(&self.tables.users, item).await?;
         }
         for &i in &products {
             if batch.products[i].product_id.is_empty() {
@@ -755,17 +797,7 @@ impl FeatureStore for DynamoFeatureStore {
                 continue;
             }
             let item = self.product_item(shard_s, &batch.products[i], &mut truncated)?;
-            if let Some(full) = chunk.push(&self.tables.products, item)? {
-                spawn_chunk(
-                    &mut tasks,
-                    limit,
-                    &mut handed_back,
-                    &self.writer,
-                    self.policy,
-                    full,
-                )
-                .await?;
-            }
+            sender.push(&self.tables.products, item).await?;
         }
         let lists = std::iter::once((TRENDING.to_string(), &batch.trending)).chain(
             categories
@@ -776,33 +808,9 @@ impl FeatureStore for DynamoFeatureStore {
         for (name, list) in lists {
             let item = self.list_item(&name, shard_s, list, &mut truncated)?;
             list_names.push(name);
-            if let Some(full) = chunk.push(&self.tables.top_lists, item)? {
-                spawn_chunk(
-                    &mut tasks,
-                    limit,
-                    &mut handed_back,
-                    &self.writer,
-                    self.policy,
-                    full,
-                )
-                .await?;
-            }
+            sender.push(&self.tables.top_lists, item).await?;
         }
-        if chunk.len > 0 {
-            let last = chunk.take();
-            spawn_chunk(
-                &mut tasks,
-                limit,
-                &mut handed_back,
-                &self.writer,
-                self.policy,
-                last,
-            )
-            .await?;
-        }
-        while let Some(n) = join_one(&mut tasks).await? {
-            handed_back += n;
-        }
+        let handed_back = sender.finish().await?;
 
         // Read-your-writes for this process: drop what the batch touched.
         self.users
@@ -1130,10 +1138,7 @@ const APPLIED_ROW: &str = "m#applied";
 impl StateStore for DynamoFeatureStore {
     #[tracing::instrument(skip_all, fields(shard = %shard, users = delta.users.len(), products = delta.products.len()))]
     async fn put_state(&self, shard: &ShardId, delta: &StateDelta) -> Result<(), StoreError> {
-        let limit = self.opts.write_concurrency.max(1);
-        let mut tasks = JoinSet::new();
-        let mut chunk = ChunkBuilder::default();
-        let mut handed_back = 0u64;
+        let mut sender = ChunkSender::new(self);
         let rows = delta
             .users
             .iter()
@@ -1159,33 +1164,9 @@ impl StateStore for DynamoFeatureStore {
                 ("v".to_string(), b(row.state.clone())),
                 ("ver".to_string(), n(LAYOUT_VERSION)),
             ]);
-            if let Some(full) = chunk.push(&self.tables.state, item)? {
-                spawn_chunk(
-                    &mut tasks,
-                    limit,
-                    &mut handed_back,
-                    &self.writer,
-                    self.policy,
-                    full,
-                )
-                .await?;
-            }
+            sender.push(&self.tables.state, item).await?;
         }
-        if chunk.len > 0 {
-            let last = chunk.take();
-            spawn_chunk(
-                &mut tasks,
-                limit,
-                &mut handed_back,
-                &self.writer,
-                self.policy,
-                last,
-            )
-            .await?;
-        }
-        while let Some(n) = join_one(&mut tasks).await? {
-            handed_back += n;
-        }
+        let handed_back = sender.finish().await?;
         if handed_back > 0 {
             metrics::counter!(DYNAMO_UNPROCESSED_TOTAL).increment(handed_back);
         }
