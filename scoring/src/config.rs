@@ -49,6 +49,10 @@ pub struct ScoringConfig {
     /// served lists, ms (default 1000). Served lists wait for feedback in the processor
     /// (`processor.feedback_max_lists`, `feedback_ttl_ms`).
     pub feedback_poll_ms: u64,
+    /// Serve only what the shop's catalog can sell, when a catalog is wired in (default
+    /// true). `false` is for measuring the filter's cost (`benches/http_load.sh`): every
+    /// candidate is then served whether it can be bought or not.
+    pub catalog_filter: bool,
 }
 
 impl Default for ScoringConfig {
@@ -72,6 +76,7 @@ impl Default for ScoringConfig {
             rerank_depth: 100,
             online_learning: true,
             feedback_poll_ms: 1000,
+            catalog_filter: true,
         }
     }
 }

@@ -4,7 +4,7 @@
 pub const REQUESTS_TOTAL: &str = "recstream_scoring_requests_total";
 /// Requests answered in degraded mode (label: `dependency`).
 pub const DEGRADED_TOTAL: &str = "recstream_scoring_degraded_total";
-/// Candidates considered per request.
+/// Candidates considered per request (the blended pool, before the catalog filter).
 pub const CANDIDATES: &str = "recstream_scoring_candidates";
 /// Time to build one response.
 pub const SECONDS: &str = "recstream_scoring_seconds";

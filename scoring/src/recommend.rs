@@ -6,11 +6,15 @@
 //!                 ├─ best sellers of the user's top categories          (w_category)
 //!                 └─ trending                                           (w_trending)
 //!                        ▼ blend (each source normalised to [0,1]) ─► filter (bought, in cart,
-//!                          context, not sellable per the shop's catalog) ─► best `rerank_depth` by the blend ─► Ranker (the
-//!                          affinity model when one is loaded) ─► diversify (≤ k per category)
-//!                          ─► top n
+//!                          context) ─► best `rerank_depth` by the blend that the shop's catalog
+//!                          can sell ─► Ranker (the affinity model when one is loaded)
+//!                          ─► diversify (≤ k per category) ─► top n
 //!  no history ─► cold-start list of the user's segment, else overall, else trending
 //! ```
+//!
+//! The catalog is asked about candidates in blend order, a chunk at a time, until enough
+//! sellable ones are found (not about the whole pool): the list is the same as filtering
+//! the whole pool first, with fewer lookups.
 //!
 //! Every dependency failure degrades the answer instead of failing it: the response says
 //! which dependency was missing in `degraded`, and a metric counts it.
@@ -200,6 +204,12 @@ impl Recommender {
         self.availability.get()
     }
 
+    /// The catalog the lists are filtered by: the one set, unless `scoring.catalog_filter`
+    /// is off.
+    fn filter(&self) -> Option<&Arc<dyn crate::availability::Availability>> {
+        self.availability.get().filter(|_| self.cfg.catalog_filter)
+    }
+
     /// Ranks with whatever model `handle` holds (hot reload; the blend until one is
     /// loaded) and answers `similar` from its product embedding.
     pub fn with_model(self, handle: Arc<ModelHandle>) -> Recommender {
@@ -351,7 +361,7 @@ impl Recommender {
         let src = self.sources(req, &u, &mut degraded).await;
         let cands = self.pool(&u, &src, &excluded, &mut degraded).await;
         let mut ranked: Vec<(&str, Cand<'_>)> = cands.into_iter().collect();
-        ranked.sort_unstable_by(|a, b| b.1.score.total_cmp(&a.1.score).then_with(|| a.0.cmp(b.0)));
+        ranked.sort_unstable_by(by_blend);
         Ok(ranked.into_iter().map(|(id, _)| id.to_string()).collect())
     }
 
@@ -423,6 +433,27 @@ impl Recommender {
         excluded: &FxHashSet<&str>,
         degraded: &mut Vec<&'static str>,
     ) -> FxHashMap<&'s str, Cand<'s>> {
+        let mut cands = self.blend(user, src, excluded);
+        if let Some(av) = self.filter() {
+            let ids: Vec<&str> = cands.keys().copied().collect();
+            let ok = crate::availability::sellable(av.as_ref(), &ids, degraded).await;
+            for (id, ok) in ids.iter().zip(ok) {
+                if !ok {
+                    cands.remove(id);
+                }
+            }
+        }
+        cands
+    }
+
+    /// Blends the sources into the candidate pool, without what may never be served to
+    /// this user (bought, in cart, the context); the catalog is not asked yet.
+    fn blend<'s>(
+        &self,
+        user: &'s UserFeatures,
+        src: &'s Sources<'s>,
+        excluded: &FxHashSet<&str>,
+    ) -> FxHashMap<&'s str, Cand<'s>> {
         let cfg = &self.cfg;
         let mut cands: FxHashMap<&str, Cand<'_>> =
             FxHashMap::with_capacity_and_hasher(256, Default::default());
@@ -478,16 +509,51 @@ impl Recommender {
         }
 
         cands.retain(|id, _| !excluded.contains(id));
-        if let Some(av) = self.availability.get() {
-            let ids: Vec<&str> = cands.keys().copied().collect();
+        cands
+    }
+
+    /// Keeps in `ranked` the best `depth` candidates by the blend that the catalog can
+    /// sell, best first: the list that filtering the whole pool and then cutting it at
+    /// `depth` gives, but the catalog is asked about candidates in blend order, a chunk at
+    /// a time, only until `depth` sellable ones are found.
+    async fn best_sellable<'s>(
+        &self,
+        ranked: &mut Vec<(&'s str, Cand<'s>)>,
+        depth: usize,
+        degraded: &mut Vec<&'static str>,
+    ) {
+        let Some(av) = self.filter() else {
+            if ranked.len() > depth {
+                ranked.select_nth_unstable_by(depth - 1, by_blend);
+                ranked.truncate(depth);
+            }
+            ranked.sort_unstable_by(by_blend);
+            return;
+        };
+        // ranked[..kept]: sellable, best first; ranked[kept..next]: asked about, dropped;
+        // ranked[next..]: not asked about yet, each worse than everything before it.
+        let (mut kept, mut next) = (0, 0);
+        let mut ids: Vec<&'s str> = Vec::new();
+        while kept < depth && next < ranked.len() {
+            let need = depth - kept;
+            let take = (need + need / 4 + 8).min(ranked.len() - next);
+            let rest = &mut ranked[next..];
+            if take < rest.len() {
+                rest.select_nth_unstable_by(take - 1, by_blend);
+            }
+            rest[..take].sort_unstable_by(by_blend);
+            ids.clear();
+            ids.extend(rest[..take].iter().map(|(id, _)| *id));
             let ok = crate::availability::sellable(av.as_ref(), &ids, degraded).await;
-            for (id, ok) in ids.iter().zip(ok) {
-                if !ok {
-                    cands.remove(id);
+            for (j, ok) in (next..next + take).zip(ok) {
+                if ok {
+                    ranked.swap(kept, j);
+                    kept += 1;
                 }
             }
+            next += take;
         }
-        cands
+        ranked.truncate(kept.min(depth));
     }
 
     async fn personalized(
@@ -501,18 +567,11 @@ impl Recommender {
         let cfg = &self.cfg;
         let excluded = self.excluded(req, user);
         let src = self.sources(req, user, degraded).await;
-        let cands = self.pool(user, &src, &excluded, degraded).await;
+        let cands = self.blend(user, &src, &excluded);
         metrics::histogram!(m::CANDIDATES).record(cands.len() as f64);
         let mut ranked: Vec<(&str, Cand<'_>)> = cands.into_iter().collect();
         let depth = cfg.rerank_depth.max(n);
-        let by_blend = |a: &(&str, Cand<'_>), b: &(&str, Cand<'_>)| {
-            b.1.score.total_cmp(&a.1.score).then_with(|| a.0.cmp(b.0))
-        };
-        if ranked.len() > depth {
-            ranked.select_nth_unstable_by(depth - 1, by_blend);
-            ranked.truncate(depth);
-        }
-        ranked.sort_unstable_by(by_blend);
+        self.best_sellable(&mut ranked, depth, degraded).await;
         let ids: Vec<&str> = ranked.iter().map(|(id, _)| *id).collect();
         let features = match self.store.products(&ids).await {
             Ok(f) => f,
@@ -651,27 +710,44 @@ impl Recommender {
         };
         let excluded: FxHashSet<&str> = req.context.iter().map(String::as_str).collect();
         let max = top_weight(list);
-        let sellable = match self.availability.get() {
-            Some(av) => {
-                let ids: Vec<&str> = list.iter().map(|(p, _)| p.as_str()).collect();
-                crate::availability::sellable(av.as_ref(), &ids, degraded).await
+        // The first `n` of the list that are sellable and not excluded; the catalog is asked
+        // about the list in order, a chunk at a time, only until `n` are found.
+        let av = self.filter();
+        let mut items = Vec::with_capacity(n.min(list.len()));
+        let mut chunk: Vec<&(String, f64)> = Vec::new();
+        let mut ids: Vec<&str> = Vec::new();
+        let mut start = 0;
+        while items.len() < n && start < list.len() {
+            let need = n - items.len();
+            let end = match av {
+                Some(_) => (start + need + need / 4 + 8).min(list.len()),
+                None => list.len(),
+            };
+            chunk.clear();
+            chunk.extend(
+                list[start..end]
+                    .iter()
+                    .filter(|(p, _)| !excluded.contains(p.as_str())),
+            );
+            let ok = match av {
+                Some(av) => {
+                    ids.clear();
+                    ids.extend(chunk.iter().map(|(p, _)| p.as_str()));
+                    crate::availability::sellable(av.as_ref(), &ids, degraded).await
+                }
+                None => vec![true; chunk.len()],
+            };
+            for ((p, w), _) in chunk.iter().zip(ok).filter(|(_, ok)| *ok).take(need) {
+                items.push(Item {
+                    product_id: p.clone(),
+                    score: round(w / max),
+                    reason: Reason::ColdStart,
+                    because: segment.map(str::to_string),
+                    category: None,
+                });
             }
-            None => vec![true; list.len()],
-        };
-        let items = list
-            .iter()
-            .zip(sellable)
-            .filter(|((p, _), ok)| *ok && !excluded.contains(p.as_str()))
-            .map(|(pw, _)| pw)
-            .take(n)
-            .map(|(p, w)| Item {
-                product_id: p.clone(),
-                score: round(w / max),
-                reason: Reason::ColdStart,
-                because: segment.map(str::to_string),
-                category: None,
-            })
-            .collect();
+            start = end;
+        }
         (items, Strategy::ColdStart)
     }
 
@@ -683,7 +759,7 @@ impl Recommender {
         product_id: &str,
         n: usize,
     ) -> Result<Option<Vec<Item>>, ScoringError> {
-        let Some(av) = self.availability.get() else {
+        let Some(av) = self.filter() else {
             return self.similar_unfiltered(product_id, n).await;
         };
         // Over-fetch, then keep the sellable ones.
@@ -741,6 +817,11 @@ impl Recommender {
                 .collect(),
         ))
     }
+}
+
+/// Best by the blend first; ties by product id.
+fn by_blend(a: &(&str, Cand<'_>), b: &(&str, Cand<'_>)) -> std::cmp::Ordering {
+    b.1.score.total_cmp(&a.1.score).then_with(|| a.0.cmp(b.0))
 }
 
 fn round(x: f64) -> f64 {

@@ -247,16 +247,36 @@ async fn recommendations(
         .recommend_for(&req, logged)
         .await
         .map_err(crate::error::from_scoring)?;
+    let n_items = body.items.len();
     if let Some(served) = &st.served
         && !body.items.is_empty()
     {
         served.publish(served_event(&recommendation_id, &body));
     }
-    Ok(Json(RecResponse {
-        recommendation_id,
-        body,
-    })
-    .into_response())
+    Ok(json_sized(
+        &RecResponse {
+            recommendation_id,
+            body,
+        },
+        256 + 160 * n_items,
+    ))
+}
+
+/// `value` as an `application/json` response, serialised once into a buffer of about
+/// `capacity` bytes (axum's `Json` starts at 128 bytes and grows by doubling).
+fn json_sized<T: Serialize>(value: &T, capacity: usize) -> Response {
+    let mut buf = Vec::with_capacity(capacity);
+    match serde_json::to_writer(&mut buf, value) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            buf,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
 }
 
 /// The `recommendation` event of a response: the list as served, with the feature rows

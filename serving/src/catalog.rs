@@ -2,21 +2,25 @@
 //! commerce's catalog, the same one carts and checkout read.
 //!
 //! ```text
-//!  Recommender ─► CatalogAvailability::lookup(ids) ─► moka cache (id → state, ≤ ttl old)
+//!  Recommender ─► CatalogAvailability::lookup(ids) ─► cache (id → state, ≤ ttl old):
+//!                                                      one read lock per lookup
 //!                                                      └ miss ─► StoreCatalog::product(id)
 //!  collector   ─► the same lookup: an unknown product id is refused, never applied
 //! ```
 //!
 //! States are cached for a short time (`ttl`, 2 s by default), so a product that sells out
 //! stops being recommended within that time while a request costs no store read for the
-//! products seen recently.
+//! products seen recently. A request asks about ~100 products: the cache takes one read
+//! lock for all of them and hashes each id once (FxHash), instead of one concurrent-map
+//! read (and its access-log entry) per id.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use recstream_commerce::{Catalog, StoreCatalog};
 use recstream_scoring::{Availability, ProductState};
+use rustc_hash::FxHashMap;
 
 /// Default time a product's state is trusted.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(2);
@@ -24,10 +28,14 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(2);
 pub const DEFAULT_CAPACITY: usize = 200_000;
 
 /// [`Availability`] over commerce's catalog, with a bounded cache of product states
-/// (moka: lock-free reads on the serving path, per-entry time to live).
+/// (per-entry time to live; at most `capacity` entries: when an insert would go over, the
+/// expired entries go, and everything if that is not enough).
 pub struct CatalogAvailability {
     catalog: Arc<StoreCatalog>,
-    cache: moka::sync::Cache<String, ProductState>,
+    ttl: Duration,
+    capacity: usize,
+    /// Product id → (state, when it stops being trusted).
+    cache: RwLock<FxHashMap<Box<str>, (ProductState, Instant)>>,
 }
 
 impl CatalogAvailability {
@@ -40,38 +48,104 @@ impl CatalogAvailability {
     pub fn with(catalog: Arc<StoreCatalog>, ttl: Duration, capacity: usize) -> CatalogAvailability {
         CatalogAvailability {
             catalog,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(capacity.max(1) as u64)
-                .time_to_live(ttl)
-                .build(),
+            ttl,
+            capacity: capacity.max(1),
+            cache: RwLock::new(FxHashMap::default()),
         }
+    }
+
+    /// States cached now (expired ones included until they are replaced or swept).
+    pub fn cached(&self) -> usize {
+        self.cache.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
 #[async_trait]
 impl Availability for CatalogAvailability {
     async fn lookup(&self, ids: &[&str]) -> Result<Vec<ProductState>, String> {
+        let now = Instant::now();
         let mut out = vec![ProductState::Unknown; ids.len()];
         let mut misses = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            match self.cache.get(*id) {
-                Some(s) => out[i] = s,
-                None => misses.push(i),
+        {
+            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+            for (i, id) in ids.iter().enumerate() {
+                match cache.get(*id) {
+                    Some(&(s, until)) if until > now => out[i] = s,
+                    _ => misses.push(i),
+                }
             }
         }
         if misses.is_empty() {
             return Ok(out);
         }
-        for i in misses {
-            let state = match self.catalog.product(ids[i]).await {
+        for &i in &misses {
+            out[i] = match self.catalog.product(ids[i]).await {
                 Ok(Some(v)) if v.buyable() => ProductState::Sellable,
                 Ok(Some(_)) => ProductState::Unavailable,
                 Ok(None) => ProductState::Unknown,
                 Err(e) => return Err(format!("catalog: {e}")),
             };
-            out[i] = state;
-            self.cache.insert(ids[i].to_string(), state);
+        }
+        let until = Instant::now() + self.ttl;
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() + misses.len() > self.capacity {
+            let now = Instant::now();
+            cache.retain(|_, (_, u)| *u > now);
+            if cache.len() + misses.len() > self.capacity {
+                cache.clear();
+            }
+        }
+        for &i in misses.iter().take(self.capacity) {
+            cache.insert(ids[i].into(), (out[i], until));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn states_are_cached_for_the_ttl_and_the_cache_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let shop = Arc::new(StoreCatalog::new(Arc::new(
+            recstream_commerce::EmbeddedStore::open(dir.path().join("c.redb")).unwrap(),
+        )));
+        let seed: Vec<recstream_commerce::catalog::SeedProduct> = (0..10)
+            .map(|i| recstream_commerce::catalog::SeedProduct {
+                id: format!("p{i}"),
+                name: format!("p{i}"),
+                category: None,
+                price: recstream_ingest::Money::new(100, "USD"),
+                stock: 1,
+                active: true,
+            })
+            .collect();
+        shop.seed(&seed).await.unwrap();
+        let av = CatalogAvailability::with(shop.clone(), Duration::from_millis(40), 4);
+        let got = av.lookup(&["p0", "p1", "nope"]).await.unwrap();
+        assert_eq!(
+            got,
+            [
+                ProductState::Sellable,
+                ProductState::Sellable,
+                ProductState::Unknown
+            ]
+        );
+        assert_eq!(av.cached(), 3);
+        shop.set_on_hand("p0", 0).await.unwrap();
+        // Within the ttl: the cached state.
+        assert_eq!(av.lookup(&["p0"]).await.unwrap(), [ProductState::Sellable]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            av.lookup(&["p0"]).await.unwrap(),
+            [ProductState::Unavailable]
+        );
+        // Never more than `capacity` states.
+        let ids: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        assert_eq!(av.lookup(&ids).await.unwrap().len(), 10);
+        assert!(av.cached() <= 4, "{}", av.cached());
     }
 }

@@ -212,3 +212,154 @@ async fn filter_cost() {
     let b = run(filtered).await;
     println!("recommend n=10: {a:?} without the catalog filter, {b:?} with it (warm cache)");
 }
+
+/// Every other product (by a hash of its id) cannot be sold; counts the ids asked about.
+struct HalfSellable {
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl HalfSellable {
+    fn sellable(id: &str) -> bool {
+        id.bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+            % 2
+            == 0
+    }
+}
+
+#[async_trait::async_trait]
+impl recstream_scoring::Availability for HalfSellable {
+    async fn lookup(&self, ids: &[&str]) -> Result<Vec<recstream_scoring::ProductState>, String> {
+        self.asked
+            .fetch_add(ids.len(), std::sync::atomic::Ordering::Relaxed);
+        Ok(ids
+            .iter()
+            .map(|id| {
+                if HalfSellable::sellable(id) {
+                    recstream_scoring::ProductState::Sellable
+                } else {
+                    recstream_scoring::ProductState::Unavailable
+                }
+            })
+            .collect())
+    }
+}
+
+/// The catalog is asked about candidates in blend order, a chunk at a time, until enough
+/// sellable ones are found: the lists are those of filtering the whole pool first (the
+/// candidate pool `candidates` returns, best by the blend first), on the real sample with
+/// half the products unsellable, for list lengths that need one chunk and several.
+#[tokio::test]
+async fn asking_the_catalog_in_blend_order_serves_what_filtering_the_whole_pool_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../data/sample/rees46-2019-10-01-head.csv.gz");
+    let rows = recstream_ingest::datasets::load(recstream_ingest::datasets::Dataset::Rees46, &path)
+        .unwrap();
+    let events: Vec<Event> = rows.into_iter().filter_map(|r| r.event.ok()).collect();
+    let features = Arc::new(
+        recstream_features::EmbeddedStore::open(
+            dir.path().join("f.redb"),
+            FeatureConfig::default(),
+        )
+        .unwrap(),
+    );
+    let mut agg = Aggregator::new(FeatureConfig::default());
+    agg.apply_all(&events);
+    let batch = agg.drain();
+    features.write(&ShardId::new("t"), &batch).await.unwrap();
+    let cold = Arc::new(InProcessCache::new());
+    let trending = features.trending().await.unwrap();
+    recstream_scoring::ColdStartCache::put(
+        cold.as_ref(),
+        recstream_scoring::cold_start::OVERALL,
+        &recstream_scoring::ColdStartList {
+            items: trending.items.clone(),
+            source: "test".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let users: Vec<String> = batch
+        .users
+        .iter()
+        .filter(|u| !u.recent.is_empty())
+        .map(|u| u.user_id.clone())
+        .take(300)
+        .collect();
+    assert!(users.len() >= 100);
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    for k in [3, 10, 40] {
+        // The blend ranks (no model) and the list is cut at k = rerank_depth = n: the list
+        // is then the best k sellable candidates by the blend, as a set.
+        let cfg = ScoringConfig {
+            rerank_depth: k,
+            ..ScoringConfig::default()
+        };
+        let av = Arc::new(HalfSellable {
+            asked: Default::default(),
+        });
+        let rec = Recommender::new(features.clone(), cold.clone(), cfg);
+        assert!(rec.set_availability(av.clone()));
+        let (mut asked_pool, mut asked_served, mut full) = (0, 0, 0);
+        for user in &users {
+            let req = Request {
+                user_id: user.clone(),
+                n: Some(k),
+                ..Default::default()
+            };
+            let before = av.asked.load(std::sync::atomic::Ordering::Relaxed);
+            let pool = rec.candidates(&req).await.unwrap();
+            let mid = av.asked.load(std::sync::atomic::Ordering::Relaxed);
+            let out = rec.recommend(&req).await.unwrap();
+            asked_pool += mid - before;
+            asked_served += av.asked.load(std::sync::atomic::Ordering::Relaxed) - mid;
+            assert!(
+                out.items
+                    .iter()
+                    .all(|i| HalfSellable::sellable(&i.product_id))
+            );
+            if pool.len() >= k {
+                full += 1;
+                let ids: Vec<String> = out.items.iter().map(|i| i.product_id.clone()).collect();
+                assert_eq!(
+                    sorted(ids),
+                    sorted(pool[..k].to_vec()),
+                    "user {user}, k {k}"
+                );
+            }
+        }
+        assert!(full > 50, "k {k}: only {full} users with a full pool");
+        assert!(
+            asked_served < asked_pool,
+            "k {k}: {asked_served} ids asked about to serve, {asked_pool} for the whole pool"
+        );
+    }
+    // Cold start: the first n sellable products of the list, in order.
+    let rec = Recommender::new(features.clone(), cold.clone(), ScoringConfig::default());
+    assert!(rec.set_availability(Arc::new(HalfSellable {
+        asked: Default::default(),
+    })));
+    for n in [1, 10, 100] {
+        let out = rec
+            .recommend(&Request {
+                user_id: "a-new-visitor".into(),
+                n: Some(n),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let want: Vec<String> = trending
+            .items
+            .iter()
+            .map(|(p, _)| p.clone())
+            .filter(|p| HalfSellable::sellable(p))
+            .take(n)
+            .collect();
+        let got: Vec<String> = out.items.iter().map(|i| i.product_id.clone()).collect();
+        assert_eq!(got, want, "n {n}");
+    }
+}
