@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow::record_batch::RecordBatchReader;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -191,6 +192,7 @@ async fn partitions_out_of_time_order_are_refused() {
     })
     .await
     .unwrap()
+    .map(|_| ())
     .unwrap_err();
     assert!(matches!(err, ModelError::Unsorted(_)), "{err}");
 }
