@@ -2,7 +2,9 @@
 //! CLI calls, each with explicit arguments and progress bars.
 //!
 //! ```text
-//!  train   archive (ObjectStore, events/…) | dataset file ─► events ─► model::train (blocking pool)
+//!  train   archive (ObjectStore, events/…) ─► ArchiveSource, one partition at a time
+//!              ─► model::train_from (two passes, blocking pool; the whole log is never loaded)
+//!          dataset file ─► events ─► model::train (blocking pool)
 //!          ─► models/<version>/… + models/CURRENT in the output store ─► cold-start cache
 //!  eval    dataset (YooChoose: train_full / test files; others: 80 / 20 split by time)
 //!          ─► model::evaluate ─► table or JSON on stdout
@@ -18,8 +20,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use recstream_ingest::datasets::{self, CsvMapping, Dataset, YooChooseSplit};
 use recstream_ingest::{Event, LocalObjectStore, ObjectStore};
 use recstream_model::{
-    EvalParams, EvalReport, ModelArtifact, Progress, TrainParams, TrainingMeta, evaluate,
-    temporal_split,
+    ArchiveSource, EvalParams, EvalReport, ModelArtifact, Progress, TrainParams, TrainingMeta,
+    evaluate, temporal_split,
 };
 use serde::Serialize;
 
@@ -106,21 +108,42 @@ pub async fn train(
     params.validate()?;
     let started = Instant::now();
     let name = source.describe();
-    let events = load_events(&source).await?;
-    if events.is_empty() {
-        bail!("no events in {name}");
-    }
-    eprintln!("training on {} events from {name}", events.len());
     let label = match &source {
         TrainSource::Dataset { dataset, .. } => dataset.name().to_string(),
         TrainSource::Archive { .. } => name.clone(),
     };
-    let mut artifact = tokio::task::spawn_blocking(move || {
-        let mut bars = Bars::new(show_progress);
-        recstream_model::train(&events, &label, &params, &mut bars).map(|(a, _)| a)
-    })
-    .await
-    .context("training task failed")??;
+    let mut artifact = match &source {
+        TrainSource::Archive { store, prefix } => {
+            eprintln!("training on {name}, streamed one partition at a time");
+            let streamed = train_streamed(
+                ArchiveSource::new(store.clone(), prefix),
+                label.clone(),
+                params.clone(),
+                show_progress,
+            )
+            .await?;
+            match streamed {
+                Err(recstream_model::ModelError::Unsorted(why)) => {
+                    // Partitions not in event-time order (files written by another tool):
+                    // only a sort of the whole log can train on it.
+                    eprintln!(
+                        "the archive's partitions are not in time order ({why}); loading it whole"
+                    );
+                    train_loaded(&source, &name, label, params, show_progress).await?
+                }
+                Err(e @ recstream_model::ModelError::NotEnoughData(_)) => {
+                    if streamed_is_empty(store.as_ref(), prefix).await? {
+                        bail!("no events in {name}");
+                    }
+                    return Err(e.into());
+                }
+                other => other?,
+            }
+        }
+        TrainSource::Dataset { .. } => {
+            train_loaded(&source, &name, label, params, show_progress).await?
+        }
+    };
     let version = artifact.save(out.as_ref()).await?;
     let summary = TrainSummary {
         version: version.clone(),
@@ -268,6 +291,56 @@ pub async fn export_segments(
     Ok(keys)
 }
 
+/// Trains on an event source on the blocking pool (the archive is read from there).
+async fn train_streamed(
+    mut source: ArchiveSource,
+    label: String,
+    params: TrainParams,
+    show_progress: bool,
+) -> anyhow::Result<Result<ModelArtifact, recstream_model::ModelError>> {
+    tokio::task::spawn_blocking(move || {
+        let mut bars = Bars::new(show_progress);
+        recstream_model::train_from(&mut source, &label, &params, &mut bars).map(|(a, _)| a)
+    })
+    .await
+    .context("training task failed")
+}
+
+/// Whether the archive under `prefix` holds no event object at all.
+async fn streamed_is_empty(store: &dyn ObjectStore, prefix: &str) -> anyhow::Result<bool> {
+    Ok(!store
+        .list(prefix)
+        .await?
+        .iter()
+        .any(|k| k.ends_with(".parquet")))
+}
+
+/// Loads the whole log into memory, sorts it and trains on it (datasets, and archives
+/// whose partitions are not in time order).
+async fn train_loaded(
+    source: &TrainSource,
+    name: &str,
+    label: String,
+    params: TrainParams,
+    show_progress: bool,
+) -> anyhow::Result<ModelArtifact> {
+    let events = load_events(source).await?;
+    if events.is_empty() {
+        bail!("no events in {name}");
+    }
+    eprintln!("training on {} events from {name}", events.len());
+    tokio::task::spawn_blocking(move || {
+        let mut bars = Bars::new(show_progress);
+        recstream_model::train(&events, &label, &params, &mut bars).map(|(a, _)| a)
+    })
+    .await
+    .context("training task failed")?
+    .map_err(Into::into)
+}
+
+/// The whole log of a source in memory, sorted by time (an archive's repeated event ids
+/// dropped, first row in key order kept). `recstream train` streams archives instead
+/// ([`ArchiveSource`]); this is its fallback for archives out of time order.
 async fn load_events(source: &TrainSource) -> anyhow::Result<Vec<Event>> {
     match source {
         TrainSource::Archive { store, prefix } => {

@@ -6,12 +6,16 @@
 //!        ├─► overall top-N                        key "overall"
 //!        └─► per Profile::segment_key() top-N     key "25-34|f|eu", …
 //! ```
+//!
+//! [`ColdStartCounts`] accumulates a chunk of the log at a time (streamed training);
+//! [`ColdStartLists::compute_with`] runs it over a slice.
 
 use std::collections::BTreeMap;
 
+use compact_str::CompactString;
 use recstream_features::Decayed;
 use recstream_ingest::Event;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::replay::engagement_weight;
@@ -62,44 +66,95 @@ impl ColdStartLists {
         min_users: usize,
         first_events: usize,
     ) -> Self {
-        let mut seen_events: FxHashMap<&str, usize> = FxHashMap::default();
-        let mut overall: FxHashMap<&str, Decayed> = FxHashMap::default();
-        let mut per: FxHashMap<String, FxHashMap<&str, Decayed>> = FxHashMap::default();
-        let mut seg_users: FxHashMap<String, rustc_hash::FxHashSet<&str>> = FxHashMap::default();
-        let mut user_seg: FxHashMap<&str, String> = FxHashMap::default();
-        let mut end = i64::MIN;
+        let mut acc = ColdStartCounts::new(half_life_ms, first_events);
+        acc.apply_all(events);
+        acc.lists(n, min_users)
+    }
+}
+
+/// What [`ColdStartLists::compute_with`] accumulates, fed a chunk of the log at a time:
+/// decayed engagement per product (overall and per segment), each user's segment and
+/// product-event count. Holds per-user and per-product state, not the events.
+#[derive(Debug, Default)]
+pub struct ColdStartCounts {
+    half_life_ms: f64,
+    first_events: usize,
+    seen_events: FxHashMap<CompactString, usize>,
+    overall: FxHashMap<CompactString, Decayed>,
+    per: FxHashMap<String, FxHashMap<CompactString, Decayed>>,
+    seg_users: FxHashMap<String, FxHashSet<CompactString>>,
+    user_seg: FxHashMap<CompactString, String>,
+    end: Option<i64>,
+}
+
+impl ColdStartCounts {
+    /// Empty counts (the arguments of [`ColdStartLists::compute_with`]).
+    pub fn new(half_life_ms: f64, first_events: usize) -> ColdStartCounts {
+        ColdStartCounts {
+            half_life_ms,
+            first_events,
+            ..ColdStartCounts::default()
+        }
+    }
+
+    /// Counts the next events of the log (in time order).
+    pub fn apply_all(&mut self, events: &[Event]) {
         for e in events {
-            end = end.max(e.ts.0);
-            if let Some(k) = e.profile.as_ref().and_then(|p| p.segment_key()) {
-                user_seg.insert(e.user_id.as_str(), k.to_string());
-            }
-            let (Some(p), w) = (e.product_id.as_deref(), engagement_weight(&e.event_type)) else {
-                continue;
-            };
-            if w <= 0.0 {
-                continue;
-            }
-            if first_events > 0 {
-                let k = seen_events.entry(e.user_id.as_str()).or_default();
-                *k += 1;
-                if *k > first_events {
-                    continue;
+            self.apply(e);
+        }
+    }
+
+    /// Counts the next event of the log.
+    pub fn apply(&mut self, e: &Event) {
+        let half_life_ms = self.half_life_ms;
+        self.end = Some(self.end.map_or(e.ts.0, |t| t.max(e.ts.0)));
+        if let Some(k) = e.profile.as_ref().and_then(|p| p.segment_key()) {
+            let k = k.to_string();
+            match self.user_seg.get_mut(e.user_id.as_str()) {
+                Some(s) => *s = k,
+                None => {
+                    self.user_seg.insert(e.user_id.clone(), k);
                 }
             }
-            overall.entry(p).or_default().add(w, e.ts.0, half_life_ms);
-            if let Some(seg) = user_seg.get(e.user_id.as_str()) {
-                per.entry(seg.clone())
-                    .or_default()
-                    .entry(p)
-                    .or_default()
-                    .add(w, e.ts.0, half_life_ms);
-                seg_users
-                    .entry(seg.clone())
-                    .or_default()
-                    .insert(e.user_id.as_str());
+        }
+        let (Some(p), w) = (e.product_id.as_ref(), engagement_weight(&e.event_type)) else {
+            return;
+        };
+        if w <= 0.0 {
+            return;
+        }
+        if self.first_events > 0 {
+            let k = match self.seen_events.get_mut(e.user_id.as_str()) {
+                Some(k) => k,
+                None => self.seen_events.entry(e.user_id.clone()).or_default(),
+            };
+            *k += 1;
+            if *k > self.first_events {
+                return;
             }
         }
-        let top = |m: &FxHashMap<&str, Decayed>| {
+        entry(&mut self.overall, p).add(w, e.ts.0, half_life_ms);
+        if let Some(seg) = self.user_seg.get(e.user_id.as_str()) {
+            let m = match self.per.get_mut(seg) {
+                Some(m) => m,
+                None => self.per.entry(seg.clone()).or_default(),
+            };
+            entry(m, p).add(w, e.ts.0, half_life_ms);
+            let users = match self.seg_users.get_mut(seg) {
+                Some(u) => u,
+                None => self.seg_users.entry(seg.clone()).or_default(),
+            };
+            if !users.contains(e.user_id.as_str()) {
+                users.insert(e.user_id.clone());
+            }
+        }
+    }
+
+    /// The top-`n` lists; segments with fewer than `min_users` distinct users get none.
+    pub fn lists(&self, n: usize, min_users: usize) -> ColdStartLists {
+        let end = self.end.unwrap_or(i64::MIN);
+        let half_life_ms = self.half_life_ms;
+        let top = |m: &FxHashMap<CompactString, Decayed>| {
             let mut v: Vec<(String, f64)> = m
                 .iter()
                 .map(|(k, d)| (k.to_string(), d.value_at(end, half_life_ms)))
@@ -112,16 +167,22 @@ impl ColdStartLists {
             }
             v
         };
-        let segments = per
+        let segments = self
+            .per
             .iter()
-            .filter(|(k, _)| seg_users.get(*k).map_or(0, |u| u.len()) >= min_users)
+            .filter(|(k, _)| self.seg_users.get(*k).map_or(0, |u| u.len()) >= min_users)
             .map(|(k, m)| (k.clone(), top(m)))
             .collect();
         ColdStartLists {
-            overall: top(&overall),
+            overall: top(&self.overall),
             segments,
         }
     }
+}
+
+/// The entry of `key` (product ids are short: the clone is inline, no allocation).
+fn entry<'a>(m: &'a mut FxHashMap<CompactString, Decayed>, key: &CompactString) -> &'a mut Decayed {
+    m.entry(key.clone()).or_default()
 }
 
 #[cfg(test)]

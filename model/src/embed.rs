@@ -8,10 +8,13 @@
 //! ```
 //!
 //! Neighbour lists are precomputed at training time, so serving a `similar` call is a
-//! lookup; the vectors stay in the artifact for analysis.
+//! lookup; the vectors stay in the artifact for analysis. The counting half is
+//! [`CoOccurrence`], fed a chunk of the log at a time (streamed training never holds the
+//! log); [`ProductEmbeddings::fit`] runs it over a slice.
 
 use std::collections::VecDeque;
 
+use compact_str::CompactString;
 use linfa::prelude::*;
 use linfa_nn::distance::L2Dist;
 use linfa_nn::{CommonNearestNeighbour, NearestNeighbour};
@@ -127,58 +130,120 @@ impl ProductEmbeddings {
     ) -> Result<Option<ProductEmbeddings>> {
         params.validate()?;
         progress.stage("co-occurrence", events.len() as u64);
-        let mut ids: FxHashMap<&str, u32> = FxHashMap::default();
-        let mut names: Vec<&str> = Vec::new();
-        let mut occ: Vec<u64> = Vec::new();
-        let mut pairs: FxHashMap<(u32, u32), f32> = FxHashMap::default();
-        struct S<'a> {
-            session: Option<&'a str>,
-            last_ts: i64,
-            items: VecDeque<u32>,
-        }
-        let mut users: FxHashMap<&str, S> = FxHashMap::default();
-        for (n, e) in events.iter().enumerate() {
-            if n % 65_536 == 65_535 {
+        let mut co = CoOccurrence::new(params);
+        for chunk in events.chunks(65_536) {
+            co.apply_all(chunk);
+            if chunk.len() == 65_536 {
                 progress.inc(65_536);
-            }
-            let Some(p) = e.product_id.as_deref() else {
-                continue;
-            };
-            let id = *ids.entry(p).or_insert_with(|| {
-                names.push(p);
-                occ.push(0);
-                (names.len() - 1) as u32
-            });
-            occ[id as usize] += 1;
-            let s = users.entry(e.user_id.as_str()).or_insert(S {
-                session: None,
-                last_ts: e.ts.0,
-                items: VecDeque::new(),
-            });
-            let new_session = match e.session_id.as_deref() {
-                Some(sid) => s.session != Some(sid),
-                None => e.ts.0 - s.last_ts > params.session_gap_secs * 1000,
-            };
-            if new_session {
-                s.session = e.session_id.as_deref();
-                s.items.clear();
-            }
-            s.last_ts = e.ts.0;
-            for &a in &s.items {
-                if a != id {
-                    *pairs.entry((a.min(id), a.max(id))).or_default() += 1.0;
-                }
-            }
-            if let Some(pos) = s.items.iter().position(|x| *x == id) {
-                s.items.remove(pos);
-            }
-            s.items.push_back(id);
-            if s.items.len() > params.window {
-                s.items.pop_front();
             }
         }
         progress.finish_stage();
+        co.fit(progress)
+    }
+}
 
+/// Per-user session state of [`CoOccurrence`].
+#[derive(Debug)]
+struct Session {
+    session: Option<CompactString>,
+    last_ts: i64,
+    items: VecDeque<u32>,
+}
+
+/// The first half of [`ProductEmbeddings::fit`], fed a chunk at a time: item occurrences and
+/// co-occurrence counts within sessions. Holds one small window per user and the pair
+/// counts, not the events.
+#[derive(Debug)]
+pub struct CoOccurrence {
+    params: EmbeddingParams,
+    ids: FxHashMap<CompactString, u32>,
+    names: Vec<CompactString>,
+    occ: Vec<u64>,
+    pairs: FxHashMap<(u32, u32), f32>,
+    users: FxHashMap<CompactString, Session>,
+}
+
+impl CoOccurrence {
+    /// Empty counts.
+    pub fn new(params: &EmbeddingParams) -> CoOccurrence {
+        CoOccurrence {
+            params: params.clone(),
+            ids: FxHashMap::default(),
+            names: Vec::new(),
+            occ: Vec::new(),
+            pairs: FxHashMap::default(),
+            users: FxHashMap::default(),
+        }
+    }
+
+    /// Counts the next events of the log (in time order).
+    pub fn apply_all(&mut self, events: &[Event]) {
+        for e in events {
+            self.apply(e);
+        }
+    }
+
+    /// Counts the next event of the log.
+    pub fn apply(&mut self, e: &Event) {
+        let Some(p) = e.product_id.as_ref() else {
+            return;
+        };
+        let id = match self.ids.get(p) {
+            Some(id) => *id,
+            None => {
+                self.names.push(p.clone());
+                self.occ.push(0);
+                let id = (self.names.len() - 1) as u32;
+                self.ids.insert(p.clone(), id);
+                id
+            }
+        };
+        self.occ[id as usize] += 1;
+        let s = match self.users.get_mut(e.user_id.as_str()) {
+            Some(s) => s,
+            None => self.users.entry(e.user_id.clone()).or_insert(Session {
+                session: None,
+                last_ts: e.ts.0,
+                items: VecDeque::new(),
+            }),
+        };
+        let new_session = match e.session_id.as_deref() {
+            Some(sid) => s.session.as_deref() != Some(sid),
+            None => e.ts.0 - s.last_ts > self.params.session_gap_secs * 1000,
+        };
+        if new_session {
+            s.session = e.session_id.clone();
+            s.items.clear();
+        }
+        s.last_ts = e.ts.0;
+        for &a in &s.items {
+            if a != id {
+                *self.pairs.entry((a.min(id), a.max(id))).or_default() += 1.0;
+            }
+        }
+        if let Some(pos) = s.items.iter().position(|x| *x == id) {
+            s.items.remove(pos);
+        }
+        s.items.push_back(id);
+        if s.items.len() > self.params.window {
+            s.items.pop_front();
+        }
+    }
+
+    /// Reduces the counts to embeddings (the per-user windows are dropped first).
+    /// `Ok(None)` when too few items co-occur to embed.
+    pub fn fit(self, progress: &mut dyn Progress) -> Result<Option<ProductEmbeddings>> {
+        let CoOccurrence {
+            params,
+            names,
+            occ,
+            pairs,
+            users,
+            ids,
+        } = self;
+        drop(users);
+        drop(ids);
+        let params = &params;
         // Keep frequent items that co-occur with something.
         let mut has_pair = vec![false; names.len()];
         for (a, b) in pairs.keys() {
@@ -193,10 +258,10 @@ impl ProductEmbeddings {
         kept.sort_unstable_by(|a, b| {
             occ[*b as usize]
                 .cmp(&occ[*a as usize])
-                .then_with(|| names[*a as usize].cmp(names[*b as usize]))
+                .then_with(|| names[*a as usize].cmp(&names[*b as usize]))
         });
         kept.truncate(params.max_items);
-        kept.sort_unstable_by(|a, b| names[*a as usize].cmp(names[*b as usize]));
+        kept.sort_unstable_by(|a, b| names[*a as usize].cmp(&names[*b as usize]));
         let n = kept.len();
         let dims = params.dimensions.min(n.saturating_sub(1));
         if n < 3 || dims == 0 {

@@ -12,6 +12,10 @@ pub enum ModelError {
     /// The data cannot train a model (no repeat users, no candidates); says what is missing.
     #[error("not enough data: {0}")]
     NotEnoughData(String),
+    /// The event source went back in time (an archive whose partitions are not in event
+    /// time order): streamed training cannot sort it; load the whole log and sort it.
+    #[error("events out of time order: {0}")]
+    Unsorted(String),
     /// A linfa routine failed.
     #[error("linfa: {0}")]
     Linfa(#[from] linfa::Error),

@@ -28,6 +28,7 @@ pub mod params;
 pub mod progress;
 pub mod replay;
 pub mod segments;
+pub mod source;
 pub mod train;
 
 pub use affinity::{
@@ -39,8 +40,8 @@ pub use artifact::{
     load_current,
 };
 pub use candidates::{CandidateParams, Candidates};
-pub use cold_start::ColdStartLists;
-pub use embed::{EmbeddingParams, ProductEmbeddings};
+pub use cold_start::{ColdStartCounts, ColdStartLists};
+pub use embed::{CoOccurrence, EmbeddingParams, ProductEmbeddings};
 pub use error::ModelError;
 pub use eval::{EvalParams, EvalReport, MetricRow, evaluate, temporal_split};
 pub use features::{
@@ -50,4 +51,5 @@ pub use metrics::SetMetrics;
 pub use progress::{NoProgress, Progress};
 pub use replay::Replay;
 pub use segments::{SegmentMember, SegmentParams, SegmentProfile, Segments, read_members_parquet};
-pub use train::{TrainParams, TrainingSet, build_training_set, fit_rankers, train};
+pub use source::{ArchiveSource, EventSource};
+pub use train::{TrainParams, TrainingSet, build_training_set, fit_rankers, train, train_from};

@@ -9,25 +9,31 @@
 //!       └► OnlineParams::fit_with (FTRL, in time order) ─► OnlineRanker
 //!  events ─► ProductEmbeddings, ColdStartLists;  final user views ─► Segments
 //! ```
+//!
+//! [`train_from`] reads the log from an [`EventSource`] in two passes (a summary pass that
+//! also counts co-occurrences and cold-start popularity, then the replay), so the log
+//! itself never has to be in memory; [`train`] is `train_from` over a slice.
 
 use std::time::Instant;
 
+use compact_str::CompactString;
 use linfa::prelude::*;
 use ndarray::{Array1, Array2};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256Plus;
 use recstream_ingest::Event;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::affinity::{AffinityModel, OnlineRanker};
 use crate::artifact::{ModelArtifact, TrainingMeta};
-use crate::cold_start::ColdStartLists;
-use crate::embed::ProductEmbeddings;
+use crate::cold_start::ColdStartCounts;
+use crate::embed::CoOccurrence;
 use crate::error::{ModelError, Result};
 use crate::features::{FeatureSchema, NUM_FEATURES, PairFeatures, UserContext};
 use crate::progress::Progress;
 use crate::replay::Replay;
 use crate::segments::Segments;
+use crate::source::EventSource;
 
 /// Re-exported where it was defined before the artifact needed it (see [`crate::params`]).
 pub use crate::params::TrainParams;
@@ -77,6 +83,91 @@ pub fn is_next_item(replay: &Replay, e: &Event) -> bool {
     }
 }
 
+/// Counts the "next item" positives of a log (the pre-pass of the replay, which samples
+/// positives at `max_positives / eligible`). Holds each user's last product.
+#[derive(Debug, Default)]
+struct EligibleCount {
+    last: FxHashMap<CompactString, CompactString>,
+    eligible: u64,
+}
+
+impl EligibleCount {
+    /// Counts `e`; users not seen yet in this log fall back to `replay`'s last product.
+    fn apply(&mut self, replay: &Replay, e: &Event) {
+        let Some(p) = e.product_id.as_ref() else {
+            return;
+        };
+        match self.last.get_mut(e.user_id.as_str()) {
+            Some(l) => {
+                if *l != *p {
+                    self.eligible += 1;
+                    *l = p.clone();
+                }
+            }
+            None => {
+                if replay
+                    .last_product(&e.user_id)
+                    .is_some_and(|l| l != p.as_str())
+                {
+                    self.eligible += 1;
+                }
+                self.last.insert(e.user_id.clone(), p.clone());
+            }
+        }
+    }
+}
+
+/// The replay pass: samples positives at a fixed rate, builds their rows, applies every
+/// event to the replay.
+struct Sampler<'p> {
+    params: &'p TrainParams,
+    schema: FeatureSchema,
+    rate: f64,
+    rng: Xoshiro256Plus,
+    set: TrainingSet,
+    cand_total: usize,
+    x: PairFeatures,
+}
+
+impl<'p> Sampler<'p> {
+    fn new(params: &'p TrainParams, eligible: u64) -> Sampler<'p> {
+        Sampler {
+            params,
+            schema: params.schema(),
+            rate: (params.max_positives as f64 / eligible.max(1) as f64).min(1.0),
+            rng: Xoshiro256Plus::seed_from_u64(params.seed),
+            set: TrainingSet {
+                eligible,
+                ..Default::default()
+            },
+            cand_total: 0,
+            x: [0.0; NUM_FEATURES],
+        }
+    }
+
+    fn apply(&mut self, replay: &mut Replay, e: &Event) {
+        if is_next_item(replay, e) && self.rng.r#gen::<f64>() < self.rate {
+            sample_rows(
+                replay,
+                e,
+                self.params,
+                &self.schema,
+                &mut self.rng,
+                &mut self.set,
+                &mut self.cand_total,
+                &mut self.x,
+            );
+        }
+        replay.apply(e);
+    }
+
+    fn finish(mut self, replay: &mut Replay) -> TrainingSet {
+        replay.refresh();
+        self.set.mean_candidates = self.cand_total as f64 / self.set.sampled.max(1) as f64;
+        self.set
+    }
+}
+
 /// Replays `events` into `replay`, collecting ranker rows along the way.
 pub fn build_training_set(
     replay: &mut Replay,
@@ -85,52 +176,22 @@ pub fn build_training_set(
     progress: &mut dyn Progress,
 ) -> Result<TrainingSet> {
     // Pre-pass: how many positives there are, to sample uniformly over time.
-    let mut last: FxHashMap<&str, &str> = FxHashMap::default();
-    let mut eligible = 0u64;
+    let mut count = EligibleCount::default();
     for e in events {
-        if let Some(p) = e.product_id.as_deref() {
-            let prev = last
-                .get(e.user_id.as_str())
-                .copied()
-                .or_else(|| replay.last_product(&e.user_id));
-            if prev.is_some_and(|l| l != p) {
-                eligible += 1;
-            }
-            last.insert(e.user_id.as_str(), p);
-        }
+        count.apply(replay, e);
     }
-    let rate = (params.max_positives as f64 / eligible.max(1) as f64).min(1.0);
-    let mut rng = Xoshiro256Plus::seed_from_u64(params.seed);
-    let schema = params.schema();
-    let mut set = TrainingSet {
-        eligible,
-        ..Default::default()
-    };
-    let mut cand_total = 0usize;
-    let mut x: PairFeatures = [0.0; NUM_FEATURES];
+    let mut sampler = Sampler::new(params, count.eligible);
+    drop(count);
 
     progress.stage("replay", events.len() as u64);
     for (i, e) in events.iter().enumerate() {
         if i % 4096 == 4095 {
             progress.inc(4096);
         }
-        if is_next_item(replay, e) && rng.r#gen::<f64>() < rate {
-            sample_rows(
-                replay,
-                e,
-                params,
-                &schema,
-                &mut rng,
-                &mut set,
-                &mut cand_total,
-                &mut x,
-            );
-        }
-        replay.apply(e);
+        sampler.apply(replay, e);
     }
-    replay.refresh();
+    let set = sampler.finish(replay);
     progress.finish_stage();
-    set.mean_candidates = cand_total as f64 / set.sampled.max(1) as f64;
     Ok(set)
 }
 
@@ -261,6 +322,8 @@ pub fn fit_rankers(
 
 /// Trains everything from an event log sorted by time. `dataset` names the source in the
 /// metadata. Returns the artifact and the replay state at the end of the log.
+///
+/// The same as [`train_from`] on the slice, which it calls.
 pub fn train(
     events: &[Event],
     dataset: &str,
@@ -273,30 +336,156 @@ pub fn train(
             "events must be sorted by time".into(),
         ));
     }
+    train_from(&mut { events }, dataset, params, progress)
+}
+
+/// Checks that chunks come in time order and summarises the log for the metadata.
+#[derive(Debug, Default)]
+struct LogSummary {
+    events: u64,
+    first_ts: Option<i64>,
+    last_ts: i64,
+    products: FxHashSet<CompactString>,
+}
+
+impl LogSummary {
+    /// Counts `chunk`; `Err(ModelError::Unsorted)` when it goes back in time.
+    fn check(&mut self, chunk: &[Event], pass: &str) -> Result<()> {
+        for e in chunk {
+            if self.first_ts.is_some() && e.ts.0 < self.last_ts {
+                return Err(ModelError::Unsorted(format!(
+                    "{pass} pass: event {} at {} comes after an event at {}",
+                    e.event_id, e.ts.0, self.last_ts
+                )));
+            }
+            if self.first_ts.is_none() {
+                self.first_ts = Some(e.ts.0);
+            }
+            self.last_ts = e.ts.0;
+        }
+        self.events += chunk.len() as u64;
+        Ok(())
+    }
+
+    fn add_products(&mut self, chunk: &[Event]) {
+        for p in chunk.iter().filter_map(|e| e.product_id.as_ref()) {
+            if !self.products.contains(p) {
+                self.products.insert(p.clone());
+            }
+        }
+    }
+}
+
+/// Trains everything from an event source read in time order, holding the models' state
+/// (users, products, co-occurrence counts, training rows) but never the whole log: what
+/// `recstream train` runs on the archive ([`crate::ArchiveSource`]).
+///
+/// ```text
+///  pass 1 (summary): count, first/last time, products, eligible positives,
+///                    cold-start counts, co-occurrence ─► cold-start lists, embeddings
+///  pass 2 (replay):  Replay + sampled training rows at max_positives / eligible
+///  rows ─► rankers; final user views ─► segments
+/// ```
+///
+/// Sampling needs the number of eligible positives before the replay starts, hence two
+/// passes; the per-user state of pass 1 is dropped before pass 2. The artifact equals
+/// [`train`]'s on the same events (timings and `trained_at` aside). When the source
+/// changes between the passes (an archive still being written) the second pass counts
+/// what it replays; a log out of time order is `Err(ModelError::Unsorted)`.
+pub fn train_from(
+    source: &mut dyn EventSource,
+    dataset: &str,
+    params: &TrainParams,
+    progress: &mut dyn Progress,
+) -> Result<(ModelArtifact, Replay)> {
+    params.validate()?;
     let started = Instant::now();
     let mut replay = Replay::new(params.features.clone());
-    let set = build_training_set(&mut replay, events, params, progress)?;
-    let replay_secs = started.elapsed().as_secs_f64();
 
-    progress.stage("fit", 0);
-    let t = Instant::now();
-    let (affinity, online, train_auc) = fit_rankers(&set, params)?;
-    let fit_secs = t.elapsed().as_secs_f64();
-    progress.finish_stage();
-
-    let t = Instant::now();
-    let embeddings = if params.skip_embeddings {
+    // Pass 1: everything that needs the log once, in time order, before the replay.
+    let mut summary = LogSummary::default();
+    let mut eligible = EligibleCount::default();
+    let mut cold = ColdStartCounts::new(
+        params.cold_start_half_life_secs * 1000.0,
+        params.cold_start_first_events,
+    );
+    let mut co = if params.skip_embeddings {
         None
     } else {
-        match ProductEmbeddings::fit(events, &params.embeddings, progress) {
-            Ok(e) => e,
+        match params.embeddings.validate() {
+            Ok(()) => Some(CoOccurrence::new(&params.embeddings)),
             Err(e) => {
                 tracing::warn!(error = %e, "embeddings failed; similar products fall back to co-visitation");
                 None
             }
         }
     };
-    let embed_secs = t.elapsed().as_secs_f64();
+    let mut co_secs = 0.0;
+    progress.stage("read", 0);
+    source.for_each_chunk(&mut |chunk| {
+        summary.check(chunk, "first")?;
+        summary.add_products(chunk);
+        for e in chunk {
+            eligible.apply(&replay, e);
+            cold.apply(e);
+        }
+        if let Some(co) = co.as_mut() {
+            let t = Instant::now();
+            co.apply_all(chunk);
+            co_secs += t.elapsed().as_secs_f64();
+        }
+        progress.inc(chunk.len() as u64);
+        Ok(())
+    })?;
+    progress.finish_stage();
+    let eligible = {
+        let n = eligible.eligible;
+        drop(eligible);
+        n
+    };
+    let cold_start = cold.lists(params.cold_start_n, params.cold_start_min_users);
+    drop(cold);
+    let pass1_secs = started.elapsed().as_secs_f64() - co_secs;
+
+    let t = Instant::now();
+    let embeddings = co.and_then(|co| match co.fit(progress) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "embeddings failed; similar products fall back to co-visitation");
+            None
+        }
+    });
+    let embed_secs = co_secs + t.elapsed().as_secs_f64();
+
+    // Pass 2: the replay.
+    let t = Instant::now();
+    let mut sampler = Sampler::new(params, eligible);
+    let mut replayed = LogSummary::default();
+    progress.stage("replay", summary.events);
+    source.for_each_chunk(&mut |chunk| {
+        replayed.check(chunk, "replay")?;
+        for e in chunk {
+            sampler.apply(&mut replay, e);
+        }
+        progress.inc(chunk.len() as u64);
+        Ok(())
+    })?;
+    let set = sampler.finish(&mut replay);
+    progress.finish_stage();
+    if replayed.events != summary.events {
+        tracing::warn!(
+            first = summary.events,
+            replay = replayed.events,
+            "the event source changed between the two passes"
+        );
+    }
+    let replay_secs = pass1_secs + t.elapsed().as_secs_f64();
+
+    progress.stage("fit", 0);
+    let t = Instant::now();
+    let (affinity, online, train_auc) = fit_rankers(&set, params)?;
+    let fit_secs = t.elapsed().as_secs_f64();
+    progress.finish_stage();
 
     let t = Instant::now();
     let segments = if params.skip_segments {
@@ -315,13 +504,6 @@ pub fn train(
         s
     };
     let segment_secs = t.elapsed().as_secs_f64();
-    let cold_start = ColdStartLists::compute_with(
-        events,
-        params.cold_start_n,
-        params.cold_start_half_life_secs * 1000.0,
-        params.cold_start_min_users,
-        params.cold_start_first_events,
-    );
 
     let mut metrics = std::collections::BTreeMap::new();
     metrics.insert("train_auc".to_string(), round(train_auc));
@@ -337,18 +519,18 @@ pub fn train(
     let meta = TrainingMeta {
         version: String::new(),
         dataset: dataset.to_string(),
-        events: events.len() as u64,
+        events: summary.events,
         users: replay.user_ids().len() as u64,
-        products: events
-            .iter()
-            .filter_map(|e| e.product_id.as_deref())
-            .collect::<rustc_hash::FxHashSet<_>>()
-            .len() as u64,
+        products: summary.products.len() as u64,
         eligible_positives: set.eligible,
         positives: set.sampled,
         rows: set.len() as u64,
-        first_event_ts: events.first().map_or(0, |e| e.ts.0),
-        last_event_ts: events.last().map_or(0, |e| e.ts.0),
+        first_event_ts: summary.first_ts.unwrap_or(0),
+        last_event_ts: if summary.first_ts.is_some() {
+            summary.last_ts
+        } else {
+            0
+        },
         trained_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         train_seconds: round(started.elapsed().as_secs_f64()),
         metrics,

@@ -30,9 +30,12 @@
 //! - `dead_letter.rs`: the dead-letter record and its JSON-lines format
 //!   ([`DeadLetterLine`], [`read_dead_letters`]).
 //! - `writer.rs`: [`ArchiveWriter`], the per-shard buffer that rolls into objects.
+//! - `stream.rs`: [`ArchiveEventStream`], the events one partition at a time in time
+//!   order, for batch jobs that must not load the whole archive (training).
 
 pub mod dead_letter;
 pub mod parquet;
+pub mod stream;
 pub mod writer;
 
 use std::fmt;
@@ -46,7 +49,10 @@ use crate::object_store::ObjectStore;
 use crate::record::{SeqNo, ShardId};
 
 pub use dead_letter::{DeadLetterLine, read_dead_letters};
-pub use parquet::{ArchivedRow, archive_schema, decode_events, encode_events};
+pub use parquet::{
+    ArchivedRow, archive_schema, decode_event_batches, decode_events, encode_events,
+};
+pub use stream::ArchiveEventStream;
 pub use writer::{ArchiveWriter, RollSummary};
 
 /// Prefix of every Parquet object of the archive.
