@@ -1,7 +1,9 @@
 //! Hot-path micro-benchmarks on the real REES46 sample: decode + validate, aggregate, and
-//! both together (the per-event budget is 0.5 µs per core), plus one recommendation.
+//! both together (the per-event budget is 0.5 µs per core), plus one recommendation. The
+//! `_ref` benchmarks are the hot path (the borrowed `EventRef`: `decode_ref` +
+//! `apply_ref`); the others build the owned `Event` as the archive and the join need it.
 //!
-//! `cargo bench --bench hot_path`
+//! `cargo bench --bench hot_path`; instruction counts: `benches/hot_path_instructions.sh`.
 
 // Generated code: criterion 0.7's `criterion_group!` defines an undocumented `pub fn`
 // that neither a doc comment nor an attribute on the invocation reaches (fixed upstream
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use recstream_features::{Aggregator, EmbeddedStore, FeatureConfig, FeatureStore};
 use recstream_ingest::datasets::{self, Dataset};
-use recstream_ingest::{Event, ShardId, decode};
+use recstream_ingest::{Event, ShardId, decode, decode_ref};
 use recstream_scoring::{InProcessCache, Recommender, Request, ScoringConfig};
 
 fn sample() -> (Vec<Vec<u8>>, Vec<Event>) {
@@ -39,6 +41,16 @@ fn hot_path(c: &mut Criterion) {
             b.iter(|| {
                 for j in &json {
                     black_box(decode(black_box(j)).unwrap());
+                }
+            })
+        },
+    );
+    g.bench_function(
+        BenchmarkId::new("decode_validate_ref", format!("rees46_{n}x{mean_bytes}B")),
+        |b| {
+            b.iter(|| {
+                for j in &json {
+                    black_box(decode_ref(black_box(j)).unwrap());
                 }
             })
         },
@@ -69,9 +81,39 @@ fn hot_path(c: &mut Criterion) {
             )
         },
     );
+    g.bench_function(
+        BenchmarkId::new(
+            "decode_validate_aggregate_ref",
+            format!("rees46_{n}x{mean_bytes}B"),
+        ),
+        |b| {
+            b.iter_with_setup(
+                || Aggregator::new(FeatureConfig::default()),
+                |mut agg| {
+                    for j in &json {
+                        agg.apply_ref(&decode_ref(j).unwrap());
+                    }
+                    agg
+                },
+            )
+        },
+    );
     // Warm state: the steady state of a long-running shard (ids already interned).
     let mut warm = Aggregator::new(FeatureConfig::default());
     warm.apply_all(&events);
+    g.bench_function(
+        BenchmarkId::new(
+            "decode_validate_aggregate_ref_warm",
+            format!("rees46_{n}x{mean_bytes}B"),
+        ),
+        |b| {
+            b.iter(|| {
+                for j in &json {
+                    warm.apply_ref(&decode_ref(j).unwrap());
+                }
+            })
+        },
+    );
     g.bench_function(
         BenchmarkId::new(
             "decode_validate_aggregate_warm",

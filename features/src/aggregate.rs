@@ -33,7 +33,7 @@
 use std::collections::VecDeque;
 
 use lasso::{Rodeo, Spur};
-use recstream_ingest::{Event, EventType};
+use recstream_ingest::{Event, EventRef, EventType};
 use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
@@ -248,6 +248,16 @@ struct Snapshot {
     category_top: Vec<(String, Vec<String>)>,
 }
 
+/// The key of `s`: `known` when it already names `s` (the same session, brand or currency
+/// as last time: a comparison instead of a hash lookup), else the interner's.
+#[inline]
+fn intern_as(ids: &mut Rodeo<Spur, FxBuildHasher>, known: Option<Spur>, s: &str) -> Spur {
+    match known {
+        Some(k) if ids.resolve(&k) == s => k,
+        _ => ids.get_or_intern(s),
+    }
+}
+
 fn bump_decayed<K: PartialEq + Copy>(list: &mut Vec<(K, Decayed)>, key: K, w: f64, t: i64, h: f64) {
     match list.iter_mut().find(|(k, _)| *k == key) {
         Some((_, d)) => d.add(w, t, h),
@@ -310,6 +320,13 @@ impl Aggregator {
     /// Folds one validated event into the state. A `recommendation` event (a list the
     /// server showed, not something the shopper did) changes nothing here.
     pub fn apply(&mut self, e: &Event) {
+        self.apply_ref(&e.as_event_ref());
+    }
+
+    /// Folds one validated borrowed event into the state (the hot path: the record's bytes
+    /// are decoded with [`recstream_ingest::decode_ref`] and never copied into an owned
+    /// event); [`Aggregator::apply`] is this on a view of an owned event.
+    pub fn apply_ref(&mut self, e: &EventRef<'_>) {
         if e.event_type == EventType::Recommendation {
             return;
         }
@@ -398,7 +415,7 @@ impl Aggregator {
                     }
                 }
                 if let Some(price) = &e.price {
-                    let cur = ids.get_or_intern(price.currency.as_str());
+                    let cur = intern_as(ids, user.currency, price.currency.as_str());
                     if *user.currency.get_or_insert(cur) == cur {
                         user.spend_minor = user
                             .spend_minor
@@ -410,7 +427,10 @@ impl Aggregator {
         }
 
         // Co-visitation within the session (or within the gap when there is no session id).
-        let session = e.session_id.as_deref().map(|s| ids.get_or_intern(s));
+        let session = e
+            .session_id
+            .as_deref()
+            .map(|s| intern_as(ids, user.session, s));
         let new_session = match session {
             Some(s) => user.session != Some(s),
             None => gap > cfg.session_gap_secs * 1000,
@@ -452,11 +472,11 @@ impl Aggregator {
                 product.category = cat;
             }
             if let Some(b) = e.brand.as_deref() {
-                product.brand = Some(ids.get_or_intern(b));
+                product.brand = Some(intern_as(ids, product.brand, b));
             }
             if let Some(price) = &e.price {
                 product.price_minor = Some(price.amount);
-                product.currency = Some(ids.get_or_intern(price.currency.as_str()));
+                product.currency = Some(intern_as(ids, product.currency, price.currency.as_str()));
             }
             product.last_ts = t;
         }
@@ -464,27 +484,26 @@ impl Aggregator {
             product.buyers += 1;
         }
         self.dirty_products.insert(pid);
+        // The partners are distinct (a session's items are), so each partner's list is
+        // complete, and may be pruned, as soon as this product is added to it.
         for a in partners[..n].iter().flatten() {
-            *self
-                .products
-                .get_mut(&pid)
-                .expect("inserted above")
-                .covisit
-                .entry(*a)
-                .or_default() += 1.0;
             let other = self.products.entry(*a).or_default();
             if !other.changed {
                 other.changed = true;
                 self.changed_products.push(*a);
             }
             *other.covisit.entry(pid).or_default() += 1.0;
+            if other.covisit.len() > 2 * cfg.covisit_neighbours {
+                prune_covisit(&mut other.covisit, cfg.covisit_neighbours, ids);
+            }
             self.dirty_products.insert(*a);
         }
-        for p in std::iter::once(pid).chain(partners[..n].iter().flatten().copied()) {
-            let prod = self.products.get_mut(&p).expect("present");
-            if prod.covisit.len() > 2 * cfg.covisit_neighbours {
-                prune_covisit(&mut prod.covisit, cfg.covisit_neighbours, ids);
-            }
+        let product = self.products.get_mut(&pid).expect("inserted above");
+        for a in partners[..n].iter().flatten() {
+            *product.covisit.entry(*a).or_default() += 1.0;
+        }
+        if product.covisit.len() > 2 * cfg.covisit_neighbours {
+            prune_covisit(&mut product.covisit, cfg.covisit_neighbours, ids);
         }
     }
 
@@ -1124,7 +1143,114 @@ mod tests {
         })
     }
 
+    /// Events with every field the aggregator reads varied (brands, prices in two
+    /// currencies, quantities, profiles, sessions or none, unknown and `recommendation`
+    /// types), as wire JSON, some with a field made invalid or escaped.
+    fn arb_records() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let one = (
+            (0usize..4, 0usize..8, 0usize..8, 0usize..3, 0i64..10_000_000),
+            (
+                proptest::option::of(0usize..3),
+                proptest::option::of((0i64..5000, 0usize..2)),
+                proptest::option::of(0u32..4),
+                proptest::option::of(0usize..3),
+                proptest::option::of(0usize..2),
+            ),
+            0usize..12,
+        );
+        proptest::collection::vec(one, 1..80).prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(
+                    |(i, ((u, ty, p, c, dt), (brand, price, qty, session, profile), edit))| {
+                        let ty = [
+                            "view",
+                            "add_to_cart",
+                            "remove_from_cart",
+                            "purchase",
+                            "click",
+                            "search",
+                            "wishlist",
+                            "recommendation",
+                        ][ty];
+                        let mut e = Event::new(
+                            &format!("e{i}"),
+                            Timestamp(T0 + dt),
+                            &format!("u{u}"),
+                            EventType::parse(ty),
+                        )
+                        .with_product(&format!("p{p}"), Some(&format!("c{c}")));
+                        e.brand = brand.map(|b| format!("b{b}").into());
+                        e.price = price.map(|(a, c)| Money::new(a, ["USD", "EUR"][c]));
+                        e.quantity = qty;
+                        e.session_id = session.map(|s| format!("u{u}-s{s}").into());
+                        e.profile = profile.map(|g| recstream_ingest::Profile {
+                            age_band: Some("25-34".into()),
+                            gender: [Some("F".into()), None][g].clone(),
+                            region: None,
+                        });
+                        if ty == "recommendation" {
+                            e.recommendation_id = Some(format!("r{i}").into());
+                            e.strategy = Some("personalized".into());
+                            e.items = vec![recstream_ingest::ServedItem {
+                                product_id: "p1".into(),
+                                position: 1,
+                                score: 0.5,
+                                features: vec![],
+                            }];
+                        }
+                        let mut v: serde_json::Value =
+                            serde_json::from_slice(&e.to_json()).unwrap();
+                        match edit {
+                            0 => v["user_id"] = serde_json::json!(""),
+                            1 => v["quantity"] = serde_json::json!(0),
+                            // Escaped strings: unescaped into copies, same ids.
+                            2 => v["user_id"] = serde_json::json!(format!("u{u}\\u0000")),
+                            _ => {}
+                        }
+                        let mut bytes = v.to_string().into_bytes();
+                        if edit == 3 {
+                            let s =
+                                String::from_utf8(bytes)
+                                    .unwrap()
+                                    .replacen("\"p", "\"\\u0070", 1);
+                            bytes = s.into_bytes();
+                        }
+                        bytes
+                    },
+                )
+                .collect()
+        })
+    }
+
     proptest! {
+        /// The hot path (`decode_ref` + `apply_ref`, nothing owned) and the owned path
+        /// (`Event`'s own `Deserialize` + `validate` + `apply`) accept and refuse the same
+        /// records with the same errors and build byte-for-byte the same state.
+        #[test]
+        fn borrowed_and_owned_paths_agree(records in arb_records(), drain_at in 0usize..80) {
+            let mut owned = Aggregator::new(FeatureConfig::default());
+            let mut borrowed = Aggregator::new(FeatureConfig::default());
+            for (i, r) in records.iter().enumerate() {
+                let o = serde_json::from_slice::<Event>(r)
+                    .map_err(|e| recstream_ingest::DecodeError::Malformed(e.to_string()))
+                    .and_then(|e| recstream_ingest::decode::validate(&e).map(|()| e));
+                let b = recstream_ingest::decode_ref(r);
+                prop_assert_eq!(o.as_ref().err(), b.as_ref().err());
+                if let (Ok(o), Ok(b)) = (o, b) {
+                    prop_assert_eq!(&b.to_event(), &o);
+                    owned.apply(&o);
+                    borrowed.apply_ref(&b);
+                }
+                if i == drain_at {
+                    prop_assert_eq!(owned.drain(), borrowed.drain());
+                }
+            }
+            prop_assert_eq!(owned.drain(), borrowed.drain());
+            prop_assert_eq!(owned.snapshot(), borrowed.snapshot());
+            prop_assert_eq!(owned.take_delta(), borrowed.take_delta());
+        }
+
         /// Per-user counts and spend do not depend on the order of the user's events.
         #[test]
         fn counts_are_order_independent(events in arb_events(), seed in any::<u64>()) {

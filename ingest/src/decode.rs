@@ -1,16 +1,21 @@
 //! Decoding and validation of untrusted record bytes into [`Event`]s.
 //!
 //! ```text
-//!  bytes ──► size check ──► serde_json (ids borrowed into inline strings) ──► validate ──► Event
+//!  bytes ──► size check ──► serde_json (strings borrowed from the bytes) ──► EventRef
+//!        ──► validate in place ──► EventRef (hot path: Aggregator::apply_ref)
+//!                             └──► to_event() ──► Event (decode: archive, join, tests)
 //!    └─ any failure ─► DecodeError { reason } ─► dead-letter store (never dropped)
 //! ```
 //!
-//! Nothing here panics on input: every failure is a [`DecodeError`] that names the field
-//! and the problem.
+//! This module owns the decoding of record bytes and the validation rules of an event;
+//! [`decode`] and [`decode_ref`] share both, so the owned and the borrowed event are
+//! accepted, refused and explained alike. Nothing here panics on input: every failure is
+//! a [`DecodeError`] that names the field and the problem.
 
 use std::borrow::Cow;
 
 use crate::event::{Event, EventType, Timestamp};
+use crate::event_ref::EventRef;
 
 /// The largest record accepted, in bytes (Kinesis allows 1 MiB; an event is ~200 bytes).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -91,21 +96,55 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 
 /// Decodes and validates one record, rejecting anything over `max_bytes`.
 pub fn decode_with_limit(bytes: &[u8], max_bytes: usize) -> Result<Event, DecodeError> {
+    decode_ref_with_limit(bytes, max_bytes).map(|e| e.to_event())
+}
+
+/// Decodes and validates one record with the default size limit into an event that
+/// borrows its text from `bytes` (the hot path: no allocation unless a string holds JSON
+/// escapes or the event carries impressions or a served list).
+pub fn decode_ref(bytes: &[u8]) -> Result<EventRef<'_>, DecodeError> {
+    decode_ref_with_limit(bytes, DEFAULT_MAX_RECORD_BYTES)
+}
+
+/// [`decode_ref`], rejecting anything over `max_bytes`.
+pub fn decode_ref_with_limit(bytes: &[u8], max_bytes: usize) -> Result<EventRef<'_>, DecodeError> {
     if bytes.len() > max_bytes {
         return Err(DecodeError::Oversized {
             len: bytes.len(),
             max: max_bytes,
         });
     }
-    let event: Event =
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    validate(&event)?;
+    // The plain shape producers send is scanned directly; anything else (and every
+    // malformed record) goes to serde_json, which decides and explains.
+    let event: EventRef<'_> = match crate::scan::scan(bytes) {
+        Some(event) => event,
+        None => serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?,
+    };
+    validate_ref(&event)?;
     Ok(event)
+}
+
+/// Whether every byte is printable ASCII (space through `~`): then the text holds no
+/// control and no bidi character, and its only whitespace is the space. Written without
+/// an early exit so that it vectorises.
+#[inline]
+fn printable_ascii(s: &str) -> bool {
+    s.bytes()
+        .fold(true, |ok, b| ok & (b.wrapping_sub(0x20) < 0x5f))
 }
 
 fn check_id(field: &'static str, value: &str) -> Result<(), DecodeError> {
     if value.is_empty() {
         return Err(DecodeError::invalid(field, "must not be empty"));
+    }
+    if value.len() <= MAX_ID_BYTES && printable_ascii(value) {
+        // The common case, decided in one pass: no control or bidi character can be in
+        // it, so only blankness is left of `check_text` and `id_problem`.
+        return if value.bytes().all(|b| b == b' ') {
+            Err(DecodeError::invalid(field, "must not be blank"))
+        } else {
+            Ok(())
+        };
     }
     check_text(field, value, MAX_ID_BYTES)?;
     match id_problem(value) {
@@ -170,6 +209,8 @@ pub fn id_problem(id: &str) -> Option<&'static str> {
         Some("must not be empty")
     } else if id.len() > MAX_ID_BYTES {
         Some("must be at most 128 bytes")
+    } else if printable_ascii(id) {
+        id.bytes().all(|b| b == b' ').then_some("must not be blank")
     } else if id.chars().all(char::is_whitespace) {
         Some("must not be blank")
     } else if id.chars().any(char::is_control) {
@@ -188,7 +229,7 @@ fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), Decode
             format!("{} bytes, over the {max} byte limit", value.len()),
         ));
     }
-    if value.chars().any(char::is_control) {
+    if !printable_ascii(value) && value.chars().any(char::is_control) {
         return Err(DecodeError::invalid(field, "contains control characters"));
     }
     Ok(())
@@ -200,6 +241,11 @@ fn check_opt(field: &'static str, value: Option<&str>, max: usize) -> Result<(),
 
 /// Validates an already decoded event (also used for events built in-process).
 pub fn validate(e: &Event) -> Result<(), DecodeError> {
+    validate_ref(&e.as_event_ref())
+}
+
+/// Validates a borrowed event in place: the rules of [`validate`], which calls it.
+pub fn validate_ref(e: &EventRef<'_>) -> Result<(), DecodeError> {
     check_id("event_id", &e.event_id)?;
     check_id("user_id", &e.user_id)?;
     if e.ts < Timestamp::MIN || e.ts >= Timestamp::MAX {
@@ -282,7 +328,7 @@ pub fn validate(e: &Event) -> Result<(), DecodeError> {
 /// A `recommendation` event names its list, holds 1..=1000 items at positions 1, 2, …
 /// with finite scores and features, and says how it was built; no other type carries a
 /// served list.
-fn validate_served(e: &Event) -> Result<(), DecodeError> {
+fn validate_served(e: &EventRef<'_>) -> Result<(), DecodeError> {
     if e.event_type != EventType::Recommendation {
         if !e.items.is_empty() || e.model_version.is_some() || e.strategy.is_some() {
             return Err(DecodeError::invalid(
@@ -591,6 +637,148 @@ mod tests {
                 e.quantity = qty;
                 e
             })
+    }
+
+    /// The decoder before the borrowed event: [`Event`]'s own `Deserialize`, then
+    /// [`validate`]. The borrowed decoder must agree with it on every input.
+    fn decode_owned(bytes: &[u8]) -> Result<Event, DecodeError> {
+        if bytes.len() > DEFAULT_MAX_RECORD_BYTES {
+            return Err(DecodeError::Oversized {
+                len: bytes.len(),
+                max: DEFAULT_MAX_RECORD_BYTES,
+            });
+        }
+        let e: Event =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        validate(&e)?;
+        Ok(e)
+    }
+
+    /// The id rules as they were written before the one-pass ASCII check.
+    fn id_problem_by_chars(id: &str) -> Option<&'static str> {
+        if id.is_empty() {
+            Some("must not be empty")
+        } else if id.len() > MAX_ID_BYTES {
+            Some("must be at most 128 bytes")
+        } else if id.chars().all(char::is_whitespace) {
+            Some("must not be blank")
+        } else if id.chars().any(char::is_control) {
+            Some("contains control characters")
+        } else if id.chars().any(is_bidi_control) {
+            Some("contains bidirectional control characters")
+        } else {
+            None
+        }
+    }
+
+    /// Text that exercises every branch of the id and text rules: printable ASCII, blanks,
+    /// controls, bidi controls, Unicode whitespace, other non-ASCII, long strings.
+    fn tricky_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9 ._-]{0,30}",
+            "[ \t\n\u{b}\u{c}\r\u{85}\u{a0}\u{2028}]{1,6}",
+            "[a-z \u{0}\u{1f}\u{7f}\u{9f}\u{202e}\u{2066}\u{200e}\u{61c}é✓]{0,12}",
+            "\\PC{0,16}",
+            ".{0,16}",
+            "[a-z]{120,140}",
+            "[a-zé]{60,70}",
+        ]
+    }
+
+    /// A JSON value to put into a field of a valid event: strings (tricky, escaped or
+    /// not), numbers, nulls, arrays and objects.
+    fn field_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::json;
+        prop_oneof![
+            4 => tricky_text().prop_map(|s| json!(s)),
+            1 => any::<i64>().prop_map(|n| json!(n)),
+            1 => any::<f64>().prop_map(|n| json!(n)),
+            1 => Just(json!(null)),
+            1 => Just(json!("2019-10-01T00:00:00Z")),
+            1 => Just(json!({"amount": 5, "currency": "EUR"})),
+            1 => Just(json!({"age_band": "25-34", "gender": "F"})),
+            1 => proptest::collection::vec(tricky_text(), 0..4).prop_map(|v| json!(v)),
+            1 => Just(json!([{"product_id": "p1", "position": 1, "score": 0.5}])),
+        ]
+    }
+
+    const FIELDS: &[&str] = &[
+        "event_id",
+        "ts",
+        "user_id",
+        "session_id",
+        "type",
+        "product_id",
+        "category",
+        "brand",
+        "price",
+        "quantity",
+        "query",
+        "profile",
+        "recommendation_id",
+        "impressions",
+        "items",
+        "model_version",
+        "strategy",
+        "unknown",
+    ];
+
+    proptest! {
+        /// The one-pass ASCII check decides every id and text exactly as the char-by-char
+        /// rules did.
+        #[test]
+        fn id_rules_agree_with_the_char_rules(s in tricky_text()) {
+            prop_assert_eq!(id_problem(&s), id_problem_by_chars(&s));
+            let by_chars = s.chars().any(char::is_control);
+            let text = check_text("category", &s, MAX_TEXT_BYTES);
+            if s.len() <= MAX_TEXT_BYTES {
+                prop_assert_eq!(text.is_err(), by_chars, "{:?}", s);
+            }
+        }
+
+        /// The borrowed decoder accepts, refuses and explains exactly as the owned
+        /// decoder did, and the event it accepts is the same.
+        #[test]
+        fn borrowed_decoding_agrees_with_owned(
+            e in arb_event(),
+            edits in proptest::collection::vec((0..FIELDS.len(), field_value()), 0..3),
+        ) {
+            let mut v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+            for (f, value) in edits {
+                v[FIELDS[f]] = value;
+            }
+            let bytes = v.to_string().into_bytes();
+            let borrowed = decode_ref(&bytes).map(|r| r.to_event());
+            prop_assert_eq!(&borrowed, &decode_owned(&bytes), "{}", v);
+            prop_assert_eq!(decode(&bytes), borrowed);
+        }
+
+        /// Arbitrary bytes and JSON-ish text are refused alike by both decoders.
+        #[test]
+        fn borrowed_decoding_agrees_on_junk(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            s in r#"\{("[a-z_]{1,10}":("[^"]{0,10}"|-?[0-9]{1,20}|\[\]|null|true),?){0,12}\}"#,
+        ) {
+            prop_assert_eq!(decode_ref(&bytes).map(|r| r.to_event()), decode_owned(&bytes));
+            prop_assert_eq!(decode_ref(s.as_bytes()).map(|r| r.to_event()), decode_owned(s.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn the_borrowed_event_borrows_its_text() {
+        let e = decode_ref(GOOD.as_bytes()).unwrap();
+        assert!(matches!(e.user_id.0, Cow::Borrowed("u1")));
+        assert!(matches!(
+            e.category.as_ref().map(|c| &c.0),
+            Some(Cow::Borrowed("electronics.phone"))
+        ));
+        assert_eq!(e.to_event(), decode(GOOD.as_bytes()).unwrap());
+        // An escaped string is unescaped into a copy, and reads the same.
+        let e =
+            decode_ref(br#"{"event_id":"e1","ts":1569888000000,"user_id":"u","type":"search"}"#)
+                .unwrap();
+        assert!(matches!(e.event_id.0, Cow::Owned(_)));
+        assert_eq!(e.event_id, "e1");
     }
 
     proptest! {

@@ -234,17 +234,31 @@ pub struct Profile {
 impl Profile {
     /// The demographic segment key used by the cold-start cache, e.g. `25-34|f|eu`.
     pub fn segment_key(&self) -> Option<CompactString> {
-        if self.age_band.is_none() && self.gender.is_none() && self.region.is_none() {
-            return None;
-        }
-        let part = |p: &Option<CompactString>| p.as_deref().unwrap_or("*").to_ascii_lowercase();
-        Some(compact_str::format_compact!(
-            "{}|{}|{}",
-            part(&self.age_band),
-            part(&self.gender),
-            part(&self.region)
-        ))
+        segment_key(
+            self.age_band.as_deref(),
+            self.gender.as_deref(),
+            self.region.as_deref(),
+        )
     }
+}
+
+/// The demographic segment key of a profile's parts, e.g. `25-34|f|eu` (a missing part is
+/// `*`; none at all is no segment). Shared by [`Profile`] and the borrowed profile.
+pub fn segment_key(
+    age_band: Option<&str>,
+    gender: Option<&str>,
+    region: Option<&str>,
+) -> Option<CompactString> {
+    if age_band.is_none() && gender.is_none() && region.is_none() {
+        return None;
+    }
+    let part = |p: Option<&str>| p.unwrap_or("*").to_ascii_lowercase();
+    Some(compact_str::format_compact!(
+        "{}|{}|{}",
+        part(age_band),
+        part(gender),
+        part(region)
+    ))
 }
 
 /// One validated clickstream event.

@@ -1,8 +1,9 @@
 //! The shard processor: the loop that joins the stages for one shard.
 //!
 //! ```text
-//!  Source::next_batch ─► decode + time bounds (vs arrival) ─┬─ Ok  ─► (users not in memory: StateStore::user_states ─► Aggregator::load_user)
-//!                                │                           │        Aggregator::apply ─► (every flush interval) FeatureStore::write
+//!  Source::next_batch ─► decode_ref + time bounds (vs arrival) ─┬─ Ok  ─► (users not in memory: StateStore::user_states ─► Aggregator::load_user)
+//!                                │                           │        Aggregator::apply_ref (the borrowed event) ─► (every flush interval) FeatureStore::write
+//!                                │                           ├► EventRef::to_event: the owned Event for the archive and the join
 //!                                │                           ├► ArchiveWriter::push
 //!                                │                           └► FeedbackJoin::apply (served lists ⋈ events naming them) ─► labelled rows
 //!                                └─ Err ─► ArchiveWriter::push_dead (reason kept)
@@ -37,8 +38,8 @@ use recstream_features::{Aggregator, FeatureConfig, FeatureStore, StateDelta, St
 use recstream_ingest::archive::{ArchiveWriter, ArchivedRow};
 use recstream_ingest::feedback::{FeedbackRow, encode_feedback, feedback_key};
 use recstream_ingest::{
-    CheckpointStore, DecodeError, ObjectStore, RawRecord, SeqNo, ShardCheckpoint, ShardId, Source,
-    metrics as im,
+    CheckpointStore, DecodeError, EventRef, ObjectStore, RawRecord, SeqNo, ShardCheckpoint,
+    ShardId, Source, metrics as im,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -432,20 +433,23 @@ impl ShardProcessor {
             .into_iter()
             .filter(|rec| self.cp.committed.as_ref().is_none_or(|c| rec.seq > *c))
             .collect();
-        let decoded: Vec<Result<recstream_ingest::Event, DecodeError>> =
+        // Events borrow their text from the records' bytes: the aggregator folds them in
+        // without an owned copy; the archive and the join get an owned event.
+        let decoded: Vec<Result<EventRef<'_>, DecodeError>> =
             records.iter().map(|rec| self.decode(rec)).collect();
         if self.agg.is_partial() {
             self.load_users(&decoded).await?;
         }
-        let mut records = records.into_iter().zip(decoded).peekable();
+        let mut records = records.iter().zip(decoded).peekable();
         while let Some((rec, decoded)) = records.next() {
             match decoded {
-                Ok(event) => {
+                Ok(borrowed) => {
                     accepted += 1;
-                    if matches!(event.event_type, recstream_ingest::EventType::Other(_)) {
+                    if matches!(borrowed.event_type, recstream_ingest::EventType::Other(_)) {
                         unknown += 1;
                     }
-                    self.agg.apply(&event);
+                    self.agg.apply_ref(&borrowed);
+                    let event = borrowed.to_event();
                     self.join.apply(&event, limits, &mut self.feedback);
                     lag = Some(rec.arrival);
                     self.archive.push(ArchivedRow {
@@ -460,12 +464,12 @@ impl ShardProcessor {
                 Err(err) => {
                     dead += 1;
                     self.count_dead(&err);
-                    self.archive.push_dead(&rec, &err);
+                    self.archive.push_dead(rec, &err);
                 }
             }
             let at_pending = self.cp.pending_end.as_ref() == Some(&rec.seq)
                 && records.peek().is_none_or(|(next, _)| next.seq != rec.seq);
-            self.last_seq = Some(rec.seq);
+            self.last_seq = Some(rec.seq.clone());
             self.dirty = true;
             if at_pending {
                 // A previous run wrote an archive object ending exactly here. No eviction:
@@ -493,12 +497,14 @@ impl ShardProcessor {
         Ok(())
     }
 
-    /// Decodes one record and checks its event time against its arrival.
-    fn decode(&self, rec: &RawRecord) -> Result<recstream_ingest::Event, DecodeError> {
+    /// Decodes one record (borrowing its text) and checks its event time against its
+    /// arrival.
+    fn decode<'r>(&self, rec: &'r RawRecord) -> Result<EventRef<'r>, DecodeError> {
         if let Some(err) = &rec.rejected {
             return Err(err.clone());
         }
-        let ev = recstream_ingest::decode::decode_with_limit(&rec.data, self.cfg.max_record_bytes)?;
+        let ev =
+            recstream_ingest::decode::decode_ref_with_limit(&rec.data, self.cfg.max_record_bytes)?;
         recstream_ingest::decode::check_time_bounds(
             ev.ts,
             rec.arrival,
@@ -512,7 +518,7 @@ impl ShardProcessor {
     /// (evicted, or not met since a resume): one read for the whole batch.
     async fn load_users(
         &mut self,
-        decoded: &[Result<recstream_ingest::Event, DecodeError>],
+        decoded: &[Result<EventRef<'_>, DecodeError>],
     ) -> Result<(), ProcessorError> {
         let mut missing: Vec<&str> = decoded
             .iter()
