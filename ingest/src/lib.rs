@@ -28,7 +28,7 @@ pub mod source;
 
 pub use decode::{DecodeError, decode};
 pub use error::IngestError;
-pub use event::{Event, EventType, Money, Profile, ServedItem, Timestamp};
+pub use event::{Event, EventType, Money, ProductInfo, Profile, ServedItem, Timestamp};
 pub use object_store::{LocalObjectStore, ObjectStore};
 pub use record::{RawRecord, SeqNo, ShardCheckpoint, ShardId};
 pub use sink::{EventSink, OutRecord, SinkError};

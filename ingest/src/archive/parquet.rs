@@ -649,7 +649,7 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<ArchivedRow>) -> Result<(), Ing
         let sub = sub_seq.req(i)?;
         let sub = u32::try_from(sub)
             .map_err(|_| parquet_err(format!("row {i}: sub_sequence_number {sub} < 0")))?;
-        let event = Event {
+        let mut event = Event {
             event_id: CompactString::from(event_id.req(i)?),
             ts: Timestamp(ts.req(i)?),
             user_id: CompactString::from(user_id.req(i)?),
@@ -667,14 +667,26 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<ArchivedRow>) -> Result<(), Ing
             items: read_items(items, i)?,
             model_version: model_version.compact(i),
             strategy: strategy.compact(i),
+            product: None,
         };
+        let raw = raw.req(i)?;
+        if event.event_type == EventType::Product {
+            // The catalog entry has no columns of its own; the raw record holds it.
+            #[derive(serde::Deserialize)]
+            struct Entry {
+                product: Option<crate::event::ProductInfo>,
+            }
+            event.product = serde_json::from_str::<Entry>(raw)
+                .ok()
+                .and_then(|e| e.product);
+        }
         out.push(ArchivedRow {
             shard: ShardId::new(shard.req(i)?),
             seq: seq_no,
             sub_seq: sub,
             arrival: Timestamp(arrival.req(i)?),
             event,
-            raw: Bytes::copy_from_slice(raw.req(i)?.as_bytes()),
+            raw: Bytes::copy_from_slice(raw.as_bytes()),
         });
     }
     Ok(())
