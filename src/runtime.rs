@@ -27,7 +27,7 @@ use recstream_ingest::{
 };
 use recstream_model::{ModelArtifact, ModelHandle};
 use recstream_pipeline::kinesis::{AwsParts, KinesisWorkers};
-use recstream_pipeline::{Pipeline, ShardStats, ShardTask, Sinks};
+use recstream_pipeline::{Pipeline, ProductCatalog, ShardStats, ShardTask, Sinks};
 use recstream_scoring::cold_start::redis::RedisColdStartCache;
 use recstream_scoring::feedback::FeedbackFeed;
 use recstream_scoring::{ColdStartCache, ColdStartList, InProcessCache, Recommender};
@@ -91,6 +91,9 @@ impl Runtime {
                 state,
                 checkpoints,
                 objects,
+                // The collector checks product ids against the shop it serves; the
+                // files a replay reads are the operator's own.
+                catalog: None,
             },
             cold,
             None,
@@ -107,7 +110,8 @@ impl Runtime {
                 .await
                 .context("setting up the redis cold-start cache")?,
         );
-        let sinks = parts.sinks();
+        let mut sinks = parts.sinks();
+        sinks.catalog = catalog_check(&cfg).await;
         Ok(Runtime::assemble(cfg, sinks, cold, Some(parts)))
     }
 
@@ -470,5 +474,66 @@ pub fn reset_dir(dir: &Path) -> anyhow::Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+}
+
+/// The catalog the Kinesis shard processors check product ids against, when
+/// `processor.catalog_check` is on: commerce's catalog in its DynamoDB table (existence
+/// cached; see [`recstream_serving::catalog::KnownProducts`]).
+pub async fn catalog_check(cfg: &Config) -> Option<Arc<dyn ProductCatalog>> {
+    if !cfg.processor.catalog_check {
+        return None;
+    }
+    let store: Arc<dyn recstream_commerce::CommerceStore> =
+        Arc::new(recstream_commerce::DynamoStore::from_env(&cfg.aws).await);
+    let catalog = Arc::new(recstream_commerce::StoreCatalog::new(store));
+    Some(Arc::new(CatalogCheck(
+        recstream_serving::catalog::KnownProducts::new(catalog, 1_000_000),
+    )))
+}
+
+/// [`ProductCatalog`] over commerce's catalog: a product is known when the catalog holds
+/// it, sellable or not; `product` events become [`recstream_commerce::StoreCatalog::upsert`]s.
+struct CatalogCheck(recstream_serving::catalog::KnownProducts);
+
+#[async_trait::async_trait]
+impl ProductCatalog for CatalogCheck {
+    async fn known(&self, ids: &[&str]) -> Result<Vec<bool>, String> {
+        self.0.known(ids).await
+    }
+
+    async fn write(
+        &self,
+        products: &[&recstream_ingest::Event],
+    ) -> Result<Vec<Option<String>>, String> {
+        use recstream_commerce::CommerceError;
+        let mut out = Vec::with_capacity(products.len());
+        for e in products {
+            let (Some(id), Some(p), Some(price)) = (&e.product_id, &e.product, &e.price) else {
+                out.push(Some("a product event needs product_id, product and price".into()));
+                continue;
+            };
+            let entry = recstream_commerce::catalog::SeedProduct {
+                id: id.to_string(),
+                name: p.title.clone(),
+                category: e.category.as_ref().map(ToString::to_string),
+                price: price.clone(),
+                stock: p.stock,
+                active: p.active,
+            };
+            match self.0.catalog().upsert(&entry).await {
+                Ok(_) => {
+                    self.0.remember(id);
+                    out.push(None);
+                }
+                // The entry itself is refused; a store failure or a write conflict with
+                // a concurrent update is retried with the batch.
+                Err(
+                    CommerceError::BadRequest(m) | CommerceError::Unprocessable { message: m, .. },
+                ) => out.push(Some(m)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(out)
     }
 }

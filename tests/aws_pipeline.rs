@@ -618,3 +618,154 @@ async fn two_processors_share_four_shards_and_a_sigkill_loses_and_doubles_nothin
         "each record archived once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_catalog_check_the_kinesis_processor_writes_product_events_and_dead_letters_products_the_dynamodb_catalog_lacks()
+ {
+    use recstream_commerce::catalog::SeedProduct;
+    use recstream_commerce::{Catalog, DynamoStore, StoreCatalog};
+    use recstream_ingest::archive::dead_letter::read_dead_letters;
+    use recstream_ingest::archive::read_archive;
+    use recstream_ingest::datasets::{self, Dataset};
+    use recstream_ingest::object_store::S3ObjectStore;
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    if !services_available("kinesis_processor_catalog_check", SERVICES) {
+        return;
+    }
+    let s = setup("catalog", 1);
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("[processor]\n", "[processor]\ncatalog_check = true\n");
+    std::fs::write(&s.config, text).unwrap();
+    cli(&["init"], &s.config);
+
+    // The shop's catalog, in its DynamoDB table: every other product of the rows.
+    let events: Vec<recstream_ingest::Event> = datasets::load(Dataset::Rees46, &s.csv)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.event.ok())
+        .collect();
+    assert_eq!(events.len(), ROWS);
+    let products: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e.product_id.as_deref())
+        .collect();
+    let sold: BTreeSet<&str> = products.iter().copied().step_by(2).collect();
+    let store = Arc::new(DynamoStore::from_env(&s.aws).await);
+    store.create_table_if_missing().await.unwrap();
+    let seed: Vec<SeedProduct> = sold
+        .iter()
+        .map(|id| SeedProduct {
+            id: id.to_string(),
+            name: format!("product {id}"),
+            category: None,
+            price: recstream_ingest::Money::new(1_000, "USD"),
+            stock: 5,
+            active: true,
+        })
+        .collect();
+    let catalog = StoreCatalog::new(store);
+    assert_eq!(catalog.seed(&seed).await.unwrap(), sold.len());
+
+    // Producers write to the stream directly (no collector in between).
+    let put = cli(
+        &[
+            "replay",
+            "rees46",
+            "--to",
+            "kinesis",
+            "--json",
+            "--path",
+            s.csv.to_str().unwrap(),
+        ],
+        &s.config,
+    );
+    assert!(put.status.success());
+    // Then the back office adds one of the products the shop lacked, and a shopper views
+    // it: the entry reaches the catalog, and the view counts.
+    let added = *products.difference(&sold).next().unwrap();
+    let jsonl = s.dir.path().join("backoffice.jsonl");
+    let lines = [
+        serde_json::json!({"event_id": "entry-1", "ts": "2019-10-01T06:00:00Z",
+            "user_id": "backoffice", "type": "product", "product_id": added,
+            "price": {"amount": 4_500, "currency": "USD"},
+            "product": {"title": "Added from the stream", "stock": 7}}),
+        serde_json::json!({"event_id": "view-1", "ts": "2019-10-01T06:00:01Z",
+            "user_id": "newcomer", "type": "view", "product_id": added}),
+    ];
+    std::fs::write(
+        &jsonl,
+        lines.iter().map(|l| l.to_string() + "\n").collect::<String>(),
+    )
+    .unwrap();
+    let put = cli(
+        &["replay", "events", "--to", "kinesis", "--json", "--path", jsonl.to_str().unwrap()],
+        &s.config,
+    );
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+
+    let objects = S3ObjectStore::from_env(&s.aws).await;
+    let child = processor(&s.config, &s.dir.path().join("processor.log"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (archived, dead) = loop {
+        let archived = read_archive(&objects, "events/").await.unwrap_or_default();
+        let dead = read_dead_letters(&objects, "dead-letter/")
+            .await
+            .unwrap_or_default();
+        if archived.len() + dead.len() >= ROWS + 2 {
+            break (archived, dead);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processed {} + {} of {} records in 120 s",
+            archived.len(),
+            dead.len(),
+            ROWS + 2
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    stop(child);
+
+    let want_dead = events
+        .iter()
+        .filter(|e| !sold.contains(e.product_id.as_deref().unwrap()))
+        .count();
+    assert!(want_dead > 0 && want_dead < ROWS);
+    assert_eq!(
+        (archived.len(), dead.len()),
+        (ROWS - want_dead + 2, want_dead)
+    );
+    assert!(archived.iter().all(|r| {
+        let p = r.event.product_id.as_deref().unwrap();
+        sold.contains(p) || p == added
+    }));
+    let entry = catalog.product(added).await.unwrap().expect("added from the stream");
+    assert_eq!(
+        (entry.product.name.as_str(), entry.available),
+        ("Added from the stream", 7)
+    );
+    for d in &dead {
+        assert_eq!(d.kind, "invalid_product_id", "{d:?}");
+        assert!(d.reason.ends_with("is not in the catalog"), "{d:?}");
+    }
+    // The features hold the shop's products only.
+    let features = dynamo(&s).await;
+    let unsold: Vec<&str> = products
+        .difference(&sold)
+        .copied()
+        .filter(|p| *p != added)
+        .take(50)
+        .collect();
+    assert!(
+        features
+            .products(&unsold)
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_none)
+    );
+    let viewed = features.products(&[added]).await.unwrap();
+    assert_eq!(viewed[0].as_ref().map(|p| p.counts.view), Some(1));
+}

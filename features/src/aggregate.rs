@@ -54,7 +54,7 @@ fn kind_of(t: &EventType) -> usize {
         EventType::Purchase => 3,
         EventType::Search => 4,
         EventType::Click => 5,
-        EventType::Recommendation | EventType::Other(_) => 6,
+        EventType::Recommendation | EventType::Product | EventType::Other(_) => 6,
     }
 }
 
@@ -318,7 +318,8 @@ impl Aggregator {
     }
 
     /// Folds one validated event into the state. A `recommendation` event (a list the
-    /// server showed, not something the shopper did) changes nothing here.
+    /// server showed) and a `product` event (a catalog entry) are not something a shopper
+    /// did: they change nothing here.
     pub fn apply(&mut self, e: &Event) {
         self.apply_ref(&e.as_event_ref());
     }
@@ -327,7 +328,7 @@ impl Aggregator {
     /// are decoded with [`recstream_ingest::decode_ref`] and never copied into an owned
     /// event); [`Aggregator::apply`] is this on a view of an owned event.
     pub fn apply_ref(&mut self, e: &EventRef<'_>) {
-        if e.event_type == EventType::Recommendation {
+        if !e.event_type.is_activity() {
             return;
         }
         let kind = kind_of(&e.event_type);

@@ -76,6 +76,7 @@ impl DecodeError {
                 "quantity" => "invalid_quantity",
                 "recommendation_id" => "invalid_recommendation_id",
                 "items" | "model_version" | "strategy" => "invalid_served_list",
+                "product" | "product.title" | "product.stock" => "invalid_product",
                 _ => "invalid_other",
             },
         }
@@ -322,7 +323,48 @@ pub fn validate_ref(e: &EventRef<'_>) -> Result<(), DecodeError> {
     for i in &e.impressions {
         check_id("impressions", i)?;
     }
+    validate_product(e)?;
     validate_served(e)
+}
+
+const MAX_TITLE_BYTES: usize = 512;
+
+/// A `product` event carries its catalog entry (title 1..=512 bytes, stock not negative)
+/// and a price; no other type carries one.
+fn validate_product(e: &EventRef<'_>) -> Result<(), DecodeError> {
+    match (&e.event_type, &e.product) {
+        (EventType::Product, Some(p)) => {
+            if p.title.trim().is_empty() {
+                return Err(DecodeError::invalid("product.title", "must not be blank"));
+            }
+            check_text("product.title", &p.title, MAX_TITLE_BYTES)?;
+            if p.stock < 0 {
+                return Err(DecodeError::invalid(
+                    "product.stock",
+                    format!("{} must not be negative", p.stock),
+                ));
+            }
+            if e.price.is_none() {
+                return Err(DecodeError::invalid(
+                    "price",
+                    "required for `product` events",
+                ));
+            }
+            Ok(())
+        }
+        (EventType::Product, None) => Err(DecodeError::invalid(
+            "product",
+            "required for `product` events",
+        )),
+        (_, Some(_)) => Err(DecodeError::invalid(
+            "product",
+            format!(
+                "`product` belongs to `product` events, not `{}`",
+                e.event_type
+            ),
+        )),
+        (_, None) => Ok(()),
+    }
 }
 
 /// A `recommendation` event names its list, holds 1..=1000 items at positions 1, 2, …
@@ -477,6 +519,44 @@ mod tests {
         "recommendation_id":"r1","strategy":"personalized","model_version":"v7",
         "items":[{"product_id":"p1","position":1,"score":0.9,"features":[0.5,1.0]},
                  {"product_id":"p2","position":2,"score":0.4}]}"#;
+
+    #[test]
+    fn product_events_carry_their_catalog_entry() {
+        let entry = |product: &str, price: &str| {
+            format!(
+                r#"{{"event_id":"p","ts":1569888000000,"user_id":"backoffice","type":"product","product_id":"sofa-1"{price}{product}}}"#
+            )
+        };
+        let price = r#","price":{"amount":12900,"currency":"EUR"}"#;
+        let e = decode(entry(r#","product":{"title":"Sofa","stock":3}"#, price).as_bytes()).unwrap();
+        assert_eq!(e.event_type, EventType::Product);
+        assert!(!e.event_type.is_activity());
+        let p = e.product.as_ref().unwrap();
+        assert_eq!((p.title.as_str(), p.stock, p.active), ("Sofa", 3, true));
+        assert_eq!(decode(&e.to_json()).unwrap(), e);
+
+        let bad = |product: &str, price: &str| {
+            decode(entry(product, price).as_bytes()).unwrap_err()
+        };
+        let missing = bad("", price);
+        assert_eq!((missing.kind(), field_of(missing)), ("invalid_product", "product"));
+        let blank = bad(r#","product":{"title":" ","stock":3}"#, price);
+        assert_eq!(field_of(blank), "product.title");
+        let negative = bad(r#","product":{"title":"Sofa","stock":-1}"#, price);
+        assert_eq!(field_of(negative), "product.stock");
+        let no_price = bad(r#","product":{"title":"Sofa","stock":1}"#, "");
+        assert_eq!(field_of(no_price), "price");
+        assert!(matches!(
+            bad(r#","product":{"title":"Sofa","stock":1,"colour":"red"}"#, price),
+            DecodeError::Malformed(_)
+        ));
+        // Only a `product` event carries one.
+        let view = decode(
+            br#"{"event_id":"v","ts":1569888000000,"user_id":"u","type":"view","product_id":"sofa-1","product":{"title":"Sofa","stock":3}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(field_of(view), "product");
+    }
 
     #[test]
     fn recommendation_events_carry_their_served_list() {

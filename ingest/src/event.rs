@@ -97,6 +97,12 @@ pub enum EventType {
     Search,
     /// A recommendation or search result was clicked.
     Click,
+    /// The shop's catalog entry for `product_id` (published by its back office onto the
+    /// stream, never accepted from a client of the collector): `product` holds the title,
+    /// the units on hand and whether it is sold; `price` and `category` the rest. Shard
+    /// processors with the catalog configured write it to the catalog (absolute values:
+    /// a replay writes the same); it is never aggregated into features.
+    Product,
     /// A recommendations response as served (published by the server, not by the shop):
     /// `recommendation_id`, the ranked `items`, `model_version` and `strategy`. The shard
     /// processor joins the clicks, carts and purchases that name its id to it; it is
@@ -118,6 +124,7 @@ impl EventType {
             "search" => EventType::Search,
             "click" => EventType::Click,
             "recommendation" => EventType::Recommendation,
+            "product" => EventType::Product,
             other => EventType::Other(CompactString::from(other)),
         }
     }
@@ -132,6 +139,7 @@ impl EventType {
             EventType::Search => "search",
             EventType::Click => "click",
             EventType::Recommendation => "recommendation",
+            EventType::Product => "product",
             EventType::Other(s) => s,
         }
     }
@@ -145,7 +153,14 @@ impl EventType {
                 | EventType::RemoveFromCart
                 | EventType::Purchase
                 | EventType::Click
+                | EventType::Product
         )
+    }
+
+    /// Whether this is something a shopper did (the types features are made of); served
+    /// lists and catalog entries are not.
+    pub fn is_activity(&self) -> bool {
+        !matches!(self, EventType::Recommendation | EventType::Product)
     }
 }
 
@@ -215,6 +230,23 @@ impl Money {
             currency: CompactString::from(currency),
         }
     }
+}
+
+/// The catalog part of a `product` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductInfo {
+    /// Display name (1 to 512 bytes).
+    pub title: String,
+    /// Units on hand (not negative; reservations of open carts are kept apart).
+    pub stock: i64,
+    /// Whether it is for sale (default true).
+    #[serde(default = "for_sale")]
+    pub active: bool,
+}
+
+fn for_sale() -> bool {
+    true
 }
 
 /// Optional demographics, used for cold start.
@@ -313,6 +345,9 @@ pub struct Event {
     /// How a `recommendation` event's list was built (`personalized`, `cold_start`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<CompactString>,
+    /// The catalog entry of a `product` event (only on that type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<ProductInfo>,
 }
 
 impl Event {
@@ -336,6 +371,7 @@ impl Event {
             items: Vec::new(),
             model_version: None,
             strategy: None,
+            product: None,
         }
     }
 

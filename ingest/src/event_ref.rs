@@ -21,7 +21,7 @@ use compact_str::CompactString;
 use serde::de::{Deserializer, Error, Unexpected, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::event::{Event, EventType, Money, Profile, ServedItem, Timestamp};
+use crate::event::{Event, EventType, Money, ProductInfo, Profile, ServedItem, Timestamp};
 
 /// A string of a record: borrowed from the record's bytes, or unescaped into a copy when
 /// the JSON string holds escapes.
@@ -234,6 +234,9 @@ pub struct EventRef<'a> {
     /// How a `recommendation` event's list was built.
     #[serde(default, borrow)]
     pub strategy: Option<Str<'a>>,
+    /// The catalog entry of a `product` event (owned: only that rare type has one).
+    #[serde(default)]
+    pub product: Option<Cow<'a, ProductInfo>>,
 }
 
 impl EventRef<'_> {
@@ -264,6 +267,7 @@ impl EventRef<'_> {
             items: self.items.to_vec(),
             model_version: opt_owned(&self.model_version),
             strategy: opt_owned(&self.strategy),
+            product: self.product.as_deref().cloned(),
         }
     }
 }
@@ -296,6 +300,7 @@ impl Event {
             items: Cow::Borrowed(&self.items),
             model_version: opt(&self.model_version),
             strategy: opt(&self.strategy),
+            product: self.product.as_ref().map(Cow::Borrowed),
         }
     }
 }

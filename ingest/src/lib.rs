@@ -30,7 +30,7 @@ pub mod source;
 
 pub use decode::{DecodeError, decode, decode_ref};
 pub use error::IngestError;
-pub use event::{Event, EventType, Money, Profile, ServedItem, Timestamp};
+pub use event::{Event, EventType, Money, ProductInfo, Profile, ServedItem, Timestamp};
 pub use event_ref::{EventRef, MoneyRef, ProfileRef, Str};
 pub use object_store::{LocalObjectStore, ObjectStore};
 pub use record::{RawRecord, SeqNo, ShardCheckpoint, ShardId};

@@ -28,3 +28,5 @@ pub const FEEDBACK_JOIN_TOTAL: &str = "recstream_ingest_feedback_join_total";
 /// Labelled impressions the join wrote for the online learners (labels: `shard`, `label`:
 /// `engaged`, `ignored`).
 pub const FEEDBACK_ROWS_TOTAL: &str = "recstream_ingest_feedback_rows_total";
+/// Catalog entries (`product` events) the shard processors wrote to the shop's catalog.
+pub const CATALOG_WRITES_TOTAL: &str = "recstream_ingest_catalog_writes_total";

@@ -105,6 +105,7 @@ pub fn scan(bytes: &[u8]) -> Option<EventRef<'_>> {
         items: Cow::Borrowed(&[]),
         model_version: borrowed(e.model_version),
         strategy: borrowed(e.strategy),
+        product: None,
     })
 }
 

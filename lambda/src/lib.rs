@@ -79,6 +79,7 @@ impl StreamProcessor {
             state: store,
             checkpoints: Arc::new(ConditionalCheckpoints::new(dynamo, &cfg.aws)),
             objects: Arc::new(S3ObjectStore::new(&sdk, &cfg.aws)),
+            catalog: recstream::runtime::catalog_check(cfg).await,
         };
         let read_ahead = ReadAhead {
             api: Arc::new(SdkKinesis(aws_sdk_kinesis::Client::new(&sdk))),

@@ -101,6 +101,7 @@ async fn stores(tag: &str, create_bucket: bool) -> Stores {
         state: features.clone(),
         checkpoints,
         objects: objects.clone(),
+        catalog: None,
     };
     Stores {
         aws,

@@ -240,9 +240,14 @@ fn function_envs(t: &Value) -> Vec<(String, BTreeMap<String, Value>)> {
         .collect()
 }
 
-/// A TOML value standing for what the variable will hold at run time.
-fn toml_value(key: &str, v: &Value) -> String {
+/// A TOML value standing for what the variable will hold at run time (`!Ref` to a
+/// parameter: its default).
+fn toml_value(key: &str, v: &Value, params: &Value) -> String {
     match v {
+        Value::Tagged(t) if t.tag == "Ref" && params.get(&t.value).is_some() => {
+            let param = &params[&t.value];
+            toml_value(key, &param["Default"], params)
+        }
         Value::String(s) if s.parse::<i64>().is_ok() => s.clone(),
         Value::String(s) if s == "true" || s == "false" => s.clone(),
         Value::String(s) => format!("{s:?}"),
@@ -279,7 +284,7 @@ fn every_functions_environment_is_a_valid_configuration() {
             sections
                 .entry(parts)
                 .or_default()
-                .push(format!("{leaf} = {}", toml_value(k, v)));
+                .push(format!("{leaf} = {}", toml_value(k, v, &t["Parameters"])));
         }
         let mut text = String::new();
         for (section, lines) in &sections {

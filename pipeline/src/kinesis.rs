@@ -71,13 +71,14 @@ impl AwsParts {
     }
 
     /// The processor's stores in AWS mode: DynamoDB features, checkpoints in the lease
-    /// table, S3 objects.
+    /// table, S3 objects; no catalog check (the caller sets [`Sinks::catalog`]).
     pub fn sinks(&self) -> Sinks {
         Sinks {
             features: self.dynamo.clone(),
             state: self.dynamo.clone(),
             checkpoints: Arc::new(self.coordinator.clone()),
             objects: self.s3.clone(),
+            catalog: None,
         }
     }
 

@@ -7,7 +7,8 @@
 //!        │ next_batch
 //!        ▼
 //!  processor::ShardProcessor (one per shard)
-//!        ├─ decode ─► features::Aggregator ─► FeatureStore::write     (every flush interval)
+//!        ├─ decode (+ catalog::ProductCatalog: unknown product ids dead-lettered)
+//!        │        ─► features::Aggregator ─► FeatureStore::write     (every flush interval)
 //!        ├─ join::FeedbackJoin: served lists ⋈ clicks ─► feedback rows ─► ObjectStore (at each checkpoint)
 //!        ├─ archive: Parquet + dead letters ─► ObjectStore            (at each checkpoint)
 //!        └─ checkpoint: intent ─► roll ─► flush ─► state delta ─► CheckpointStore::save
@@ -24,11 +25,13 @@
 //! [`Sinks`] holds the stores a processor writes to, behind their traits; the embedded
 //! and AWS implementations both live in `recstream-ingest` and `recstream-features`.
 
+pub mod catalog;
 pub mod join;
 pub mod kinesis;
 pub mod processor;
 mod runner;
 
+pub use catalog::ProductCatalog;
 pub use processor::{
     ProcessorConfig, ProcessorError, Resume, ShardProcessor, ShardStats, ShardSummary, Sinks,
     resume,

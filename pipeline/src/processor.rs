@@ -1,7 +1,9 @@
 //! The shard processor: the loop that joins the stages for one shard.
 //!
 //! ```text
-//!  Source::next_batch ─► decode_ref + time bounds (vs arrival) ─┬─ Ok  ─► (users not in memory: StateStore::user_states ─► Aggregator::load_user)
+//!  Source::next_batch ─► decode_ref + time bounds (vs arrival)
+//!                        + product ids in the catalog (Sinks::catalog, when set)
+//!                                │                          ┌─ Ok  ─► (users not in memory: StateStore::user_states ─► Aggregator::load_user)
 //!                                │                           │        Aggregator::apply_ref (the borrowed event) ─► (every flush interval) FeatureStore::write
 //!                                │                           ├► EventRef::to_event: the owned Event for the archive and the join
 //!                                │                           ├► ArchiveWriter::push
@@ -44,6 +46,7 @@ use recstream_ingest::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::catalog::ProductCatalog;
 use crate::join::{FeedbackJoin, JoinLimits, OUTCOMES};
 
 /// How a processor batches, flushes and checkpoints.
@@ -70,6 +73,11 @@ pub struct ProcessorConfig {
     /// 0 = no bound. Off by default: replays of historical logs into a stream are
     /// legitimate (a file replay's arrival is the event time, so it is never judged).
     pub max_event_age_ms: u64,
+    /// Check the product ids of stream records against the shop's catalog (the commerce
+    /// store) and dead-letter those it does not hold. For producers that write to Kinesis
+    /// directly; the collector always checks when a shop is served. Off by default: with
+    /// no catalog loaded, every product event would be refused.
+    pub catalog_check: bool,
     /// Served lists (`recommendation` events) the feedback join keeps per shard.
     pub feedback_max_lists: usize,
     /// How long after it was served a list takes feedback, ms of event time.
@@ -87,6 +95,7 @@ impl Default for ProcessorConfig {
             archive_max_bytes: 64 * 1024 * 1024,
             max_future_skew_ms: recstream_ingest::decode::DEFAULT_MAX_FUTURE_SKEW_MS,
             max_event_age_ms: 0,
+            catalog_check: false,
             feedback_max_lists: 10_000,
             feedback_ttl_ms: 30 * 60 * 1000,
         }
@@ -166,7 +175,7 @@ pub struct ShardSummary {
     pub finished: bool,
 }
 
-/// The stores a processor writes to.
+/// The stores a processor writes to, and the catalog it checks product ids against.
 #[derive(Clone)]
 pub struct Sinks {
     /// Where flushed features go.
@@ -177,6 +186,9 @@ pub struct Sinks {
     pub checkpoints: Arc<dyn CheckpointStore>,
     /// Where archive objects, dead letters and state snapshots go.
     pub objects: Arc<dyn ObjectStore>,
+    /// The shop's catalog: events naming a product it does not hold are dead-lettered
+    /// (`None`: no check, as with `processor.catalog_check = false`).
+    pub catalog: Option<Arc<dyn ProductCatalog>>,
 }
 
 /// Why a processor stopped before its source finished.
@@ -192,6 +204,9 @@ pub enum ProcessorError {
     /// A shard task could not be set up, panicked or was cancelled.
     #[error("shard task failed: {0}")]
     Task(String),
+    /// The catalog could not be read; nothing of the batch was applied (it is retried).
+    #[error("catalog unavailable: {0}")]
+    Catalog(String),
 }
 
 impl ProcessorError {
@@ -275,6 +290,101 @@ pub async fn resume(
         aggregator,
         join,
     })
+}
+
+/// Writes the batch's `product` events to the catalog, in stream order (before the
+/// check, so that the batch's other events may name a product it adds).
+/// Entries the catalog refuses become dead letters (`product`: its reason).
+async fn write_products(
+    catalog: &dyn ProductCatalog,
+    decoded: &mut [Result<EventRef<'_>, DecodeError>],
+) -> Result<(), ProcessorError> {
+    let (at, products): (Vec<usize>, Vec<recstream_ingest::Event>) = decoded
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| d.as_ref().ok().map(|e| (i, e)))
+        .filter(|(_, e)| e.event_type == recstream_ingest::EventType::Product)
+        .map(|(i, e)| (i, e.to_event()))
+        .unzip();
+    if products.is_empty() {
+        return Ok(());
+    }
+    let products: Vec<&recstream_ingest::Event> = products.iter().collect();
+    let refused = catalog
+        .write(&products)
+        .await
+        .map_err(ProcessorError::Catalog)?;
+    if refused.len() != at.len() {
+        return Err(ProcessorError::Catalog(format!(
+            "wrote {} products, told about {}",
+            at.len(),
+            refused.len()
+        )));
+    }
+    let written = refused.iter().filter(|r| r.is_none()).count();
+    metrics::counter!(im::CATALOG_WRITES_TOTAL).increment(written as u64);
+    for (i, problem) in at.into_iter().zip(refused) {
+        if let Some(problem) = problem {
+            decoded[i] = Err(DecodeError::Invalid {
+                field: "product",
+                problem: problem.into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Turns the events of `decoded` whose product the catalog does not hold into dead
+/// letters (`product_id`: not in the catalog): one lookup for the batch's distinct ids.
+async fn check_catalog(
+    catalog: &dyn ProductCatalog,
+    decoded: &mut [Result<EventRef<'_>, DecodeError>],
+) -> Result<(), ProcessorError> {
+    let mut ids: Vec<&str> = decoded
+        .iter()
+        .filter_map(|d| d.as_ref().ok())
+        .filter(|e| e.event_type.needs_product() && e.event_type.is_activity())
+        .filter_map(|e| e.product_id.as_deref())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let known = catalog.known(&ids).await.map_err(ProcessorError::Catalog)?;
+    if known.len() != ids.len() {
+        return Err(ProcessorError::Catalog(format!(
+            "asked for {} products, told about {}",
+            ids.len(),
+            known.len()
+        )));
+    }
+    let unknown: std::collections::HashSet<String> = ids
+        .iter()
+        .zip(&known)
+        .filter(|(_, k)| !**k)
+        .map(|(id, _)| (*id).to_owned())
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    for d in decoded.iter_mut() {
+        let refused = match d {
+            Ok(e) if e.event_type.needs_product() && e.event_type.is_activity() => e
+                .product_id
+                .as_deref()
+                .filter(|p| unknown.contains(*p))
+                .map(str::to_owned),
+            _ => None,
+        };
+        if let Some(id) = refused {
+            *d = Err(DecodeError::Invalid {
+                field: "product_id",
+                problem: format!("`{id}` is not in the catalog").into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The suffix of a checkpoint's state object (a [`StateDelta`]).
@@ -435,8 +545,12 @@ impl ShardProcessor {
             .collect();
         // Events borrow their text from the records' bytes: the aggregator folds them in
         // without an owned copy; the archive and the join get an owned event.
-        let decoded: Vec<Result<EventRef<'_>, DecodeError>> =
+        let mut decoded: Vec<Result<EventRef<'_>, DecodeError>> =
             records.iter().map(|rec| self.decode(rec)).collect();
+        if let Some(catalog) = &self.sinks.catalog {
+            write_products(catalog.as_ref(), &mut decoded).await?;
+            check_catalog(catalog.as_ref(), &mut decoded).await?;
+        }
         if self.agg.is_partial() {
             self.load_users(&decoded).await?;
         }
@@ -523,7 +637,7 @@ impl ShardProcessor {
         let mut missing: Vec<&str> = decoded
             .iter()
             .filter_map(|d| d.as_ref().ok())
-            .filter(|e| e.event_type != recstream_ingest::EventType::Recommendation)
+            .filter(|e| e.event_type.is_activity())
             .map(|e| e.user_id.as_str())
             .filter(|u| !self.agg.is_resident(u))
             .collect();

@@ -117,6 +117,7 @@ fn stores() -> Stores {
         state: store.clone(),
         features: store,
         objects: objects.clone(),
+        catalog: None,
     };
     Stores {
         _dir: dir,

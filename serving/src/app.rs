@@ -435,6 +435,18 @@ async fn collect(
                     ),
                 ));
             }
+            Ok(ev) if ev.event_type == recstream_ingest::EventType::Product => {
+                // Catalog entries come from the back office over the stream, or through
+                // the admin endpoints: a client of the collector cannot change the shop.
+                metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => "catalog_entry").increment(1);
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_event",
+                    format!(
+                        "event {i}: `product` events are not accepted here (use PUT /v1/catalog/products/{{product_id}} with an admin token)"
+                    ),
+                ));
+            }
             Ok(ev) => {
                 if let Err(e) = caller.may_write_events_of(&ev.user_id) {
                     metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => "forbidden")

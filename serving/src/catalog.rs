@@ -6,6 +6,8 @@
 //!                                                      one read lock per lookup
 //!                                                      └ miss ─► StoreCatalog::product(id)
 //!  collector   ─► the same lookup: an unknown product id is refused, never applied
+//!  shard processors (Kinesis) ─► KnownProducts::known(ids) ─► known ids (10 min) / unknown (30 s)
+//!                                  └ misses ─► StoreCatalog::product, 16 at a time
 //! ```
 //!
 //! States are cached for a short time (`ttl`, 2 s by default), so a product that sells out
@@ -97,6 +99,77 @@ impl Availability for CatalogAvailability {
         }
         for &i in misses.iter().take(self.capacity) {
             cache.insert(ids[i].into(), (out[i], until));
+        }
+        Ok(out)
+    }
+}
+
+/// How long a product the catalog holds is trusted to exist (products are deactivated,
+/// never deleted).
+pub const KNOWN_TTL: Duration = Duration::from_secs(600);
+/// How long an id the catalog lacks is remembered as unknown (a new product's events are
+/// refused for at most this long after it is added, should they race ahead of it).
+pub const UNKNOWN_TTL: Duration = Duration::from_secs(30);
+/// Catalog reads in flight per lookup.
+const CONCURRENT_READS: usize = 16;
+
+/// Which product ids the catalog holds, for the shard processors' check of stream
+/// records: existence only (sellable or not), cached far longer than availability, with
+/// the misses of a batch read concurrently.
+pub struct KnownProducts {
+    catalog: Arc<StoreCatalog>,
+    known: moka::sync::Cache<String, ()>,
+    unknown: moka::sync::Cache<String, ()>,
+}
+
+impl KnownProducts {
+    /// Over `catalog`, remembering up to `capacity` ids of each kind.
+    pub fn new(catalog: Arc<StoreCatalog>, capacity: u64) -> KnownProducts {
+        KnownProducts {
+            catalog,
+            known: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(KNOWN_TTL)
+                .build(),
+            unknown: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(UNKNOWN_TTL)
+                .build(),
+        }
+    }
+
+    /// Remembers that the catalog now holds `id` (just written).
+    pub fn remember(&self, id: &str) {
+        self.unknown.invalidate(id);
+        self.known.insert(id.to_string(), ());
+    }
+
+    /// The catalog itself.
+    pub fn catalog(&self) -> &StoreCatalog {
+        &self.catalog
+    }
+
+    /// For each of `ids`, in order, whether the catalog holds it; `Err` when it cannot
+    /// be read.
+    pub async fn known(&self, ids: &[&str]) -> Result<Vec<bool>, String> {
+        use futures::StreamExt;
+        let mut out = vec![false; ids.len()];
+        let mut misses = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if self.known.contains_key(*id) {
+                out[i] = true;
+            } else if !self.unknown.contains_key(*id) {
+                misses.push(i);
+            }
+        }
+        let mut reads = futures::stream::iter(misses)
+            .map(|i| async move { (i, self.catalog.product(ids[i]).await) })
+            .buffer_unordered(CONCURRENT_READS);
+        while let Some((i, read)) = reads.next().await {
+            let held = read.map_err(|e| format!("catalog: {e}"))?.is_some();
+            out[i] = held;
+            let cache = if held { &self.known } else { &self.unknown };
+            cache.insert(ids[i].to_string(), ());
         }
         Ok(out)
     }

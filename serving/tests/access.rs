@@ -279,3 +279,31 @@ async fn the_collector_refuses_an_event_dated_beyond_the_skew_with_422() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(f.sink.0.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn the_collector_refuses_catalog_entries_even_from_the_storefront() {
+    let f = fixture();
+    let entry = json!({"event_id": "cat-1", "ts": "2019-10-01T03:00:00Z", "user_id": "backoffice",
+        "type": "product", "product_id": "p1", "price": {"amount": 1, "currency": "USD"},
+        "product": {"title": "A sofa for a cent", "stock": 100000}});
+    for cred in [Cred::Key(STOREFRONT), Cred::Bearer(token("backoffice"))] {
+        let (status, body) = call(
+            &f.app,
+            "POST",
+            "/v1/events",
+            cred,
+            Some(json!([view("ok-1", "backoffice"), entry.clone()])),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_event", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("`product` events are not accepted"),
+            "{body}"
+        );
+    }
+    assert!(f.sink.0.lock().unwrap().is_empty(), "nothing reaches the stream");
+}

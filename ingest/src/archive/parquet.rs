@@ -711,6 +711,7 @@ impl<'a> EventColumns<'a> {
             items: read_items(self.items, i)?,
             model_version: self.model_version.compact(i),
             strategy: self.strategy.compact(i),
+            product: None,
         })
     }
 }
@@ -726,20 +727,31 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<ArchivedRow>) -> Result<(), Ing
 
     out.reserve(batch.num_rows());
     for i in 0..batch.num_rows() {
-        let event = ev.event(i)?;
+        let mut event = ev.event(i)?;
         let seq_str = seq.req(i)?;
         let seq_no = SeqNo::parse(seq_str)
             .ok_or_else(|| parquet_err(format!("row {i}: `{seq_str}` is not a sequence number")))?;
         let sub = sub_seq.req(i)?;
         let sub = u32::try_from(sub)
             .map_err(|_| parquet_err(format!("row {i}: sub_sequence_number {sub} < 0")))?;
+        let raw = raw.req(i)?;
+        if event.event_type == EventType::Product {
+            // The catalog entry has no columns of its own; the raw record holds it.
+            #[derive(serde::Deserialize)]
+            struct Entry {
+                product: Option<crate::event::ProductInfo>,
+            }
+            event.product = serde_json::from_str::<Entry>(raw)
+                .ok()
+                .and_then(|e| e.product);
+        }
         out.push(ArchivedRow {
             shard: ShardId::new(shard.req(i)?),
             seq: seq_no,
             sub_seq: sub,
             arrival: Timestamp(arrival.req(i)?),
             event,
-            raw: Bytes::copy_from_slice(raw.req(i)?.as_bytes()),
+            raw: Bytes::copy_from_slice(raw.as_bytes()),
         });
     }
     Ok(())
@@ -749,7 +761,8 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<ArchivedRow>) -> Result<(), Ing
 /// rows, never more than a row group) at a time, handing each to `f`, without reading
 /// the provenance columns (`raw`, `shard`, sequence numbers, arrival time): what a batch
 /// job needs of the archive, at a fraction of [`decode_events`]' cost and memory. The
-/// events are the same as `decode_events`' rows' `event`, in the same order.
+/// events are the same as `decode_events`' rows' `event`, in the same order, except that a
+/// `product` event's catalog entry (kept only in `raw`) is not read.
 pub fn decode_event_batches(
     bytes: Bytes,
     batch_rows: usize,
