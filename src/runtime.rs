@@ -510,7 +510,9 @@ impl ProductCatalog for CatalogCheck {
         let mut out = Vec::with_capacity(products.len());
         for e in products {
             let (Some(id), Some(p), Some(price)) = (&e.product_id, &e.product, &e.price) else {
-                out.push(Some("a product event needs product_id, product and price".into()));
+                out.push(Some(
+                    "a product event needs product_id, product and price".into(),
+                ));
                 continue;
             };
             let entry = recstream_commerce::catalog::SeedProduct {

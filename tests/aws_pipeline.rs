@@ -697,14 +697,29 @@ async fn with_catalog_check_the_kinesis_processor_writes_product_events_and_dead
     ];
     std::fs::write(
         &jsonl,
-        lines.iter().map(|l| l.to_string() + "\n").collect::<String>(),
+        lines
+            .iter()
+            .map(|l| l.to_string() + "\n")
+            .collect::<String>(),
     )
     .unwrap();
     let put = cli(
-        &["replay", "events", "--to", "kinesis", "--json", "--path", jsonl.to_str().unwrap()],
+        &[
+            "replay",
+            "events",
+            "--to",
+            "kinesis",
+            "--json",
+            "--path",
+            jsonl.to_str().unwrap(),
+        ],
         &s.config,
     );
-    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
 
     let objects = S3ObjectStore::from_env(&s.aws).await;
     let child = processor(&s.config, &s.dir.path().join("processor.log"));
@@ -741,7 +756,11 @@ async fn with_catalog_check_the_kinesis_processor_writes_product_events_and_dead
         let p = r.event.product_id.as_deref().unwrap();
         sold.contains(p) || p == added
     }));
-    let entry = catalog.product(added).await.unwrap().expect("added from the stream");
+    let entry = catalog
+        .product(added)
+        .await
+        .unwrap()
+        .expect("added from the stream");
     assert_eq!(
         (entry.product.name.as_str(), entry.available),
         ("Added from the stream", 7)

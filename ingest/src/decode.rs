@@ -528,18 +528,21 @@ mod tests {
             )
         };
         let price = r#","price":{"amount":12900,"currency":"EUR"}"#;
-        let e = decode(entry(r#","product":{"title":"Sofa","stock":3}"#, price).as_bytes()).unwrap();
+        let e =
+            decode(entry(r#","product":{"title":"Sofa","stock":3}"#, price).as_bytes()).unwrap();
         assert_eq!(e.event_type, EventType::Product);
         assert!(!e.event_type.is_activity());
         let p = e.product.as_ref().unwrap();
         assert_eq!((p.title.as_str(), p.stock, p.active), ("Sofa", 3, true));
         assert_eq!(decode(&e.to_json()).unwrap(), e);
 
-        let bad = |product: &str, price: &str| {
-            decode(entry(product, price).as_bytes()).unwrap_err()
-        };
+        let bad =
+            |product: &str, price: &str| decode(entry(product, price).as_bytes()).unwrap_err();
         let missing = bad("", price);
-        assert_eq!((missing.kind(), field_of(missing)), ("invalid_product", "product"));
+        assert_eq!(
+            (missing.kind(), field_of(missing)),
+            ("invalid_product", "product")
+        );
         let blank = bad(r#","product":{"title":" ","stock":3}"#, price);
         assert_eq!(field_of(blank), "product.title");
         let negative = bad(r#","product":{"title":"Sofa","stock":-1}"#, price);
@@ -547,7 +550,10 @@ mod tests {
         let no_price = bad(r#","product":{"title":"Sofa","stock":1}"#, "");
         assert_eq!(field_of(no_price), "price");
         assert!(matches!(
-            bad(r#","product":{"title":"Sofa","stock":1,"colour":"red"}"#, price),
+            bad(
+                r#","product":{"title":"Sofa","stock":1,"colour":"red"}"#,
+                price
+            ),
             DecodeError::Malformed(_)
         ));
         // Only a `product` event carries one.

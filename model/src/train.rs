@@ -376,6 +376,24 @@ impl LogSummary {
     }
 }
 
+/// The events of a source that a shopper did: catalog entries (`product` events) carried
+/// on the same stream are dropped (copying a chunk only when it holds one), so that the
+/// back office that sends them is never a user and a product entry never a visit.
+struct ShopperActivity<'a>(&'a mut dyn EventSource);
+
+impl EventSource for ShopperActivity<'_> {
+    fn for_each_chunk(&mut self, f: &mut dyn FnMut(&[Event]) -> Result<()>) -> Result<()> {
+        let catalog = |e: &Event| e.event_type == recstream_ingest::EventType::Product;
+        self.0.for_each_chunk(&mut |chunk| {
+            if !chunk.iter().any(catalog) {
+                return f(chunk);
+            }
+            let kept: Vec<Event> = chunk.iter().filter(|e| !catalog(e)).cloned().collect();
+            if kept.is_empty() { Ok(()) } else { f(&kept) }
+        })
+    }
+}
+
 /// Trains everything from an event source read in time order, holding the models' state
 /// (users, products, co-occurrence counts, training rows) but never the whole log: what
 /// `recstream train` runs on the archive ([`crate::ArchiveSource`]).
@@ -399,6 +417,7 @@ pub fn train_from(
     progress: &mut dyn Progress,
 ) -> Result<(ModelArtifact, Replay)> {
     params.validate()?;
+    let source = &mut ShopperActivity(source);
     let started = Instant::now();
     let mut replay = Replay::new(params.features.clone());
 

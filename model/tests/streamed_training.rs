@@ -196,3 +196,37 @@ async fn partitions_out_of_time_order_are_refused() {
     .unwrap_err();
     assert!(matches!(err, ModelError::Unsorted(_)), "{err}");
 }
+
+#[test]
+fn catalog_entries_on_the_stream_change_nothing_in_training() {
+    let events: Vec<Event> = rees46().into_iter().take(4_000).collect();
+    // Every 50th event followed by a back-office catalog entry for its product.
+    let mut with_catalog = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        with_catalog.push(e.clone());
+        if i % 50 == 0
+            && let Some(p) = &e.product_id
+        {
+            let mut entry = Event::new(
+                &format!("catalog-{i}"),
+                e.ts,
+                "backoffice",
+                recstream_ingest::EventType::Product,
+            );
+            entry.product_id = Some(p.clone());
+            entry.price = Some(recstream_ingest::Money::new(1_999, "USD"));
+            entry.product = Some(recstream_ingest::ProductInfo {
+                title: "Entry".into(),
+                stock: 3,
+                active: true,
+            });
+            with_catalog.push(entry);
+        }
+    }
+    assert!(with_catalog.len() > events.len());
+    let params = TrainParams::default();
+    let (plain, _) = train(&events, "plain", &params, &mut NoProgress).unwrap();
+    let (mixed, _) = train(&with_catalog, "mixed", &params, &mut NoProgress).unwrap();
+    assert_eq!(mixed.meta.events, plain.meta.events);
+    assert_eq!(comparable(&mixed), comparable(&plain));
+}

@@ -277,8 +277,13 @@ async fn product_events_are_written_to_the_catalog_before_the_check_and_never_ag
         e
     };
     let view = |i: i64, id: &str| {
-        Event::new(&format!("e{i}"), Timestamp(T0 + i * 1000), "u", EventType::View)
-            .with_product(id, Some("furniture.chair"))
+        Event::new(
+            &format!("e{i}"),
+            Timestamp(T0 + i * 1000),
+            "u",
+            EventType::View,
+        )
+        .with_product(id, Some("furniture.chair"))
     };
     let events = [
         view(1, "chair-9"),

@@ -438,7 +438,8 @@ async fn collect(
             Ok(ev) if ev.event_type == recstream_ingest::EventType::Product => {
                 // Catalog entries come from the back office over the stream, or through
                 // the admin endpoints: a client of the collector cannot change the shop.
-                metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => "catalog_entry").increment(1);
+                metrics::counter!(m::EVENTS_REJECTED_TOTAL, "reason" => "catalog_entry")
+                    .increment(1);
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid_event",

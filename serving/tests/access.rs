@@ -305,5 +305,8 @@ async fn the_collector_refuses_catalog_entries_even_from_the_storefront() {
             "{body}"
         );
     }
-    assert!(f.sink.0.lock().unwrap().is_empty(), "nothing reaches the stream");
+    assert!(
+        f.sink.0.lock().unwrap().is_empty(),
+        "nothing reaches the stream"
+    );
 }
