@@ -218,7 +218,8 @@ impl<'a> Scanner<'a> {
         let start = self.i;
         let mut v: u64 = 0;
         while let Some(c @ b'0'..=b'9') = self.peek() {
-            v = v * 10 + u64::from(c - b'0');
+            // Wraps past 19 digits; such a number is refused below, whatever `v` holds.
+            v = v.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
             self.i += 1;
         }
         let n = self.i - start;
@@ -320,6 +321,9 @@ mod tests {
             r#"{"event_id":"e\u0031","ts":1,"user_id":"u","type":"view"}"#,
             r#"{"event_id":"e","ts":1.5,"user_id":"u","type":"view"}"#,
             r#"{"event_id":"e","ts":01,"user_id":"u","type":"view"}"#,
+            // Too many digits for the scanner (found by cargo-fuzz: it overflowed once).
+            r#"{"event_id":"e5","ts":170088888888888888888088,"user_id":"u","type":"view"}"#,
+            r#"{"event_id":"e","ts":1,"user_id":"u","type":"view","product_id":"p","quantity":99999999999999999999999999}"#,
             r#"{"event_id":"e","ts":1,"user_id":"u","type":"view","x":1}"#,
             r#"{"event_id":"e","ts":1,"user_id":"u","user_id":"v","type":"view"}"#,
             r#"{"event_id":"e","ts":1,"user_id":"u","type":"view","impressions":["a"]}"#,
