@@ -29,11 +29,16 @@ SMALL="${SMALL:-5000}"
 LARGE="${LARGE:-17434}"
 TARGET="${CARGO_TARGET_DIR:-target}"
 
-cargo build --release -q --bin recstream
 WORK="$(mktemp -d /tmp/recstream-instructions.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
-# A private copy: another build may replace target/release/recstream meanwhile.
-cp "$TARGET/release/recstream" "$WORK/recstream"
+# A private copy: another build may replace target/release/recstream meanwhile
+# (RECSTREAM_BIN: an already built binary instead; nothing is built).
+if [ -n "${RECSTREAM_BIN:-}" ]; then
+  cp "$RECSTREAM_BIN" "$WORK/recstream"
+else
+  cargo build --release -q --bin recstream
+  cp "$TARGET/release/recstream" "$WORK/recstream"
+fi
 
 for n in "$SMALL" "$LARGE"; do
   RECSTREAM__EMBEDDED__DATA_DIR="$WORK/data-$n" RECSTREAM_LOG=warn \
@@ -65,13 +70,14 @@ def load(n):
 
 # Stage → a pattern of the function whose inclusive cost is the stage's.
 STAGES = [
-    ("read the CSV (not pipeline work)", r"cmd_model::load_rows"),
+    ("replay driver: read the CSV, build the records (not pipeline work)", r"recstream::replay::\{\{closure\}\}"),
     ("decode + validate (borrowed)", r"recstream_ingest::decode::decode_ref_with_limit"),
     ("aggregate", r"recstream_features::aggregate::Aggregator::apply_ref\b"),
     ("owned event for the archive and the join", r"EventRef::to_event\b"),
     ("archive: buffer rows", r"ArchiveWriter::push\b"),
     ("feature flush (drain + redb write)", r"ShardProcessor::flush"),
     ("checkpoint (roll: Parquet + dead letters, delta, state rows)", r"ShardProcessor::checkpoint"),
+    ("archive: Parquet encoding of the rolls (a blocking thread)", r"archive::writer::encode_roll"),
 ]
 
 def stage_cost(incl, pat):
