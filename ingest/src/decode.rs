@@ -860,9 +860,10 @@ mod tests {
         ));
         assert_eq!(e.to_event(), decode(GOOD.as_bytes()).unwrap());
         // An escaped string is unescaped into a copy, and reads the same.
-        let e =
-            decode_ref(br#"{"event_id":"e\u0031","ts":1569888000000,"user_id":"u","type":"search"}"#)
-                .unwrap();
+        let e = decode_ref(
+            br#"{"event_id":"e\u0031","ts":1569888000000,"user_id":"u","type":"search"}"#,
+        )
+        .unwrap();
         assert!(matches!(e.event_id.0, Cow::Owned(_)));
         assert_eq!(e.event_id, "e1");
     }
