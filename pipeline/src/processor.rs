@@ -756,9 +756,20 @@ impl ShardProcessor {
         metrics::histogram!(fm::CHECKPOINT_ROWS)
             .record((delta.users.len() + delta.products.len()) as f64);
         self.sinks.objects.put(&key, bytes).await?;
+        // The join state (up to `feedback_max_lists` lists with their feature rows, MBs) is
+        // serialised on a blocking thread: the runtime's workers keep serving meanwhile.
+        // Nothing else touches the join until this checkpoint returns.
+        let join = std::mem::take(&mut self.join);
+        let (join, snapshot) = tokio::task::spawn_blocking(move || {
+            let bytes = join.snapshot();
+            (join, bytes)
+        })
+        .await
+        .map_err(|e| ProcessorError::Task(format!("serialising the join state: {e}")))?;
+        self.join = join;
         self.sinks
             .objects
-            .put(&join_key(&key), Bytes::from(self.join.snapshot()))
+            .put(&join_key(&key), Bytes::from(snapshot))
             .await?;
         let previous = self.cp.snapshot.replace(key.clone());
         self.cp.committed = Some(end.clone());
