@@ -119,7 +119,17 @@ pub fn decode_ref_with_limit(bytes: &[u8], max_bytes: usize) -> Result<EventRef<
     // malformed record) goes to serde_json, which decides and explains.
     let event: EventRef<'_> = match crate::scan::scan(bytes) {
         Some(event) => event,
-        None => serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?,
+        None => match serde_json::from_slice(bytes) {
+            Ok(event) => event,
+            // Explained as serde_json explains it of the owned `Event` (the error path
+            // only), so a dead letter's reason does not depend on which type decoded it.
+            Err(borrowed) => {
+                let why = serde_json::from_slice::<Event>(bytes)
+                    .err()
+                    .unwrap_or(borrowed);
+                return Err(DecodeError::Malformed(why.to_string()));
+            }
+        },
     };
     validate_ref(&event)?;
     Ok(event)

@@ -144,7 +144,7 @@ fn opt_owned(s: &Option<Str<'_>>) -> Option<CompactString> {
 
 /// [`Money`] with a borrowed currency code.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename = "Money", expecting = "struct Money")]
+#[serde(rename = "Money")]
 pub struct MoneyRef<'a> {
     /// Minor units; never a float.
     pub amount: i64,
@@ -155,7 +155,7 @@ pub struct MoneyRef<'a> {
 
 /// [`Profile`] with borrowed text.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(rename = "Profile", expecting = "struct Profile")]
+#[serde(rename = "Profile")]
 pub struct ProfileRef<'a> {
     /// Age band as the shop reports it.
     #[serde(default, borrow)]
@@ -182,7 +182,7 @@ impl ProfileRef<'_> {
 /// An [`Event`] whose text borrows from the record it was decoded from (see the module
 /// docs). Fields, names and order are [`Event`]'s.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename = "Event", expecting = "struct Event")]
+#[serde(rename = "Event")]
 pub struct EventRef<'a> {
     /// The producer's id of the event.
     #[serde(borrow)]
