@@ -345,14 +345,7 @@ async fn load_events(source: &TrainSource) -> anyhow::Result<Vec<Event>> {
     match source {
         TrainSource::Archive { store, prefix } => {
             let rows = recstream_ingest::archive::read_archive(store.as_ref(), prefix).await?;
-            let mut seen = std::collections::HashSet::with_capacity(rows.len());
-            let mut events: Vec<Event> = rows
-                .into_iter()
-                .map(|r| r.event)
-                .filter(|e| seen.insert(e.event_id.clone()))
-                .collect();
-            events.sort_by_key(|e| e.ts);
-            Ok(events)
+            Ok(recstream_ingest::archive::unique_events_by_time(rows))
         }
         TrainSource::Dataset { dataset, path, csv } => {
             let (d, p, csv) = (*dataset, path.clone(), csv.clone());

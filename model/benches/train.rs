@@ -15,38 +15,19 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use recstream_features::ProductFeatures;
 use recstream_ingest::Event;
-use recstream_ingest::datasets::{self, Dataset};
 use recstream_model::{
     CandidateParams, CandidateSignals, LinearScorer, NoProgress, Replay, TrainParams, train,
 };
 
-fn data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("RECSTREAM_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [
-        manifest.join("../../shared/data"),
-        manifest.join("../shared/data"),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
-    .expect("real datasets missing: set RECSTREAM_DATA_DIR")
-}
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-fn rees46() -> Vec<Event> {
-    let rows = datasets::load(Dataset::Rees46, &data_dir().join("rees46_multicat")).unwrap();
-    datasets::sort_by_time(rows)
-        .into_iter()
-        .filter_map(|r| r.event.ok())
-        .collect()
-}
+use support::rees46;
 
 /// `n` events: copies of the sample with distinct users, one after the other in time.
 fn tiled(base: &[Event], n: usize) -> Vec<Event> {

@@ -18,37 +18,19 @@
 // A harness-less bench: nothing here is public API.
 #![allow(missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use recstream_ingest::archive::{ArchiveWriter, ArchivedRow, read_archive};
-use recstream_ingest::datasets::{self, Dataset};
+use recstream_ingest::archive::{ArchiveWriter, ArchivedRow, read_archive, unique_events_by_time};
 use recstream_ingest::{Event, LocalObjectStore, ObjectStore, SeqNo, ShardId, Timestamp};
 use recstream_model::{ArchiveSource, NoProgress, TrainParams, train, train_from};
 
-fn data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("RECSTREAM_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [
-        manifest.join("../../shared/data"),
-        manifest.join("../shared/data"),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
-    .expect("real datasets missing: set RECSTREAM_DATA_DIR")
-}
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-fn rees46() -> Vec<Event> {
-    let rows = datasets::load(Dataset::Rees46, &data_dir().join("rees46_multicat")).unwrap();
-    datasets::sort_by_time(rows)
-        .into_iter()
-        .filter_map(|r| r.event.ok())
-        .collect()
-}
+use support::rees46;
 
 /// Copy `copy` of the sample event `e` (the tiling of benches/train.rs).
 fn tile(e: &Event, copy: usize, span: i64) -> Event {
@@ -143,15 +125,7 @@ async fn train_streamed(dir: &Path) {
 async fn train_whole(dir: &Path) {
     let store = LocalObjectStore::new(dir);
     let t = Instant::now();
-    let rows = read_archive(&store, "events/").await.unwrap();
-    let mut seen = std::collections::HashSet::with_capacity(rows.len());
-    let mut events: Vec<Event> = rows
-        .into_iter()
-        .map(|r| r.event)
-        .filter(|e| seen.insert(e.event_id.clone()))
-        .collect();
-    drop(seen);
-    events.sort_by_key(|e| e.ts);
+    let events = unique_events_by_time(read_archive(&store, "events/").await.unwrap());
     let (a, _) = tokio::task::spawn_blocking(move || {
         train(&events, "bench", &TrainParams::default(), &mut NoProgress)
     })

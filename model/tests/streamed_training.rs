@@ -1,7 +1,6 @@
 //! Training streamed from a Parquet archive, one partition at a time, produces the same
 //! artifact as loading the whole archive, deduplicating, sorting and training on it.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatchReader;
@@ -10,34 +9,15 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
-use recstream_ingest::archive::{ArchiveWriter, ArchivedRow, read_archive};
-use recstream_ingest::datasets::{self, Dataset};
+use recstream_ingest::archive::{ArchiveWriter, ArchivedRow, read_archive, unique_events_by_time};
 use recstream_ingest::{Event, LocalObjectStore, ObjectStore, SeqNo, ShardId, Timestamp};
 use recstream_model::{
     ArchiveSource, ModelArtifact, ModelError, NoProgress, TrainParams, train, train_from,
 };
 
-fn data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("RECSTREAM_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [
-        manifest.join("../../shared/data"),
-        manifest.join("../shared/data"),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
-    .expect("real datasets missing: set RECSTREAM_DATA_DIR")
-}
+mod support;
 
-fn rees46() -> Vec<Event> {
-    let rows = datasets::load(Dataset::Rees46, &data_dir().join("rees46_multicat")).unwrap();
-    datasets::sort_by_time(rows)
-        .into_iter()
-        .filter_map(|r| r.event.ok())
-        .collect()
-}
+use support::rees46;
 
 fn archived(shard: &ShardId, seq: u64, e: &Event) -> ArchivedRow {
     ArchivedRow {
@@ -133,13 +113,7 @@ async fn streamed_training_equals_training_on_the_whole_archive() {
     // Whole archive: what `recstream train` did before streaming.
     let rows = read_archive(store.as_ref(), "events/").await.unwrap();
     assert!(rows.len() > events.len());
-    let mut seen = std::collections::HashSet::new();
-    let mut whole: Vec<Event> = rows
-        .into_iter()
-        .map(|r| r.event)
-        .filter(|e| seen.insert(e.event_id.clone()))
-        .collect();
-    whole.sort_by_key(|e| e.ts);
+    let whole = unique_events_by_time(rows);
     assert_eq!(whole.len(), events.len());
     let params = TrainParams::default();
     let (loaded, _) = {

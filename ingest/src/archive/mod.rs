@@ -112,6 +112,34 @@ pub fn dead_letter_key(shard: &ShardId, date: NaiveDate, first: &SeqNo, last: &S
     )
 }
 
+/// The Parquet objects under `prefix`, in key order (time order: partitions are
+/// `dt=…/hour=…`).
+pub(crate) async fn parquet_keys<S>(store: &S, prefix: &str) -> Result<Vec<String>, IngestError>
+where
+    S: ObjectStore + ?Sized,
+{
+    Ok(store
+        .list(prefix)
+        .await?
+        .into_iter()
+        .filter(|k| k.ends_with(".parquet"))
+        .collect())
+}
+
+/// The events of archived rows once each (a replayed object repeats event ids: the first
+/// row kept, in the order given), sorted by event time: what a batch job over
+/// [`read_archive`]'s rows trains or evaluates on.
+pub fn unique_events_by_time(rows: Vec<ArchivedRow>) -> Vec<crate::event::Event> {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    let mut events: Vec<crate::event::Event> = rows
+        .into_iter()
+        .map(|r| r.event)
+        .filter(|e| seen.insert(e.event_id.clone()))
+        .collect();
+    events.sort_by_key(|e| e.ts);
+    events
+}
+
 /// Reads every `.parquet` object whose key starts with `prefix` (`events/` for the whole
 /// archive, `events/dt=2019-10-01/` for one day), in key order, rows in file order.
 ///
@@ -121,12 +149,7 @@ pub async fn read_archive<S>(store: &S, prefix: &str) -> Result<Vec<ArchivedRow>
 where
     S: ObjectStore + ?Sized,
 {
-    let keys: Vec<String> = store
-        .list(prefix)
-        .await?
-        .into_iter()
-        .filter(|k| k.ends_with(".parquet"))
-        .collect();
+    let keys = parquet_keys(store, prefix).await?;
     let parts: Vec<Vec<ArchivedRow>> = futures::stream::iter(keys)
         .map(|key| async move {
             // An object deleted between list and get (compaction, retention) is skipped.

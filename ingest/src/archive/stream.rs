@@ -83,12 +83,7 @@ async fn produce(
     prefix: &str,
     tx: &mpsc::Sender<Result<Vec<Event>, IngestError>>,
 ) -> Result<(), IngestError> {
-    let keys: Vec<String> = store
-        .list(prefix)
-        .await?
-        .into_iter()
-        .filter(|k| k.ends_with(".parquet"))
-        .collect();
+    let keys = super::parquet_keys(store, prefix).await?;
     let mut start = 0;
     while start < keys.len() {
         let dir = dir_of(&keys[start]);
