@@ -67,7 +67,7 @@ pub async fn tune(
 ) -> anyhow::Result<recstream_eval::tune::TuneReport> {
     let mut sets = Vec::new();
     for d in Dataset::ALL {
-        let p = data_dir.join(crate::cmd_model::dataset_dir(d));
+        let p = data_dir.join(d.dir());
         if !p.exists() {
             eprintln!("skipping {d}: {} does not exist", p.display());
             continue;

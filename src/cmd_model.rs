@@ -234,7 +234,7 @@ pub async fn eval_all_with(
 ) -> anyhow::Result<Vec<EvalReport>> {
     let mut out = Vec::new();
     for d in Dataset::ALL {
-        let path = data_dir.join(dataset_dir(d));
+        let path = data_dir.join(d.dir());
         if !path.exists() {
             eprintln!("skipping {d}: {} does not exist", path.display());
             continue;
@@ -242,17 +242,6 @@ pub async fn eval_all_with(
         out.push(eval_with(d, &path, params.clone(), json, true).await?);
     }
     Ok(out)
-}
-
-/// The directory of a dataset inside `shared/data`.
-pub fn dataset_dir(d: Dataset) -> &'static str {
-    match d {
-        Dataset::Rees46 => "rees46_multicat",
-        Dataset::Diginetica => "diginetica",
-        Dataset::YooChoose => "yoochoose_rsc15",
-        Dataset::Otto => "otto_sample",
-        Dataset::Events => "events",
-    }
 }
 
 /// A Markdown section with the tables of several reports and the command that made them.

@@ -349,13 +349,10 @@ async fn main() -> anyhow::Result<()> {
             }
             let mut reports = Vec::new();
             let sets: Vec<(Dataset, PathBuf)> = match dataset {
-                Some(d) => vec![(
-                    d,
-                    path.unwrap_or_else(|| data_dir.join(cmd_model::dataset_dir(d))),
-                )],
+                Some(d) => vec![(d, path.unwrap_or_else(|| data_dir.join(d.dir())))],
                 None => Dataset::ALL
                     .into_iter()
-                    .map(|d| (d, data_dir.join(cmd_model::dataset_dir(d))))
+                    .map(|d| (d, data_dir.join(d.dir())))
                     .filter(|(d, p)| {
                         let found = p.exists();
                         if !found {
@@ -396,7 +393,7 @@ async fn main() -> anyhow::Result<()> {
             let params = cmd_model::eval_params(params.as_deref())?;
             let reports = match dataset {
                 Some(d) => {
-                    let p = path.unwrap_or_else(|| data_dir.join(cmd_model::dataset_dir(d)));
+                    let p = path.unwrap_or_else(|| data_dir.join(d.dir()));
                     vec![cmd_model::eval_with(d, &p, params, json, true).await?]
                 }
                 None => cmd_model::eval_all_with(&data_dir, &params, json).await?,
@@ -431,7 +428,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn default_dataset_path(d: Dataset) -> PathBuf {
-    PathBuf::from("../shared/data").join(cmd_model::dataset_dir(d))
+    PathBuf::from("../shared/data").join(d.dir())
 }
 
 /// An object store from a location: `s3://bucket[/prefix]` or a local directory.

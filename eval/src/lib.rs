@@ -658,9 +658,10 @@ fn fit_methods(
     train_events: &[Event],
     params: &EvalParams,
 ) -> Result<(ServedPath, Baselines, Ease)> {
-    // The ranker learns on the candidate sets the endpoint builds.
+    // The ranker learns on the candidate sets (and lists) the endpoint builds.
     let tp = TrainParams {
         candidates: params.scoring.candidate_params(),
+        list_depth: params.scoring.rerank_depth.max(2),
         ..params.train.clone()
     };
     let (artifact, replay) = train(train_events, "eval", &tp, &mut NoProgress)?;

@@ -20,6 +20,7 @@
 use std::time::Instant;
 
 use recstream_ingest::Event;
+use recstream_model::Objective;
 use serde::{Deserialize, Serialize};
 
 use crate::{EvalParams, Report, Result, Summary, evaluate};
@@ -58,27 +59,33 @@ pub const WIDE: Budgets = Budgets {
 };
 
 /// One explicit point: per-category cap of the list, cold-start half-life (days), how
-/// many of each user's first product events the cold-start lists count (0 = all), and
-/// the candidate budgets (named).
-pub type Setting = (usize, f64, usize, (&'static str, Budgets));
+/// many of each user's first product events the cold-start lists count (0 = all), the
+/// candidate budgets (named), and the ranker's training objective.
+pub type Setting = (usize, f64, usize, (&'static str, Budgets), Objective);
+
+const POINT: Objective = Objective::Pointwise;
+const LIST: Objective = Objective::Listwise;
 
 /// The grid, first the former defaults. Small on purpose (each point is a full
-/// evaluation of every dataset, about a minute on a 2-core machine): the cap (4, 10, none),
-/// the cold-start half-life (7 or 90 days) and new visitors' events only, the budgets.
-pub const SETTINGS: [Setting; 6] = [
-    (4, 7.0, 0, ("base", BASE)),
-    (4, 90.0, 0, ("wide", WIDE)),
-    (10, 90.0, 0, ("wide", WIDE)),
-    (100, 90.0, 0, ("wide", WIDE)),
-    (100, 90.0, 10, ("wide", WIDE)),
-    (100, 7.0, 0, ("base", BASE)),
+/// evaluation of every dataset): the cap (4, 10, none), the cold-start half-life (7 or 90
+/// days) and new visitors' events only, the budgets, and the ranker's objective (pointwise
+/// logistic regression or the listwise softmax, `recstream_model::listwise`).
+pub const SETTINGS: [Setting; 8] = [
+    (4, 7.0, 0, ("base", BASE), POINT),
+    (4, 90.0, 0, ("wide", WIDE), POINT),
+    (10, 90.0, 0, ("wide", WIDE), POINT),
+    (100, 90.0, 0, ("wide", WIDE), POINT),
+    (100, 90.0, 10, ("wide", WIDE), POINT),
+    (100, 7.0, 0, ("base", BASE), POINT),
+    (100, 90.0, 0, ("wide", WIDE), LIST),
+    (100, 90.0, 10, ("wide", WIDE), LIST),
 ];
 
 /// The grid over `base`: [`SETTINGS`], in order.
 pub fn grid(base: &EvalParams) -> Vec<GridPoint> {
     SETTINGS
         .iter()
-        .map(|&(cap, days, first, (bname, b))| {
+        .map(|&(cap, days, first, (bname, b), objective)| {
             let mut p = base.clone();
             p.scoring.max_per_category = cap;
             p.train.cold_start_half_life_secs = days * 86_400.0;
@@ -86,13 +93,20 @@ pub fn grid(base: &EvalParams) -> Vec<GridPoint> {
             p.scoring.seed_items = b.seed_items;
             p.scoring.neighbours_per_seed = b.neighbours_per_seed;
             p.scoring.per_category = b.per_category;
+            p.train.objective = objective;
             let cold = if first == 0 {
                 "all".to_string()
             } else {
                 format!("first{first}")
             };
             GridPoint {
-                name: format!("cap={cap} cold={days}d/{cold} cands={bname}"),
+                name: format!(
+                    "cap={cap} cold={days}d/{cold} cands={bname} rank={}",
+                    match objective {
+                        Objective::Pointwise => "pointwise",
+                        Objective::Listwise => "listwise",
+                    }
+                ),
                 params: p,
             }
         })

@@ -13,7 +13,7 @@ use linfa::dataset::AsSingleTargets;
 use linfa::prelude::*;
 use linfa_ftrl::Ftrl;
 use linfa_logistic::LogisticRegression;
-use ndarray::{Array1, Array2, ArrayBase, ArrayView2, Data, Ix2, ShapeBuilder};
+use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, Data, Ix2, ShapeBuilder};
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256Plus;
 use recstream_features::{ProductFeatures, UserFeatures};
@@ -235,7 +235,11 @@ struct Folded {
 }
 
 impl AffinityModel {
-    fn from_parts(schema: FeatureSchema, weights: Vec<f64>, intercept: f64) -> AffinityModel {
+    pub(crate) fn from_parts(
+        schema: FeatureSchema,
+        weights: Vec<f64>,
+        intercept: f64,
+    ) -> AffinityModel {
         let (w, b) = fold(&schema, &weights, intercept);
         AffinityModel {
             schema,
@@ -493,6 +497,11 @@ impl OnlineValidParams {
 
 /// The online ranker: FTRL over standardised features plus a bias column, learning from
 /// the live stream with `update` between batch retrainings.
+///
+/// Either FTRL is the whole model (pre-trained on the pointwise rows), or it learns a
+/// correction on top of a fixed base ([`OnlineRanker::on`], the listwise model): the logit
+/// is `base·x̃ + ftrl·x̃`, FTRL's gradient is taken at that logit (linfa-ftrl's `update`
+/// with the combined probabilities), and the correction starts at zero.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OnlineRanker {
     /// The feature schema the ranker scores over (the batch model's, at pre-training).
@@ -500,6 +509,10 @@ pub struct OnlineRanker {
     /// The checked hyper-parameters it was built with.
     pub params: OnlineValidParams,
     ftrl: Ftrl<f64>,
+    /// The fixed part of the logit over standardised features (`NUM_FEATURES` weights,
+    /// then the intercept), when FTRL learns a correction to a batch model.
+    #[serde(default)]
+    base: Option<Vec<f64>>,
     /// Updates applied (rows), batch pre-training included.
     pub updates: u64,
     #[serde(skip)]
@@ -507,11 +520,61 @@ pub struct OnlineRanker {
 }
 
 impl OnlineRanker {
+    /// An online ranker that starts exactly at `base` (its scores equal the base model's)
+    /// and learns a correction from feedback.
+    pub fn on(base: &AffinityModel, params: &OnlineValidParams) -> Result<OnlineRanker> {
+        let fp = params.ftrl_params().check().map_err(ModelError::Ftrl)?;
+        let ftrl = Ftrl::new(fp, NUM_FEATURES + 1);
+        // linfa-ftrl starts from a random state: the base absorbs whatever weights that
+        // gives, so the sum starts at the base model.
+        let w0 = ftrl.get_weights();
+        let mut b: Vec<f64> = base.weights.iter().zip(&w0).map(|(b, w)| b - w).collect();
+        b.push(base.intercept - w0[NUM_FEATURES]);
+        let mut r = OnlineRanker {
+            schema: base.schema.clone(),
+            params: params.clone(),
+            ftrl,
+            base: Some(b),
+            updates: 0,
+            folded: None,
+        };
+        r.refold();
+        Ok(r)
+    }
+
+    /// Weights over standardised features and the bias column: FTRL's, plus the base's.
+    fn weights(&self) -> Array1<f64> {
+        let mut w = self.ftrl.get_weights();
+        if let Some(b) = &self.base {
+            w += &ArrayView1::from(b.as_slice());
+        }
+        w
+    }
+
     fn refold(&mut self) {
-        let w = self.ftrl.get_weights();
+        let w = self.weights();
         let (b, rest) = (w[NUM_FEATURES], w.as_slice().expect("contiguous"));
         let (w, b) = fold(&self.schema, &rest[..NUM_FEATURES], b);
         self.folded = Some(Folded { w, b });
+    }
+
+    /// One FTRL step on design rows (standardised, bias column last): its gradient at the
+    /// whole model's probabilities.
+    fn step(
+        &mut self,
+        fp: &linfa_ftrl::FtrlParams<f64, Xoshiro256Plus>,
+        z: Array2<f64>,
+        labels: &[bool],
+    ) -> Result<()> {
+        let ds = Dataset::new(z, Array1::from(labels.to_vec()));
+        if self.base.is_none() {
+            self.ftrl = fp.fit_with(Some(self.ftrl.clone()), &ds)?;
+        } else {
+            let logits = ds.records().dot(&self.weights());
+            let probs = logits.mapv(|l| linfa::dataset::Pr::new(sigmoid(l) as f32));
+            self.ftrl.update(&ds, probs.view());
+        }
+        Ok(())
     }
 
     /// Re-derives the serving weights after deserialisation and checks compatibility.
@@ -519,7 +582,12 @@ impl OnlineRanker {
         self.schema
             .check_compatible()
             .map_err(ModelError::Incompatible)?;
-        if self.ftrl.z().len() != NUM_FEATURES + 1 {
+        if self.ftrl.z().len() != NUM_FEATURES + 1
+            || self
+                .base
+                .as_ref()
+                .is_some_and(|b| b.len() != NUM_FEATURES + 1 || b.iter().any(|v| !v.is_finite()))
+        {
             return Err(ModelError::Incompatible(
                 "ftrl state has the wrong length".into(),
             ));
@@ -564,11 +632,8 @@ impl OnlineRanker {
                 "feature values must be finite".into(),
             ));
         }
-        let ds = Dataset::new(self.design(rows), Array1::from(engaged.to_vec()));
-        self.ftrl = self
-            .params
-            .ftrl_params()
-            .fit_with(Some(self.ftrl.clone()), &ds)?;
+        let z = self.design(rows);
+        self.step(&self.params.ftrl_params(), z, engaged)?;
         self.updates += engaged.len() as u64;
         self.refold();
         Ok(())
@@ -620,6 +685,7 @@ where
                     schema,
                     params: self.clone(),
                     ftrl: Ftrl::new(fp, NUM_FEATURES + 1),
+                    base: None,
                     updates: 0,
                     folded: None,
                 };
@@ -635,8 +701,7 @@ where
                 let end = (start + self.batch_size).min(x.nrows());
                 let rows = x.slice_axis(ndarray::Axis(0), ndarray::Slice::from(start..end));
                 let z = ranker.design(rows);
-                let ds = Dataset::new(z, Array1::from(labels[start..end].to_vec()));
-                ranker.ftrl = fp.fit_with(Some(ranker.ftrl.clone()), &ds)?;
+                ranker.step(&fp, z, &labels[start..end])?;
                 ranker.updates += (end - start) as u64;
                 start = end;
             }
@@ -714,5 +779,30 @@ mod tests {
         let back: OnlineRanker = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         let back = back.prepare().unwrap();
         assert!((back.logit(&row) - r.logit(&row)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ftrl_on_a_base_model_starts_there_and_learns_a_correction() {
+        let (x, y) = toy(2000);
+        let base = AffinityParams::new()
+            .fit(&Dataset::new(x.clone(), y.clone()))
+            .unwrap();
+        // l1 < 1: linfa-ftrl's random start gives non-zero weights, which the base absorbs.
+        let params = OnlineParams::new().l1(0.1).check().unwrap();
+        let r = OnlineRanker::on(&base, &params).unwrap();
+        let row: PairFeatures = std::array::from_fn(|j| x[[0, j]]);
+        assert!((r.logit(&row) - base.logit(&row)).abs() < 1e-9);
+
+        // Feedback that contradicts the base moves the scores, in the right direction.
+        let mut r2 = r.clone();
+        for _ in 0..50 {
+            r2.update(&row, false).unwrap();
+        }
+        assert!(r2.logit(&row) < base.logit(&row) - 0.1);
+        // The correction is what is stored: a round trip keeps base and correction.
+        let back: OnlineRanker =
+            serde_json::from_str(&serde_json::to_string(&r2).unwrap()).unwrap();
+        let back = back.prepare().unwrap();
+        assert!((back.logit(&row) - r2.logit(&row)).abs() < 1e-9);
     }
 }

@@ -23,6 +23,7 @@ pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod features;
+pub mod listwise;
 pub mod metrics;
 pub mod params;
 pub mod progress;
@@ -48,6 +49,7 @@ pub use features::{
     CandidateSignals, FEATURE_NAMES, FeatureSchema, NUM_FEATURES, PairFeatures, UserContext,
 };
 pub use metrics::SetMetrics;
+pub use params::Objective;
 pub use progress::{NoProgress, Progress};
 pub use replay::Replay;
 pub use segments::{SegmentMember, SegmentParams, SegmentProfile, Segments, read_members_parquet};

@@ -12,6 +12,18 @@ use crate::error::{ModelError, Result};
 use crate::features::FeatureSchema;
 use crate::segments::SegmentParams;
 
+/// The training objective of the ranker (both give the same linear scorer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Logistic regression on each positive and `negatives_per_positive` sampled
+    /// candidates (linfa-logistic).
+    #[default]
+    Pointwise,
+    /// Softmax cross-entropy of each positive within its served list ([`crate::listwise`]).
+    Listwise,
+}
+
 /// Everything a training run can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -20,7 +32,13 @@ pub struct TrainParams {
     pub features: FeatureConfig,
     /// Candidate budgets and filters (must equal scoring's).
     pub candidates: CandidateParams,
-    /// Ignored candidates sampled per positive.
+    /// What the ranker is trained on: `listwise` (each positive's whole served list) or
+    /// `pointwise` (logistic regression on sampled negatives).
+    pub objective: Objective,
+    /// `listwise`: the list of a positive is its top `list_depth` candidates by the blend,
+    /// what the endpoint ranks (`scoring.rerank_depth`).
+    pub list_depth: usize,
+    /// `pointwise`: ignored candidates sampled per positive.
     pub negatives_per_positive: usize,
     /// Positives used at most (sampled uniformly over time); bounds memory and time.
     pub max_positives: usize,
@@ -59,6 +77,8 @@ impl Default for TrainParams {
         TrainParams {
             features: FeatureConfig::default(),
             candidates: CandidateParams::default(),
+            objective: Objective::Pointwise,
+            list_depth: 100,
             negatives_per_positive: 10,
             max_positives: 10_000,
             include_uncovered_positives: false,
@@ -90,6 +110,11 @@ impl TrainParams {
         if self.negatives_per_positive == 0 || self.negatives_per_positive > 1000 {
             return Err(ModelError::InvalidParams(
                 "negatives_per_positive must be in 1..=1000".into(),
+            ));
+        }
+        if self.list_depth < 2 || self.list_depth > 1000 {
+            return Err(ModelError::InvalidParams(
+                "list_depth must be in 2..=1000".into(),
             ));
         }
         if self.max_positives == 0 {

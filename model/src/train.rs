@@ -24,7 +24,7 @@ use rand_xoshiro::Xoshiro256Plus;
 use recstream_ingest::Event;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::affinity::{AffinityModel, OnlineRanker};
+use crate::affinity::{AffinityModel, LinearScorer, OnlineRanker};
 use crate::artifact::{ModelArtifact, TrainingMeta};
 use crate::cold_start::ColdStartCounts;
 use crate::embed::CoOccurrence;
@@ -35,6 +35,7 @@ use crate::replay::Replay;
 use crate::segments::Segments;
 use crate::source::EventSource;
 
+use crate::params::Objective;
 /// Re-exported where it was defined before the artifact needed it (see [`crate::params`]).
 pub use crate::params::TrainParams;
 
@@ -45,6 +46,9 @@ pub struct TrainingSet {
     pub rows: Vec<f64>,
     /// One label per row: `true` for the positive.
     pub labels: Vec<bool>,
+    /// The lists: list `g` is rows `starts[g]..starts[g + 1]`, its positive first; the
+    /// last entry is the number of rows (empty while there are no lists).
+    pub starts: Vec<usize>,
     /// Eligible positives in the log (the user's next, different product).
     pub eligible: u64,
     /// Positives sampled.
@@ -230,18 +234,40 @@ fn sample_rows(
     } else if !params.include_uncovered_positives {
         return;
     }
-    let others: Vec<usize> = (0..cands.len()).filter(|i| Some(*i) != pos).collect();
-    if others.is_empty() {
+    let idx: Vec<usize> = match params.objective {
+        Objective::Pointwise => {
+            let mut idx: Vec<usize> = (0..cands.len()).filter(|i| Some(*i) != pos).collect();
+            // Sample negatives without replacement (partial Fisher–Yates).
+            let k = params.negatives_per_positive.min(idx.len());
+            for j in 0..k {
+                let r = rng.gen_range(j..idx.len());
+                idx.swap(j, r);
+            }
+            idx.truncate(k);
+            idx
+        }
+        Objective::Listwise => {
+            // The list the endpoint ranks: the best `list_depth` by the blend (ties by id,
+            // as `Recommender` breaks them); a positive outside it is not ranked there.
+            let mut order: Vec<usize> = (0..cands.len()).collect();
+            order.sort_unstable_by(|&a, &b| {
+                cands[b]
+                    .1
+                    .heuristic()
+                    .total_cmp(&cands[a].1.heuristic())
+                    .then_with(|| cands[a].0.cmp(&cands[b].0))
+            });
+            order.truncate(params.list_depth);
+            if pos.is_some_and(|p| !order.contains(&p)) && !params.include_uncovered_positives {
+                return;
+            }
+            order.retain(|i| Some(*i) != pos);
+            order
+        }
+    };
+    if idx.is_empty() {
         return;
     }
-    // Sample negatives without replacement (partial Fisher–Yates).
-    let k = params.negatives_per_positive.min(others.len());
-    let mut idx = others;
-    for j in 0..k {
-        let r = rng.gen_range(j..idx.len());
-        idx.swap(j, r);
-    }
-    idx.truncate(k);
 
     // The user's price reference comes from the candidates they engaged with.
     let known: Vec<_> = cands
@@ -253,6 +279,9 @@ fn sample_rows(
     let target_view = replay.product_or_empty(target);
     let target_signals = pos.map(|p| cands[p].1).unwrap_or_default();
     ctx.pair(&target_view, &target_signals, x);
+    if set.starts.is_empty() {
+        set.starts.push(0);
+    }
     set.rows.extend_from_slice(x);
     set.labels.push(true);
     for i in idx {
@@ -262,6 +291,7 @@ fn sample_rows(
         set.rows.extend_from_slice(x);
         set.labels.push(false);
     }
+    set.starts.push(set.labels.len());
 }
 
 /// Ranking quality on training rows: AUC (probability a positive outranks a negative).
@@ -290,7 +320,9 @@ pub fn auc(scores: &[f64], labels: &[bool]) -> f64 {
     (rank_sum - (pos * (pos + 1)) as f64 / 2.0) / (pos as f64 * neg as f64)
 }
 
-/// Fits both rankers on a training set.
+/// Fits both rankers on a training set: the batch model by `params.objective`, and the
+/// online (FTRL) ranker — pre-trained on the rows when pointwise, a zero correction on top
+/// of the listwise model when listwise (it then learns only from feedback).
 pub fn fit_rankers(
     set: &TrainingSet,
     params: &TrainParams,
@@ -300,23 +332,43 @@ pub fn fit_rankers(
             "no training rows: the log has no repeat users with candidates".into(),
         ));
     }
-    let ds = set.dataset();
     let t = Instant::now();
-    let model = params.affinity_params().fit(&ds)?;
-    let lr_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let online = params
-        .online
-        .check_ref()?
-        .fit_with(Err(model.schema.clone()), &ds)?;
+    let (model, online) = match params.objective {
+        Objective::Pointwise => {
+            let ds = set.dataset();
+            let model = params.affinity_params().fit(&ds)?;
+            let online = params
+                .online
+                .check_ref()?
+                .fit_with(Err(model.schema.clone()), &ds)?;
+            (model, online)
+        }
+        Objective::Listwise => {
+            let model = crate::listwise::fit(
+                params.schema(),
+                &set.rows,
+                &set.starts,
+                params.l2,
+                params.max_iterations,
+            )?;
+            let online = OnlineRanker::on(&model, params.online.check_ref()?)?;
+            (model, online)
+        }
+    };
+    let scores: Vec<f64> = set
+        .rows
+        .chunks_exact(NUM_FEATURES)
+        .map(|x| model.logit(x.try_into().expect("whole rows")))
+        .collect();
+    let train_auc = auc(&scores, &set.labels);
     tracing::info!(
         rows = set.len(),
-        lr_secs,
-        ftrl_secs = t.elapsed().as_secs_f64(),
+        lists = set.starts.len().saturating_sub(1),
+        objective = ?params.objective,
+        fit_secs = t.elapsed().as_secs_f64(),
+        train_auc,
         "rankers fitted"
     );
-    let probs = model.predict(ds.records());
-    let train_auc = auc(probs.as_slice().expect("contiguous"), &set.labels);
     Ok((model, online, train_auc))
 }
 

@@ -13,8 +13,8 @@ use recstream_ingest::datasets::{self, Dataset};
 use recstream_ingest::{Event, EventType, LocalObjectStore, ObjectStore};
 use recstream_model::{
     CandidateParams, CandidateSignals, EvalParams, LinearScorer, ModelArtifact, ModelHandle,
-    NoProgress, TrainParams, evaluate, list_versions, load_current, read_members_parquet,
-    temporal_split, train,
+    NoProgress, Objective, TrainParams, build_training_set, evaluate, list_versions, load_current,
+    read_members_parquet, temporal_split, train,
 };
 
 fn data_dir() -> PathBuf {
@@ -56,8 +56,47 @@ fn quick() -> TrainParams {
 /// products the user has never touched (a model that cannot do that is useless).
 #[test]
 fn model_ranks_bought_products_above_never_seen_ones() {
+    bought_above_never_seen(quick());
+}
+
+/// The same for the listwise ranker, which must also score with its online twin (FTRL on
+/// top of it, no correction yet) exactly as the batch model.
+#[test]
+fn listwise_model_ranks_bought_products_above_never_seen_ones() {
+    bought_above_never_seen(TrainParams {
+        objective: Objective::Listwise,
+        ..quick()
+    });
+}
+
+/// The listwise training set holds whole lists: the positive first, then the other
+/// candidates of the served list, at most `list_depth` rows each.
+#[test]
+fn listwise_training_lists_are_the_served_lists() {
+    let (train_events, _) = temporal_split(rees46(), 0.7);
+    let params = TrainParams {
+        objective: Objective::Listwise,
+        list_depth: 40,
+        ..quick()
+    };
+    let mut replay = recstream_model::Replay::new(params.features.clone());
+    let set = build_training_set(&mut replay, &train_events, &params, &mut NoProgress).unwrap();
+    assert!(set.starts.len() > 100, "{} lists", set.starts.len());
+    assert_eq!(*set.starts.last().unwrap(), set.len());
+    for w in set.starts.windows(2) {
+        let n = w[1] - w[0];
+        assert!((2..=40).contains(&n), "a list of {n} rows");
+        assert!(set.labels[w[0]], "the positive comes first");
+        assert!(!set.labels[w[0] + 1..w[1]].iter().any(|l| *l));
+    }
+    // Lists are longer than the pointwise groups (1 + 10 sampled negatives).
+    let mean = set.len() as f64 / (set.starts.len() - 1) as f64;
+    assert!(mean > 11.0, "mean list length {mean}");
+}
+
+fn bought_above_never_seen(params: TrainParams) {
     let (train_events, test_events) = temporal_split(rees46(), 0.7);
-    let (artifact, mut replay) = train(&train_events, "rees46", &quick(), &mut NoProgress).unwrap();
+    let (artifact, mut replay) = train(&train_events, "rees46", &params, &mut NoProgress).unwrap();
     assert!(artifact.meta.rows > 1000, "{:?}", artifact.meta);
     let catalog: Vec<String> = {
         let mut c: Vec<String> = train_events
@@ -106,6 +145,13 @@ fn model_ranks_bought_products_above_never_seen_ones() {
                 .map(|v| (v.as_ref(), signals(&v.product_id)))
                 .collect();
             artifact.affinity.score_into(&user, &batch, &mut scores);
+            if params.objective == Objective::Listwise {
+                let mut online = Vec::new();
+                artifact.online.score_into(&user, &batch, &mut online);
+                for (a, b) in scores.iter().zip(&online) {
+                    assert!((a - b).abs() < 1e-9, "online {b} vs batch {a}");
+                }
+            }
             purchases += 1;
             for s in &scores[1..] {
                 pairs += 1;

@@ -67,6 +67,17 @@ impl Dataset {
         Dataset::Otto,
     ];
 
+    /// The dataset's directory in the layout of `shared/data` (`--data-dir`).
+    pub fn dir(self) -> &'static str {
+        match self {
+            Dataset::Rees46 => "rees46_multicat",
+            Dataset::Diginetica => "diginetica",
+            Dataset::YooChoose => "yoochoose_rsc15",
+            Dataset::Otto => "otto_sample",
+            Dataset::Events => "events",
+        }
+    }
+
     /// The name used on the command line, in shard ids and in event ids.
     pub fn name(self) -> &'static str {
         match self {
