@@ -29,10 +29,10 @@ impl Decayed {
         if self.value == 0.0 && self.at == 0 {
             *self = Decayed { value: w, at: t };
         } else if t >= self.at {
-            self.value = self.value * factor(t - self.at, half_life_ms) + w;
+            self.value = self.value * factor(t.saturating_sub(self.at), half_life_ms) + w;
             self.at = t;
         } else {
-            self.value += w * factor(self.at - t, half_life_ms);
+            self.value += w * factor(self.at.saturating_sub(t), half_life_ms);
         }
     }
 
@@ -42,7 +42,7 @@ impl Decayed {
         if t <= self.at {
             self.value
         } else {
-            self.value * factor(t - self.at, half_life_ms)
+            self.value * factor(t.saturating_sub(self.at), half_life_ms)
         }
     }
 
@@ -62,6 +62,27 @@ mod tests {
     use proptest::prelude::*;
 
     const H: f64 = 3_600_000.0;
+
+    /// Timestamps from a restored snapshot are not trusted to be near each other: a value
+    /// stamped at `i64::MIN` read at `i64::MAX` (found by cargo-fuzz, `snapshot_restore`)
+    /// decays to zero instead of overflowing.
+    #[test]
+    fn timestamps_at_the_ends_of_i64_do_not_overflow() {
+        let old = Decayed {
+            value: 5.0,
+            at: i64::MIN,
+        };
+        assert_eq!(old.value_at(i64::MAX, H), 0.0);
+        let mut d = old;
+        d.add(1.0, i64::MAX, H);
+        assert_eq!((d.value, d.at), (1.0, i64::MAX));
+        let mut late = Decayed {
+            value: 5.0,
+            at: i64::MAX,
+        };
+        late.add(1.0, i64::MIN, H);
+        assert_eq!(late.value, 5.0);
+    }
 
     #[test]
     fn halves_after_one_half_life() {
