@@ -28,6 +28,10 @@ use crate::affinity::AffinityModel;
 use crate::error::{ModelError, Result};
 use crate::features::{FeatureSchema, NUM_FEATURES};
 
+fn dot(x: &[f64], w: &[f64]) -> f64 {
+    x.iter().zip(w).map(|(a, b)| a * b).sum()
+}
+
 /// Lists of standardised rows: list `g` is `rows[starts[g]..starts[g + 1]]` (in rows),
 /// its first row the positive.
 #[derive(Clone, Copy)]
@@ -58,10 +62,7 @@ impl Lists<'_> {
         for g in 0..self.len() {
             let list = self.list(g);
             scores.clear();
-            scores.extend(
-                list.chunks_exact(NUM_FEATURES)
-                    .map(|x| x.iter().zip(w).map(|(a, b)| a * b).sum::<f64>()),
-            );
+            scores.extend(list.chunks_exact(NUM_FEATURES).map(|x| dot(x, w)));
             let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
             let lse = max + sum.ln();
@@ -200,7 +201,7 @@ fn platt(lists: &Lists<'_>, w: &[f64]) -> (f64, f64) {
     let mut y = Vec::with_capacity(s.capacity());
     for g in 0..lists.len() {
         for (i, x) in lists.list(g).chunks_exact(NUM_FEATURES).enumerate() {
-            s.push(x.iter().zip(w).map(|(a, b)| a * b).sum::<f64>());
+            s.push(dot(x, w));
             y.push(i == 0);
         }
     }

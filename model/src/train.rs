@@ -249,12 +249,11 @@ fn sample_rows(
         Objective::Listwise => {
             // The list the endpoint ranks: the best `list_depth` by the blend (ties by id,
             // as `Recommender` breaks them); a positive outside it is not ranked there.
+            let blend: Vec<f64> = cands.iter().map(|(_, s)| s.heuristic()).collect();
             let mut order: Vec<usize> = (0..cands.len()).collect();
             order.sort_unstable_by(|&a, &b| {
-                cands[b]
-                    .1
-                    .heuristic()
-                    .total_cmp(&cands[a].1.heuristic())
+                blend[b]
+                    .total_cmp(&blend[a])
                     .then_with(|| cands[a].0.cmp(&cands[b].0))
             });
             order.truncate(params.list_depth);

@@ -1,7 +1,6 @@
 //! Training, scoring, artifacts and exports on a real sample: the REES46 head in
 //! `shared/data` (or `RECSTREAM_DATA_DIR`). A missing data directory fails; nothing is skipped.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,7 +8,6 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_xoshiro::Xoshiro256Plus;
 use recstream_features::ProductFeatures;
-use recstream_ingest::datasets::{self, Dataset};
 use recstream_ingest::{Event, EventType, LocalObjectStore, ObjectStore};
 use recstream_model::{
     CandidateParams, CandidateSignals, EvalParams, LinearScorer, ModelArtifact, ModelHandle,
@@ -17,29 +15,10 @@ use recstream_model::{
     read_members_parquet, temporal_split, train,
 };
 
-fn data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("RECSTREAM_DATA_DIR") {
-        return PathBuf::from(d);
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        manifest.join("../../shared/data"),
-        manifest.join("../shared/data"),
-        PathBuf::from("/work/shared/data"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.is_dir())
-        .cloned()
-        .unwrap_or_else(|| panic!("real datasets missing: set RECSTREAM_DATA_DIR ({candidates:?})"))
-}
+mod support;
 
 fn rees46() -> Vec<Event> {
-    let rows = datasets::load(Dataset::Rees46, &data_dir().join("rees46_multicat")).unwrap();
-    let events: Vec<Event> = datasets::sort_by_time(rows)
-        .into_iter()
-        .filter_map(|r| r.event.ok())
-        .collect();
+    let events = support::rees46();
     assert!(events.len() > 15_000, "the REES46 sample has ~17k events");
     events
 }

@@ -12,13 +12,16 @@ pub fn data_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    [
+    let candidates = [
         manifest.join("../../shared/data"),
         manifest.join("../shared/data"),
-    ]
-    .into_iter()
-    .find(|p| p.is_dir())
-    .expect("real datasets missing: set RECSTREAM_DATA_DIR")
+        PathBuf::from("/work/shared/data"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_dir())
+        .cloned()
+        .unwrap_or_else(|| panic!("real datasets missing: set RECSTREAM_DATA_DIR ({candidates:?})"))
 }
 
 /// The REES46 sample's valid events, sorted by time.
