@@ -4,12 +4,15 @@
 //! ```text
 //!  popularity  engagement-weighted counts of the training log
 //!  history     the user's own items: Σ event-type weight × 2^(−age / half-life)
-//!  covisit     item-kNN on the co-visitation graph of the user's last items (Σ w / (1 + i))
+//!  covisit     item-kNN on the co-visitation graph of the user's last items (Σ w / (1 + i)):
+//!              plain co-occurrence counts within the pipeline's session window, whatever
+//!              order-awareness the served path's features use
 //!  category    best sellers of the user's top categories (by the user's decayed weight)
 //!  ease        EASE item-item regression on the top items (see [`crate::ease`])
 //! ```
 
 use compact_str::CompactString;
+use recstream_features::{Aggregator, FeatureConfig};
 use recstream_ingest::Event;
 use recstream_model::replay::engagement_weight;
 use rustc_hash::FxHashMap;
@@ -47,6 +50,8 @@ pub struct Baselines {
     popular: Vec<String>,
     category_top: FxHashMap<CompactString, Vec<String>>,
     product_category: FxHashMap<CompactString, CompactString>,
+    /// The pipeline's aggregation with plain (symmetric, unweighted) co-visitation.
+    covisitation: Aggregator,
 }
 
 /// Weight of an event for the history and popularity baselines (the aggregation's own
@@ -57,8 +62,15 @@ fn weight(e: &Event) -> f64 {
 }
 
 impl Baselines {
-    /// The static lists from the training log; histories start from it too.
-    pub fn new(train: &[Event], half_life_hours: f64, list_len: usize) -> Baselines {
+    /// The static lists from the training log; histories and co-visitation start from it
+    /// too. Co-visitation counts every pair within `features`' session window once, in
+    /// either order (its order-awareness settings are ignored).
+    pub fn new(
+        train: &[Event],
+        half_life_hours: f64,
+        list_len: usize,
+        features: &FeatureConfig,
+    ) -> Baselines {
         let mut counts: FxHashMap<&str, f64> = FxHashMap::default();
         let mut product_category: FxHashMap<CompactString, CompactString> = FxHashMap::default();
         for e in train {
@@ -91,6 +103,11 @@ impl Baselines {
             popular,
             category_top,
             product_category,
+            covisitation: Aggregator::new(FeatureConfig {
+                covisit_distance_decay: 0.0,
+                covisit_backward: 1.0,
+                ..features.clone()
+            }),
         };
         for e in train {
             b.apply(e);
@@ -98,8 +115,9 @@ impl Baselines {
         b
     }
 
-    /// Folds one event into the user's history.
+    /// Folds one event into the user's history and the co-visitation counts.
     pub fn apply(&mut self, e: &Event) {
+        self.covisitation.apply(e);
         let Some(p) = e.product_id.as_ref() else {
             return;
         };
@@ -193,6 +211,14 @@ impl Baselines {
     }
 }
 
+impl Baselines {
+    /// Item-kNN on the plain co-visitation lists of `seeds` (the user's last items, most
+    /// recent first).
+    pub fn covisit(&self, seeds: &[&str]) -> Vec<String> {
+        covisit(seeds, |s| self.covisitation.product(s).map(|p| p.covisit))
+    }
+}
+
 /// Item-kNN on the co-visitation lists of the user's last `seeds` items.
 pub fn covisit(
     seeds: &[&str],
@@ -231,7 +257,7 @@ mod tests {
             ev("v", EventType::Purchase, "best", "c2", 0),
             ev("v", EventType::Purchase, "best", "c2", 1),
         ];
-        let b = Baselines::new(&train, 1.0, 10);
+        let b = Baselines::new(&train, 1.0, 10, &FeatureConfig::default());
         // Two views 10 half-lives ago lose to one view now; a cart beats a view.
         assert_eq!(b.history("u", 10 * h), vec!["carted", "viewed", "old"]);
         assert_eq!(b.recent("u"), vec!["carted", "viewed", "old"]);
@@ -240,6 +266,29 @@ mod tests {
         // u's strongest category now is c2 (the cart), whose best seller is `best`.
         assert_eq!(b.category("u", 10 * h, 1), vec!["best", "carted"]);
         assert!(b.history("nobody", 0).is_empty());
+    }
+
+    #[test]
+    fn the_covisit_baseline_counts_plain_co_occurrence_whatever_the_served_order() {
+        // The served features see only what followed (sequential rules, 1 / distance);
+        // the baseline still counts every pair in the window once, in either order.
+        let sequential = FeatureConfig {
+            covisit_distance_decay: 1.0,
+            covisit_backward: 0.0,
+            ..FeatureConfig::default()
+        };
+        let train: Vec<Event> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ev("u", EventType::View, p, "x", i as i64).with_session("s"))
+            .collect();
+        let mut b = Baselines::new(&train, 1.0, 10, &sequential);
+        // c follows a and b: a plain count of 1 each, both directions.
+        assert_eq!(b.covisit(&["c"]), vec!["a", "b"]);
+        assert_eq!(b.covisit(&["a"]), vec!["b", "c"]);
+        // Live: the next event folds in.
+        b.apply(&ev("u", EventType::View, "d", "x", 3).with_session("s"));
+        assert_eq!(b.covisit(&["d"]), vec!["a", "b", "c"]);
     }
 
     #[test]

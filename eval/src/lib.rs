@@ -31,6 +31,7 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256Plus;
+use recstream_features::FeatureConfig;
 use recstream_ingest::Event;
 use recstream_model::train::is_next_item;
 use recstream_model::{ModelArtifact, ModelHandle, NoProgress, TrainParams, train};
@@ -106,6 +107,11 @@ pub struct EvalParams {
     pub history_half_life_hours: f64,
     /// Co-visitation baseline: how many of the user's most recent items seed it.
     pub covisit_seeds: usize,
+    /// Co-visitation baseline: earlier items of the session each item pairs with (its own
+    /// setting: tuning the served path's `features.covisit_window` never moves the baseline).
+    pub covisit_window: usize,
+    /// Co-visitation baseline: neighbours kept per item.
+    pub covisit_neighbours: usize,
     /// Category baseline: how many of the user's top categories give best sellers.
     pub category_top: usize,
     /// EASE: items kept (most interacted) and L2 weight.
@@ -131,6 +137,8 @@ impl Default for EvalParams {
             context_current_item: true,
             history_half_life_hours: 24.0,
             covisit_seeds: 20,
+            covisit_window: 5,
+            covisit_neighbours: 50,
             category_top: 3,
             ease_items: 1000,
             ease_lambda: 200.0,
@@ -161,6 +169,11 @@ impl EvalParams {
         }
         if self.covisit_seeds == 0 || self.category_top == 0 {
             return bad("covisit_seeds and category_top must be positive");
+        }
+        if !(1..=50).contains(&self.covisit_window)
+            || !(1..=1000).contains(&self.covisit_neighbours)
+        {
+            return bad("covisit_window must be in 1..=50 and covisit_neighbours in 1..=1000");
         }
         if self.ease_items == 0
             || self.ease_items > 5000
@@ -666,7 +679,17 @@ fn fit_methods(
     };
     let (artifact, replay) = train(train_events, "eval", &tp, &mut NoProgress)?;
     let served = ServedPath::new(artifact, replay, &params.scoring)?;
-    let base = Baselines::new(train_events, params.history_half_life_hours, 2000);
+    let covisitation = FeatureConfig {
+        covisit_window: params.covisit_window,
+        covisit_neighbours: params.covisit_neighbours,
+        ..params.train.features.clone()
+    };
+    let base = Baselines::new(
+        train_events,
+        params.history_half_life_hours,
+        2000,
+        &covisitation,
+    );
     let items = user_items(train_events);
     let ease = Ease::fit(
         items.iter().map(Vec::as_slice),
@@ -777,10 +800,7 @@ fn target_next_event(
     let (any_list, personal) = served.recommend(uid, max_k, context.clone())?;
     let recent = base.recent(uid);
     let seeds: Vec<&str> = recent.iter().copied().take(params.covisit_seeds).collect();
-    let cov = {
-        let mut r = served.store.replay();
-        baselines::covisit(&seeds, |s| r.product(s).map(|p| p.covisit.clone()))
-    };
+    let cov = base.covisit(&seeds);
     let ease_list = ease.recommend(recent.iter().copied(), 2000);
     let mut lists: [Vec<&str>; 6] = [
         any_list.iter().map(String::as_str).collect(),
@@ -899,10 +919,7 @@ pub fn next_period(
         let (list, personal) = served.recommend(uid, max_k, Vec::new())?;
         let recent = base.recent(uid);
         let seeds: Vec<&str> = recent.iter().copied().take(params.covisit_seeds).collect();
-        let cov = {
-            let mut r = served.store.replay();
-            baselines::covisit(&seeds, |s| r.product(s).map(|p| p.covisit.clone()))
-        };
+        let cov = base.covisit(&seeds);
         let mut lists: [Vec<&str>; 6] = [
             list.iter().map(String::as_str).collect(),
             base.popularity(),

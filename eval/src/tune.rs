@@ -11,8 +11,8 @@
 //!
 //! The grid is small and explicit ([`grid`]): the per-category cap of the list (the
 //! diversification trade-off), the cold-start list (half-life, new visitors' events only)
-//! and the candidate budgets (seeds, co-visited neighbours per seed, best sellers per
-//! category).
+//! the candidate budgets (seeds, co-visited neighbours per seed, best sellers per
+//! category), the ranker's objective and how co-visitation weighs the order of a session.
 //!
 //! A dataset without a row of `min_targets` targets (the 20-session OTTO fixture) has no
 //! score: it never decides a fold, and its held-out line shows its rows for information.
@@ -58,34 +58,75 @@ pub const WIDE: Budgets = Budgets {
     per_category: 30,
 };
 
+/// How co-visitation weighs the order of a session's items (`features.covisit_*`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Order {
+    /// Short name in the point's name.
+    pub name: &'static str,
+    /// `features.covisit_distance_decay`.
+    pub distance_decay: f32,
+    /// `features.covisit_backward`.
+    pub backward: f32,
+}
+
+/// Plain co-occurrence counts within the window (the former defaults).
+pub const PLAIN: Order = Order {
+    name: "plain",
+    distance_decay: 0.0,
+    backward: 1.0,
+};
+/// Pairs weighed by 1 / distance, both directions alike.
+pub const DIST: Order = Order {
+    name: "dist",
+    distance_decay: 1.0,
+    backward: 1.0,
+};
+/// 1 / distance, what came before at half weight.
+pub const SEQ: Order = Order {
+    name: "seq",
+    distance_decay: 1.0,
+    backward: 0.5,
+};
+/// 1 / distance, only what followed (sequential rules).
+pub const NEXT: Order = Order {
+    name: "next",
+    distance_decay: 1.0,
+    backward: 0.0,
+};
+
 /// One explicit point: per-category cap of the list, cold-start half-life (days), how
 /// many of each user's first product events the cold-start lists count (0 = all), the
-/// candidate budgets (named), and the ranker's training objective.
-pub type Setting = (usize, f64, usize, (&'static str, Budgets), Objective);
+/// candidate budgets (named), the ranker's training objective and co-visitation's order.
+pub type Setting = (usize, f64, usize, (&'static str, Budgets), Objective, Order);
 
 const POINT: Objective = Objective::Pointwise;
 const LIST: Objective = Objective::Listwise;
 
 /// The grid, first the former defaults. Small on purpose (each point is a full
 /// evaluation of every dataset): the cap (4, 10, none), the cold-start half-life (7 or 90
-/// days) and new visitors' events only, the budgets, and the ranker's objective (pointwise
-/// logistic regression or the listwise softmax, `recstream_model::listwise`).
-pub const SETTINGS: [Setting; 8] = [
-    (4, 7.0, 0, ("base", BASE), POINT),
-    (4, 90.0, 0, ("wide", WIDE), POINT),
-    (10, 90.0, 0, ("wide", WIDE), POINT),
-    (100, 90.0, 0, ("wide", WIDE), POINT),
-    (100, 90.0, 10, ("wide", WIDE), POINT),
-    (100, 7.0, 0, ("base", BASE), POINT),
-    (100, 90.0, 0, ("wide", WIDE), LIST),
-    (100, 90.0, 10, ("wide", WIDE), LIST),
+/// days) and new visitors' events only, the budgets, the ranker's objective (pointwise
+/// logistic regression or the listwise softmax, `recstream_model::listwise`) and the
+/// order-awareness of co-visitation.
+pub const SETTINGS: [Setting; 12] = [
+    (4, 7.0, 0, ("base", BASE), POINT, PLAIN),
+    (4, 90.0, 0, ("wide", WIDE), POINT, PLAIN),
+    (10, 90.0, 0, ("wide", WIDE), POINT, PLAIN),
+    (100, 90.0, 0, ("wide", WIDE), POINT, PLAIN),
+    (100, 90.0, 10, ("wide", WIDE), POINT, PLAIN),
+    (100, 7.0, 0, ("base", BASE), POINT, PLAIN),
+    (100, 90.0, 0, ("wide", WIDE), LIST, PLAIN),
+    (100, 90.0, 10, ("wide", WIDE), LIST, PLAIN),
+    (100, 90.0, 10, ("wide", WIDE), POINT, DIST),
+    (100, 90.0, 10, ("wide", WIDE), POINT, SEQ),
+    (100, 90.0, 10, ("wide", WIDE), POINT, NEXT),
+    (10, 90.0, 10, ("wide", WIDE), POINT, SEQ),
 ];
 
 /// The grid over `base`: [`SETTINGS`], in order.
 pub fn grid(base: &EvalParams) -> Vec<GridPoint> {
     SETTINGS
         .iter()
-        .map(|&(cap, days, first, (bname, b), objective)| {
+        .map(|&(cap, days, first, (bname, b), objective, order)| {
             let mut p = base.clone();
             p.scoring.max_per_category = cap;
             p.train.cold_start_half_life_secs = days * 86_400.0;
@@ -94,6 +135,8 @@ pub fn grid(base: &EvalParams) -> Vec<GridPoint> {
             p.scoring.neighbours_per_seed = b.neighbours_per_seed;
             p.scoring.per_category = b.per_category;
             p.train.objective = objective;
+            p.train.features.covisit_distance_decay = order.distance_decay;
+            p.train.features.covisit_backward = order.backward;
             let cold = if first == 0 {
                 "all".to_string()
             } else {
@@ -101,11 +144,12 @@ pub fn grid(base: &EvalParams) -> Vec<GridPoint> {
             };
             GridPoint {
                 name: format!(
-                    "cap={cap} cold={days}d/{cold} cands={bname} rank={}",
+                    "cap={cap} cold={days}d/{cold} cands={bname} rank={} covisit={}",
                     match objective {
                         Objective::Pointwise => "pointwise",
                         Objective::Listwise => "listwise",
-                    }
+                    },
+                    order.name
                 ),
                 params: p,
             }

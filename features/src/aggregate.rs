@@ -154,6 +154,10 @@ pub struct Aggregator {
     cfg: FeatureConfig,
     user_h: f64,
     trend_h: f64,
+    /// Co-visit weight by distance `d` in the session (index `d`, 1 = adjacent) for the
+    /// earlier item's list (the later one followed it) and for the later item's list.
+    covisit_after: [f32; PARTNERS + 1],
+    covisit_before: [f32; PARTNERS + 1],
     ids: Rodeo<Spur, FxBuildHasher>,
     users: FxHashMap<Spur, UserState<Spur>>,
     products: FxHashMap<Spur, ProductState<Spur>>,
@@ -172,6 +176,9 @@ pub struct Aggregator {
     watermark: i64,
     applied: u64,
 }
+
+/// Most earlier session items one product pairs with (`covisit_window` is at most 50).
+const PARTNERS: usize = 64;
 
 /// A product in a snapshot: id, state, co-visitation list sorted by id.
 type SnapshotProduct = (String, ProductState<String>, Vec<(String, f32)>);
@@ -272,9 +279,17 @@ fn bump_decayed<K: PartialEq + Copy>(list: &mut Vec<(K, Decayed)>, key: K, w: f6
 impl Aggregator {
     /// An empty aggregator with the half-lives and bounds of `cfg`.
     pub fn new(cfg: FeatureConfig) -> Aggregator {
+        let mut covisit_after = [0.0; PARTNERS + 1];
+        let mut covisit_before = [0.0; PARTNERS + 1];
+        for d in 1..=PARTNERS {
+            covisit_after[d] = (d as f32).powf(-cfg.covisit_distance_decay);
+            covisit_before[d] = covisit_after[d] * cfg.covisit_backward;
+        }
         Aggregator {
             user_h: cfg.user_half_life_ms(),
             trend_h: cfg.trending_half_life_ms(),
+            covisit_after,
+            covisit_before,
             cfg,
             ids: Rodeo::with_hasher(FxBuildHasher),
             users: FxHashMap::default(),
@@ -440,7 +455,7 @@ impl Aggregator {
             user.session = session;
             user.session_items.clear();
         }
-        let mut partners: [Option<Spur>; 64] = [None; 64];
+        let mut partners: [Option<Spur>; PARTNERS] = [None; PARTNERS];
         let mut n = 0;
         for &a in user.session_items.iter() {
             if a != pid && n < partners.len() {
@@ -486,22 +501,27 @@ impl Aggregator {
         }
         self.dirty_products.insert(pid);
         // The partners are distinct (a session's items are), so each partner's list is
-        // complete, and may be pruned, as soon as this product is added to it.
-        for a in partners[..n].iter().flatten() {
-            let other = self.products.entry(*a).or_default();
+        // complete, and may be pruned, as soon as this product is added to it. Partner `j`
+        // (oldest first) is `n - j` items before this product.
+        for (j, a) in partners[..n].iter().enumerate() {
+            let Some(a) = *a else { continue };
+            let other = self.products.entry(a).or_default();
             if !other.changed {
                 other.changed = true;
-                self.changed_products.push(*a);
+                self.changed_products.push(a);
             }
-            *other.covisit.entry(pid).or_default() += 1.0;
+            *other.covisit.entry(pid).or_default() += self.covisit_after[n - j];
             if other.covisit.len() > 2 * cfg.covisit_neighbours {
                 prune_covisit(&mut other.covisit, cfg.covisit_neighbours, ids);
             }
-            self.dirty_products.insert(*a);
+            self.dirty_products.insert(a);
         }
         let product = self.products.get_mut(&pid).expect("inserted above");
-        for a in partners[..n].iter().flatten() {
-            *product.covisit.entry(*a).or_default() += 1.0;
+        for (j, a) in partners[..n].iter().enumerate() {
+            let w = self.covisit_before[n - j];
+            if let (Some(a), true) = (*a, w > 0.0) {
+                *product.covisit.entry(a).or_default() += w;
+            }
         }
         if product.covisit.len() > 2 * cfg.covisit_neighbours {
             prune_covisit(&mut product.covisit, cfg.covisit_neighbours, ids);
@@ -1086,13 +1106,18 @@ mod tests {
         assert_eq!(u.recent[0].product_id, "p1");
         let p = a.product("p1").unwrap();
         assert_eq!(p.buyers, 1);
-        // p2 was carted after p1 was seen, then p1 bought after p2: two co-visits.
-        assert_eq!(p.covisit, vec![("p2".to_string(), 2.0)]);
+        // p2 was carted right after p1 was seen (1), then p1 bought right after p2 (a
+        // neighbour seen before counts half by default).
+        assert_eq!(p.covisit, vec![("p2".to_string(), 1.5)]);
     }
 
     #[test]
     fn covisitation_is_symmetric_and_session_scoped() {
-        let mut a = Aggregator::new(FeatureConfig::default());
+        let mut a = Aggregator::new(FeatureConfig {
+            covisit_distance_decay: 0.0,
+            covisit_backward: 1.0,
+            ..FeatureConfig::default()
+        });
         a.apply(&ev(1, "u", EventType::View, "a", "c", T0));
         a.apply(&ev(2, "u", EventType::View, "b", "c", T0 + 1));
         let mut other_session = ev(3, "u", EventType::View, "z", "c", T0 + 2);
@@ -1101,6 +1126,43 @@ mod tests {
         assert_eq!(a.product("a").unwrap().covisit, vec![("b".into(), 1.0)]);
         assert_eq!(a.product("b").unwrap().covisit, vec![("a".into(), 1.0)]);
         assert!(a.product("z").unwrap().covisit.is_empty());
+    }
+
+    #[test]
+    fn covisitation_weighs_order_and_distance() {
+        let mut a = Aggregator::new(FeatureConfig {
+            covisit_window: 3,
+            covisit_distance_decay: 1.0,
+            covisit_backward: 0.25,
+            ..FeatureConfig::default()
+        });
+        for (i, p) in ["a", "b", "c", "d"].iter().enumerate() {
+            a.apply(&ev(i, "u", EventType::View, p, "x", T0 + i as i64));
+        }
+        // The window of 3 still holds a when d arrives: a → b (adjacent) 1, a → c 1/2,
+        // a → d 1/3.
+        let check = |p: &str, want: &[(&str, f32)]| {
+            let got = a.product(p).unwrap().covisit;
+            assert_eq!(got.len(), want.len(), "{p}: {got:?}");
+            for ((id, w), (wid, ww)) in got.iter().zip(want) {
+                assert_eq!(id, wid, "{p}: {got:?}");
+                assert!((w - ww).abs() < 1e-6, "{p}: {got:?}");
+            }
+        };
+        check("a", &[("b", 1.0), ("c", 0.5), ("d", 1.0 / 3.0)]);
+        // b: followed by c (1) and d (1/2), preceded by a (1 × 0.25).
+        check("b", &[("c", 1.0), ("d", 0.5), ("a", 0.25)]);
+        // d: only preceded: c 0.25, b 1/2 × 0.25, a 1/3 × 0.25.
+        check("d", &[("c", 0.25), ("b", 0.125), ("a", 0.25 / 3.0)]);
+        // Sequential rules (backward 0): the last item has no neighbours at all.
+        let mut s = Aggregator::new(FeatureConfig {
+            covisit_backward: 0.0,
+            ..FeatureConfig::default()
+        });
+        s.apply(&ev(1, "u", EventType::View, "a", "x", T0));
+        s.apply(&ev(2, "u", EventType::View, "b", "x", T0 + 1));
+        assert_eq!(s.product("a").unwrap().covisit, vec![("b".into(), 1.0)]);
+        assert!(s.product("b").unwrap().covisit.is_empty());
     }
 
     #[test]
