@@ -43,13 +43,13 @@ impl CandidateSignals {
 }
 
 /// Number of features of one pair.
-pub const NUM_FEATURES: usize = 39;
+pub const NUM_FEATURES: usize = 44;
 
 /// One pair's raw (unstandardised) feature row.
 pub type PairFeatures = [f64; NUM_FEATURES];
 
 /// Version of the feature definitions; bumped whenever a feature changes meaning.
-pub const FEATURE_VERSION: u32 = 1;
+pub const FEATURE_VERSION: u32 = 2;
 
 /// Names, in column order.
 pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
@@ -99,10 +99,20 @@ pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
     "age_55p_x_pop",
     "gender_f_x_pop",
     "gender_m_x_pop",
+    // the candidate sources again, on a log scale: a linear model over both scales fits how
+    // a signal's first few co-visits matter more than its next hundred (added in version 2)
+    "sig_covisit_log",
+    "sig_recent_log",
+    "sig_category_log",
+    "sig_trending_log",
+    "sig_covisit_last_log",
 ];
 
 const AGE_BANDS: [&str; 5] = ["18-24", "25-34", "35-44", "45-54", "55+"];
 const DEMO_START: usize = 32;
+const LOG_START: usize = 39;
+/// Added to a source signal (each in `[0, 1]`, `covisit` a sum of such) before its log.
+const LOG_FLOOR: f64 = 1e-3;
 
 const TEN_MINUTES_MS: f64 = 600_000.0;
 const DAY_MS: f64 = 86_400_000.0;
@@ -394,6 +404,12 @@ impl<'a> UserContext<'a> {
         out[31] = seen * s.covisit;
         for (k, d) in self.demo.iter().enumerate() {
             out[DEMO_START + k] = d * pop;
+        }
+        for (k, v) in [s.covisit, s.recent, s.category, s.trending, s.covisit_last]
+            .into_iter()
+            .enumerate()
+        {
+            out[LOG_START + k] = (LOG_FLOOR + v.max(0.0)).ln();
         }
     }
 }
