@@ -548,18 +548,35 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn eval_on_the_otto_sample() {
+        // OTTO's 20 sessions give ~100 targets and a handful of hits per method: the run
+        // is checked for shape, not for who wins (a hit more or less flips that).
         let report = eval(Dataset::Otto, &data_dir().join("otto_sample"), true)
             .await
             .unwrap();
         assert_eq!(report.dataset, "otto");
         assert_eq!(report.rows.len(), 5 * 2 * 2);
-        // The target of EVAL.md: the model as it serves (FTRL, learning online) beats
-        // co-visitation on NDCG@20, on both tasks (everything is seeded).
         for task in ["any", "discovery"] {
-            let lift = report.ndcg_lift("model_ftrl", "covisit", task, 20).unwrap();
-            assert!(lift > 0.0, "{task}: served model vs covisit {lift:+.4}");
+            assert!(
+                report
+                    .ndcg_lift("model_ftrl", "covisit", task, 20)
+                    .is_some()
+            );
         }
         assert!(eval_markdown(&[report], "recstream eval otto").contains("| model |"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn eval_on_the_rees46_sample_the_served_model_beats_covisitation() {
+        // The target of EVAL.md's model comparison, on a slice large enough to decide it
+        // (~1,800 next-event targets): the model as it serves (FTRL, learning online)
+        // beats co-visitation on NDCG@20, on both tasks (everything is seeded).
+        let report = eval(Dataset::Rees46, &data_dir().join("rees46_multicat"), true)
+            .await
+            .unwrap();
+        for task in ["any", "discovery"] {
+            let lift = report.ndcg_lift("model_ftrl", "covisit", task, 20).unwrap();
+            assert!(lift > 0.05, "{task}: served model vs covisit {lift:+.4}");
+        }
     }
 
     #[test]

@@ -107,7 +107,7 @@ const LIST: Objective = Objective::Listwise;
 /// days) and new visitors' events only, the budgets, the ranker's objective (pointwise
 /// logistic regression or the listwise softmax, `recstream_model::listwise`) and the
 /// order-awareness of co-visitation.
-pub const SETTINGS: [Setting; 12] = [
+pub const SETTINGS: [Setting; 13] = [
     (4, 7.0, 0, ("base", BASE), POINT, PLAIN),
     (4, 90.0, 0, ("wide", WIDE), POINT, PLAIN),
     (10, 90.0, 0, ("wide", WIDE), POINT, PLAIN),
@@ -120,6 +120,7 @@ pub const SETTINGS: [Setting; 12] = [
     (100, 90.0, 10, ("wide", WIDE), POINT, SEQ),
     (100, 90.0, 10, ("wide", WIDE), POINT, NEXT),
     (10, 90.0, 10, ("wide", WIDE), POINT, SEQ),
+    (100, 90.0, 10, ("wide", WIDE), LIST, SEQ),
 ];
 
 /// The grid over `base`: [`SETTINGS`], in order.

@@ -25,7 +25,7 @@ pub struct FeatureConfig {
     pub covisit_neighbours: usize,
     /// Order-awareness of co-visitation, the distance part: a neighbour `d` items apart in
     /// the session (1 = adjacent) counts `d^-covisit_distance_decay`. 0 = every pair in the
-    /// window counts 1 (plain co-occurrence counts, the default before 2026-12-05).
+    /// window counts 1 (plain co-occurrence counts, the default before 2026-12-04).
     /// The defaults (1 and 0.5) were chosen by leave-one-dataset-out (EVAL.md).
     pub covisit_distance_decay: f32,
     /// Order-awareness of co-visitation, the direction part: a product's list weighs a

@@ -113,6 +113,8 @@ const DEMO_START: usize = 32;
 const LOG_START: usize = 39;
 /// Added to a source signal (each in `[0, 1]`, `covisit` a sum of such) before its log.
 const LOG_FLOOR: f64 = 1e-3;
+/// `ln(LOG_FLOOR)`, the log feature of a source that did not bring the candidate.
+const LN_FLOOR: f64 = -6.907_755_278_982_137;
 
 const TEN_MINUTES_MS: f64 = 600_000.0;
 const DAY_MS: f64 = 86_400_000.0;
@@ -151,22 +153,32 @@ impl FeatureSchema {
         }
     }
 
-    /// Fits the standardisation on training rows (flat, row-major).
+    /// Fits the standardisation on training rows (flat, row-major). Two passes (mean, then
+    /// squared deviations): a constant column, such as the log of a source no candidate
+    /// came from, gets exactly zero variance and scale 1, where `E[x²] − E[x]²` would leave
+    /// cancellation noise and a scale of ~1e-7 that blows up the first different value.
     pub fn fit_scaling(&mut self, rows: &[f64]) {
         let n = (rows.len() / NUM_FEATURES).max(1) as f64;
         let mut mean = [0.0; NUM_FEATURES];
-        let mut sq = [0.0; NUM_FEATURES];
         for row in rows.chunks_exact(NUM_FEATURES) {
             for j in 0..NUM_FEATURES {
                 mean[j] += row[j];
-                sq[j] += row[j] * row[j];
+            }
+        }
+        for m in &mut mean {
+            *m /= n;
+        }
+        let mut sq = [0.0; NUM_FEATURES];
+        for row in rows.chunks_exact(NUM_FEATURES) {
+            for j in 0..NUM_FEATURES {
+                let d = row[j] - mean[j];
+                sq[j] += d * d;
             }
         }
         for j in 0..NUM_FEATURES {
-            let m = mean[j] / n;
-            let var = (sq[j] / n - m * m).max(0.0);
-            self.mean[j] = m;
-            self.scale[j] = if var.sqrt() > 1e-9 { var.sqrt() } else { 1.0 };
+            let sd = (sq[j] / n).sqrt();
+            self.mean[j] = mean[j];
+            self.scale[j] = if sd > 1e-9 { sd } else { 1.0 };
         }
     }
 
@@ -409,7 +421,12 @@ impl<'a> UserContext<'a> {
             .into_iter()
             .enumerate()
         {
-            out[LOG_START + k] = (LOG_FLOOR + v.max(0.0)).ln();
+            // Most candidates come from one or two sources: the others are 0, ln of the floor.
+            out[LOG_START + k] = if v > 0.0 {
+                (LOG_FLOOR + v).ln()
+            } else {
+                LN_FLOOR
+            };
         }
     }
 }
@@ -480,5 +497,61 @@ mod tests {
         assert!((fb[26] - 4f64.ln()).abs() < 1e-12);
         assert_eq!(fa[DEMO_START + 1], fa[20]);
         assert_eq!(fa[DEMO_START + 5], fa[20]);
+    }
+
+    #[test]
+    fn source_signals_are_also_on_a_log_scale() {
+        let user = UserFeatures {
+            user_id: "u".into(),
+            ..Default::default()
+        };
+        let p = ProductFeatures {
+            product_id: "p".into(),
+            ..Default::default()
+        };
+        let schema = FeatureSchema::new(3.6e6, 3.6e6);
+        let ctx = UserContext::new(&user, [&p], &schema);
+        let s = CandidateSignals {
+            covisit: 1.5,
+            covisit_last: 0.25,
+            trending: 1.0,
+            ..Default::default()
+        };
+        let mut f = [0.0; NUM_FEATURES];
+        ctx.pair(&p, &s, &mut f);
+        let names = &FEATURE_NAMES[LOG_START..];
+        assert_eq!(
+            names,
+            [
+                "sig_covisit_log",
+                "sig_recent_log",
+                "sig_category_log",
+                "sig_trending_log",
+                "sig_covisit_last_log"
+            ]
+        );
+        let want = [1.5, 0.0, 0.0, 1.0, 0.25].map(|v: f64| (LOG_FLOOR + v).ln());
+        for (got, want) in f[LOG_START..].iter().zip(want) {
+            assert!((got - want).abs() < 1e-12, "{got} != {want}");
+        }
+        assert!((LN_FLOOR - LOG_FLOOR.ln()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn a_constant_column_standardises_to_scale_one() {
+        // 1,000 rows whose every column is ln(0.001) except column 0 (0 and 1 alternating).
+        let mut rows = vec![LN_FLOOR; 1000 * NUM_FEATURES];
+        for (i, row) in rows.chunks_exact_mut(NUM_FEATURES).enumerate() {
+            row[0] = (i % 2) as f64;
+        }
+        let mut schema = FeatureSchema::new(1.0, 1.0);
+        schema.fit_scaling(&rows);
+        assert!((schema.scale[0] - 0.5).abs() < 1e-12);
+        assert!(
+            schema.scale[1..].iter().all(|s| *s == 1.0),
+            "{:?}",
+            schema.scale
+        );
+        assert!(schema.check_compatible().is_ok());
     }
 }
