@@ -98,7 +98,8 @@ pub async fn tune(
     Ok(report)
 }
 
-/// A text rendering: the summary lines, then the NDCG@20 of every method.
+/// A text rendering: the splits, every method's metrics, then served vs the best baseline
+/// at NDCG@20 with its bootstrap interval.
 pub fn table(r: &Report) -> String {
     let mut s = format!("dataset {}\n", r.dataset);
     for p in &r.protocols {
@@ -128,6 +129,21 @@ pub fn table(r: &Report) -> String {
             x.mrr,
             x.coverage,
             x.targets
+        ));
+    }
+    for l in r.summary(recstream_eval::SUMMARY_K) {
+        s.push_str(&format!(
+            "  served / best NDCG@{}: {} {}: {} ({}, {} targets) vs {}\n",
+            recstream_eval::SUMMARY_K,
+            l.protocol.name(),
+            l.task,
+            l.ratio.map_or("—".to_string(), |x| format!("{x:.3}×")),
+            l.ratio_ci95
+                .map_or("no interval".to_string(), |(lo, hi)| format!(
+                    "95 % interval {lo:.3}–{hi:.3}"
+                )),
+            l.targets,
+            l.best_baseline
         ));
     }
     s

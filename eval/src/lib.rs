@@ -58,6 +58,12 @@ pub const METHODS: [&str; 6] = [
 ];
 /// The baselines, each scored next to the served list.
 pub const BASELINES: [&str; 5] = ["popularity", "history", "covisit", "category", "ease"];
+/// The cut-off of the summary, and of the per-target scores its confidence interval
+/// resamples.
+pub const SUMMARY_K: usize = 20;
+/// Resamples of the summary's bootstrap.
+const BOOTSTRAP: usize = 1000;
+
 /// `any`: every next item counts; `discovery`: only items new to the user, and items the user touched before are removed from every method's list.
 pub const TASKS: [&str; 2] = ["any", "discovery"];
 
@@ -261,6 +267,18 @@ pub struct ProtocolInfo {
     pub recommend_us_p99: f64,
 }
 
+/// NDCG@[`SUMMARY_K`] of every method (in [`METHODS`] order) for each target of one
+/// protocol × task: what the summary's confidence interval resamples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetScores {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// `any` or `discovery`.
+    pub task: String,
+    /// One entry per target, one score per method.
+    pub ndcg: Vec<[f32; METHODS.len()]>,
+}
+
 /// An evaluation of one dataset: splits, how the served path answered, every metric row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -272,6 +290,10 @@ pub struct Report {
     pub served: Vec<Served>,
     /// Every method × protocol × task × K.
     pub rows: Vec<Row>,
+    /// Per-target NDCG@[`SUMMARY_K`] (not serialised: a reread report has no confidence
+    /// intervals).
+    #[serde(skip)]
+    pub per_target: Vec<TargetScores>,
 }
 
 /// One line of the summary: the served list against the best baseline at NDCG@20.
@@ -293,6 +315,10 @@ pub struct Summary {
     pub best: f64,
     /// served / best (None when the best baseline scores 0).
     pub ratio: Option<f64>,
+    /// 95 % interval of `ratio` by a paired bootstrap over the targets (the same targets
+    /// drawn for both methods, 1,000 resamples, fixed seed); at NDCG@[`SUMMARY_K`] only.
+    #[serde(default)]
+    pub ratio_ci95: Option<(f64, f64)>,
 }
 
 impl Report {
@@ -316,6 +342,16 @@ impl Report {
                     .filter_map(|m| self.get(p, task, m, k))
                     .max_by(|a, b| a.ndcg.total_cmp(&b.ndcg));
                 let Some(best) = best else { continue };
+                let ratio_ci95 = if k == SUMMARY_K {
+                    let m = METHODS.iter().position(|m| *m == best.method);
+                    self.per_target
+                        .iter()
+                        .find(|t| t.protocol == p && t.task == task)
+                        .zip(m)
+                        .and_then(|(t, m)| ratio_ci95(&t.ndcg, m))
+                } else {
+                    None
+                };
                 out.push(Summary {
                     dataset: self.dataset.clone(),
                     protocol: p,
@@ -325,6 +361,7 @@ impl Report {
                     best_baseline: best.method.clone(),
                     best: best.ndcg,
                     ratio: (best.ndcg > 0.0).then(|| round(served.ndcg / best.ndcg)),
+                    ratio_ci95,
                 });
             }
         }
@@ -387,12 +424,12 @@ impl Report {
 /// The summary table of several reports, as Markdown.
 pub fn summary_markdown(reports: &[Report], k: usize) -> String {
     let mut s = format!(
-        "| dataset | protocol | task | targets | served NDCG@{k} | best baseline | its NDCG@{k} | served / best |\n|---|---|---|---:|---:|---|---:|---:|\n"
+        "| dataset | protocol | task | targets | served NDCG@{k} | best baseline | its NDCG@{k} | served / best | 95 % interval |\n|---|---|---|---:|---:|---|---:|---:|---:|\n"
     );
     for r in reports {
         for l in r.summary(k) {
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {:.4} | {} | {:.4} | {} |\n",
+                "| {} | {} | {} | {} | {:.4} | {} | {:.4} | {} | {} |\n",
                 l.dataset,
                 l.protocol.name(),
                 l.task,
@@ -400,11 +437,42 @@ pub fn summary_markdown(reports: &[Report], k: usize) -> String {
                 l.served,
                 l.best_baseline,
                 l.best,
-                l.ratio.map_or("—".to_string(), |x| format!("{x:.2}×"))
+                l.ratio.map_or("—".to_string(), |x| format!("{x:.3}×")),
+                l.ratio_ci95
+                    .map_or("—".to_string(), |(lo, hi)| format!("{lo:.3}–{hi:.3}"))
             ));
         }
     }
     s
+}
+
+/// The 2.5 % and 97.5 % quantiles of mean(served) / mean(method `best`) over
+/// [`BOOTSTRAP`] resamples of the targets (paired: one draw gives both methods' scores).
+/// None for fewer than two targets or when most resamples leave the baseline at 0.
+fn ratio_ci95(scores: &[[f32; METHODS.len()]], best: usize) -> Option<(f64, f64)> {
+    let n = scores.len();
+    if n < 2 {
+        return None;
+    }
+    let mut rng = Xoshiro256Plus::seed_from_u64(0xb007);
+    let mut ratios = Vec::with_capacity(BOOTSTRAP);
+    for _ in 0..BOOTSTRAP {
+        let (mut served, mut base) = (0.0, 0.0);
+        for _ in 0..n {
+            let t = &scores[rng.gen_range(0..n)];
+            served += f64::from(t[0]);
+            base += f64::from(t[best]);
+        }
+        if base > 0.0 {
+            ratios.push(served / base);
+        }
+    }
+    if ratios.len() < BOOTSTRAP / 2 {
+        return None;
+    }
+    ratios.sort_unstable_by(f64::total_cmp);
+    let q = |p: f64| ratios[((ratios.len() - 1) as f64 * p).round() as usize];
+    Some((round(q(0.025)), round(q(0.975))))
 }
 
 fn round(x: f64) -> f64 {
@@ -514,6 +582,10 @@ impl ServedPath {
     }
 }
 
+/// What one protocol run gives: how it split the log, how the served path answered, the
+/// metric rows and the per-target scores.
+type ProtocolRun = (ProtocolInfo, Vec<Served>, Vec<Row>, Vec<TargetScores>);
+
 /// Accumulators of one protocol: (task, method, k) → metrics, and the served strategies.
 struct Acc {
     metrics: BTreeMap<(usize, usize, usize), SetMetrics>,
@@ -522,6 +594,8 @@ struct Acc {
     cand: [(f64, f64, f64, u64); 2],
     ks: Vec<usize>,
     max_k: usize,
+    /// Per task: every target's NDCG@[`SUMMARY_K`] per method.
+    per_target: [Vec<[f32; METHODS.len()]>; 2],
 }
 
 impl Acc {
@@ -540,6 +614,7 @@ impl Acc {
             cand: [(0.0, 0.0, 0.0, 0); 2],
             ks: ks.to_vec(),
             max_k: ks.iter().copied().max().unwrap_or(20),
+            per_target: [Vec::new(), Vec::new()],
         }
     }
 
@@ -554,6 +629,7 @@ impl Acc {
         known: Option<&dyn Fn(&str) -> bool>,
         relevant: &FxHashSet<&str>,
     ) {
+        let mut scores = [0.0f32; METHODS.len()];
         for (m, list) in lists.iter().enumerate() {
             let mut seen: FxHashSet<&str> = FxHashSet::default();
             let top: Vec<&str> = list
@@ -563,12 +639,30 @@ impl Acc {
                 .take(self.max_k)
                 .collect();
             for &k in &self.ks {
-                self.metrics
+                let ndcg = self
+                    .metrics
                     .get_mut(&(task, m, k))
                     .expect("present")
                     .add(&top, relevant);
+                if k == SUMMARY_K {
+                    scores[m] = ndcg as f32;
+                }
             }
         }
+        if !relevant.is_empty() && self.ks.contains(&SUMMARY_K) {
+            self.per_target[task].push(scores);
+        }
+    }
+
+    /// Every target's NDCG@[`SUMMARY_K`] per task.
+    fn per_target(&mut self, protocol: Protocol) -> Vec<TargetScores> {
+        (0..TASKS.len())
+            .map(|t| TargetScores {
+                protocol,
+                task: TASKS[t].to_string(),
+                ndcg: std::mem::take(&mut self.per_target[t]),
+            })
+            .collect()
     }
 
     /// Recall of the candidate pool `pool` (best first) for one task: the first 100 and all
@@ -713,7 +807,7 @@ pub fn next_event(
     train_events: &[Event],
     test_events: &[Event],
     params: &EvalParams,
-) -> Result<(ProtocolInfo, Vec<Served>, Vec<Row>)> {
+) -> Result<ProtocolRun> {
     params.validate()?;
     check_sorted(train_events)?;
     check_sorted(test_events)?;
@@ -751,6 +845,7 @@ pub fn next_event(
         info,
         acc.served(Protocol::NextEvent),
         acc.rows(Protocol::NextEvent, catalog),
+        acc.per_target(Protocol::NextEvent),
     ))
 }
 
@@ -873,10 +968,7 @@ pub fn period_cut(events: &[Event], params: &EvalParams) -> (usize, String) {
 
 /// Protocol (b): features frozen at the cut; for every user active after it, the truth
 /// is the set of items they touch after the cut.
-pub fn next_period(
-    events: &[Event],
-    params: &EvalParams,
-) -> Result<(ProtocolInfo, Vec<Served>, Vec<Row>)> {
+pub fn next_period(events: &[Event], params: &EvalParams) -> Result<ProtocolRun> {
     params.validate()?;
     check_sorted(events)?;
     let started = Instant::now();
@@ -968,6 +1060,7 @@ pub fn next_period(
         info,
         acc.served(Protocol::NextPeriod),
         acc.rows(Protocol::NextPeriod, catalog),
+        acc.per_target(Protocol::NextPeriod),
     ))
 }
 
@@ -979,14 +1072,58 @@ pub fn evaluate(
     test_events: &[Event],
     params: &EvalParams,
 ) -> Result<Report> {
-    let (a_info, a_served, a_rows) = next_event(train_events, test_events, params)?;
+    let (a_info, a_served, a_rows, a_scores) = next_event(train_events, test_events, params)?;
     let mut all: Vec<Event> = train_events.iter().chain(test_events).cloned().collect();
     all.sort_by_key(|e| e.ts);
-    let (b_info, b_served, b_rows) = next_period(&all, params)?;
+    let (b_info, b_served, b_rows, b_scores) = next_period(&all, params)?;
     Ok(Report {
         dataset: dataset.to_string(),
         protocols: vec![a_info, b_info],
         served: a_served.into_iter().chain(b_served).collect(),
         rows: a_rows.into_iter().chain(b_rows).collect(),
+        per_target: a_scores.into_iter().chain(b_scores).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scores(pairs: &[(f32, f32)]) -> Vec<[f32; METHODS.len()]> {
+        pairs
+            .iter()
+            .map(|&(served, base)| {
+                let mut s = [0.0; METHODS.len()];
+                s[0] = served;
+                s[3] = base;
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_bootstrap_interval_is_exact_when_every_target_agrees() {
+        // Served scores twice the baseline on every target: every resample says 2.
+        let s = scores(&[(0.2, 0.1), (0.6, 0.3), (1.0, 0.5), (0.4, 0.2)]);
+        assert_eq!(ratio_ci95(&s, 3), Some((2.0, 2.0)));
+        assert_eq!(ratio_ci95(&s[..1], 3), None, "one target is no sample");
+        assert_eq!(ratio_ci95(&scores(&[(1.0, 0.0), (1.0, 0.0)]), 3), None);
+    }
+
+    #[test]
+    fn the_bootstrap_interval_holds_the_ratio_and_narrows_with_more_targets() {
+        // Hits (1) and misses (0): served hits 11 of 20, the baseline 10 of 20.
+        let pairs: Vec<(f32, f32)> = (0..20)
+            .map(|i| (f32::from(u8::from(i < 11)), f32::from(u8::from(i % 2 == 0))))
+            .collect();
+        let small = ratio_ci95(&scores(&pairs), 3).unwrap();
+        assert!(small.0 < 1.1 && 1.1 < small.1, "{small:?}");
+        let many: Vec<(f32, f32)> = pairs.iter().copied().cycle().take(2000).collect();
+        let large = ratio_ci95(&scores(&many), 3).unwrap();
+        assert!(large.0 < 1.1 && 1.1 < large.1, "{large:?}");
+        assert!(
+            large.1 - large.0 < (small.1 - small.0) / 3.0,
+            "{small:?} vs {large:?}"
+        );
+    }
 }

@@ -381,6 +381,7 @@ mod tests {
                 best_baseline: "covisit".into(),
                 best: 0.1,
                 ratio: score,
+                ratio_ci95: None,
             }],
         }
     }

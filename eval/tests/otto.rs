@@ -89,9 +89,23 @@ fn both_protocols_score_the_served_list_and_every_baseline() {
     let sum = r.summary(20);
     assert_eq!(sum.len(), 4);
     assert!(sum.iter().all(|l| l.best_baseline != "served"));
+    // Every row with a ratio has its bootstrap interval, around the ratio.
+    for l in &sum {
+        let (Some(ratio), Some((lo, hi))) = (l.ratio, l.ratio_ci95) else {
+            continue;
+        };
+        assert!(lo <= ratio + 1e-3 && ratio <= hi + 1e-3, "{l:?}");
+    }
+    let ne_any = &sum[0];
+    assert!(ne_any.ratio_ci95.is_some(), "{ne_any:?}");
+    // The per-target scores average to the rows' NDCG@20.
+    let t = &r.per_target[0];
+    let mean = t.ndcg.iter().map(|s| f64::from(s[0])).sum::<f64>() / t.ndcg.len() as f64;
+    assert!((mean - ne.ndcg).abs() < 1e-3, "{mean} vs {}", ne.ndcg);
     // Deterministic: the same run gives the same numbers.
     let again = evaluate("otto", &events, &test, &params).unwrap();
     assert_eq!(r.rows, again.rows);
+    assert_eq!(r.summary(20), again.summary(20));
 }
 
 #[test]

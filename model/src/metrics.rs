@@ -38,10 +38,11 @@ impl SetMetrics {
         }
     }
 
-    /// Adds one ranked list (best first) and its relevant items (non-empty, distinct).
-    pub fn add<S: AsRef<str>>(&mut self, ranked: &[S], relevant: &FxHashSet<&str>) {
+    /// Adds one ranked list (best first) and its relevant items (non-empty, distinct);
+    /// returns this list's NDCG@k (0 for an empty `relevant`, which is not counted).
+    pub fn add<S: AsRef<str>>(&mut self, ranked: &[S], relevant: &FxHashSet<&str>) -> f64 {
         if relevant.is_empty() {
-            return;
+            return 0.0;
         }
         self.n += 1;
         let top = &ranked[..ranked.len().min(self.k)];
@@ -68,6 +69,7 @@ impl SetMetrics {
             .sum();
         self.ndcg += dcg / ideal;
         self.recall += found as f64 / relevant.len() as f64;
+        dcg / ideal
     }
 
     /// Adds one ranked list and its single relevant item (the next-item protocol).
