@@ -69,30 +69,24 @@ pub struct Order {
     pub backward: f32,
 }
 
+impl Order {
+    const fn new(name: &'static str, distance_decay: f32, backward: f32) -> Order {
+        Order {
+            name,
+            distance_decay,
+            backward,
+        }
+    }
+}
+
 /// Plain co-occurrence counts within the window (the former defaults).
-pub const PLAIN: Order = Order {
-    name: "plain",
-    distance_decay: 0.0,
-    backward: 1.0,
-};
+pub const PLAIN: Order = Order::new("plain", 0.0, 1.0);
 /// Pairs weighed by 1 / distance, both directions alike.
-pub const DIST: Order = Order {
-    name: "dist",
-    distance_decay: 1.0,
-    backward: 1.0,
-};
-/// 1 / distance, what came before at half weight.
-pub const SEQ: Order = Order {
-    name: "seq",
-    distance_decay: 1.0,
-    backward: 0.5,
-};
+pub const DIST: Order = Order::new("dist", 1.0, 1.0);
+/// 1 / distance, what came before at half weight (the shipped default).
+pub const SEQ: Order = Order::new("seq", 1.0, 0.5);
 /// 1 / distance, only what followed (sequential rules).
-pub const NEXT: Order = Order {
-    name: "next",
-    distance_decay: 1.0,
-    backward: 0.0,
-};
+pub const NEXT: Order = Order::new("next", 1.0, 0.0);
 
 /// One explicit point: per-category cap of the list, cold-start half-life (days), how
 /// many of each user's first product events the cold-start lists count (0 = all), the

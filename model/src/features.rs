@@ -110,7 +110,9 @@ pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
 
 const AGE_BANDS: [&str; 5] = ["18-24", "25-34", "35-44", "45-54", "55+"];
 const DEMO_START: usize = 32;
-const LOG_START: usize = 39;
+/// Demographic columns: five age bands, two genders.
+const DEMO_LEN: usize = AGE_BANDS.len() + 2;
+const LOG_START: usize = DEMO_START + DEMO_LEN;
 /// Added to a source signal (each in `[0, 1]`, `covisit` a sum of such) before its log.
 const LOG_FLOOR: f64 = 1e-3;
 /// `ln(LOG_FLOOR)`, the log feature of a source that did not bring the candidate.
@@ -229,7 +231,7 @@ pub struct UserContext<'a> {
     cart: FxHashMap<&'a str, ()>,
     purchased: FxHashMap<&'a str, ()>,
     price_ref: Option<f64>,
-    demo: [f64; 7],
+    demo: [f64; DEMO_LEN],
 }
 
 fn ln_price(p: &ProductFeatures) -> Option<f64> {
@@ -278,7 +280,7 @@ impl<'a> UserContext<'a> {
             }
         }
         let price_ref = (wsum > 0.0).then(|| psum / wsum);
-        let mut demo = [0.0; 7];
+        let mut demo = [0.0; DEMO_LEN];
         if let Some(seg) = &user.segment {
             let mut parts = seg.split('|');
             let age = parts.next().unwrap_or("*");
