@@ -43,6 +43,8 @@ pub struct Budgets {
     pub neighbours_per_seed: usize,
     /// `scoring.per_category`.
     pub per_category: usize,
+    /// `scoring.two_hop`.
+    pub two_hop: usize,
 }
 
 /// The candidate budgets of the former defaults.
@@ -50,12 +52,25 @@ pub const BASE: Budgets = Budgets {
     seed_items: 5,
     neighbours_per_seed: 20,
     per_category: 10,
+    two_hop: 0,
 };
 /// A wider pool: more seeds, every kept co-visited neighbour, more best sellers.
 pub const WIDE: Budgets = Budgets {
     seed_items: 10,
     neighbours_per_seed: 50,
     per_category: 30,
+    two_hop: 0,
+};
+/// The wider pool and a second hop of co-visitation from the most recent item (the
+/// lists of its 10 strongest neighbours).
+pub const HOP: Budgets = Budgets {
+    two_hop: 10,
+    ..WIDE
+};
+/// … the lists of its 25 strongest neighbours.
+pub const HOP25: Budgets = Budgets {
+    two_hop: 25,
+    ..WIDE
 };
 
 /// How co-visitation weighs the order of a session's items (`features.covisit_*`).
@@ -90,7 +105,7 @@ pub const NEXT: Order = Order::new("next", 1.0, 0.0);
 
 /// One explicit point: per-category cap of the list, cold-start half-life (days), how
 /// many of each user's first product events the cold-start lists count (0 = all), the
-/// candidate budgets (named), the ranker's training objective and co-visitation's order.
+/// candidate budgets (named, with the second hop of co-visitation), the ranker's training objective and co-visitation's order.
 pub type Setting = (usize, f64, usize, (&'static str, Budgets), Objective, Order);
 
 const POINT: Objective = Objective::Pointwise;
@@ -99,9 +114,9 @@ const LIST: Objective = Objective::Listwise;
 /// The grid, first the former defaults. Small on purpose (each point is a full
 /// evaluation of every dataset): the cap (4, 10, none), the cold-start half-life (7 or 90
 /// days) and new visitors' events only, the budgets, the ranker's objective (pointwise
-/// logistic regression or the listwise softmax, `recstream_model::listwise`) and the
-/// order-awareness of co-visitation.
-pub const SETTINGS: [Setting; 13] = [
+/// logistic regression or the listwise softmax, `recstream_model::listwise`), the
+/// order-awareness of co-visitation and its second hop.
+pub const SETTINGS: [Setting; 16] = [
     (4, 7.0, 0, ("base", BASE), POINT, PLAIN),
     (4, 90.0, 0, ("wide", WIDE), POINT, PLAIN),
     (10, 90.0, 0, ("wide", WIDE), POINT, PLAIN),
@@ -115,6 +130,9 @@ pub const SETTINGS: [Setting; 13] = [
     (100, 90.0, 10, ("wide", WIDE), POINT, NEXT),
     (10, 90.0, 10, ("wide", WIDE), POINT, SEQ),
     (100, 90.0, 10, ("wide", WIDE), LIST, SEQ),
+    (100, 90.0, 10, ("hop", HOP), POINT, SEQ),
+    (100, 90.0, 10, ("hop25", HOP25), POINT, SEQ),
+    (100, 90.0, 10, ("hop", HOP), LIST, SEQ),
 ];
 
 /// The grid over `base`: [`SETTINGS`], in order.
@@ -129,6 +147,7 @@ pub fn grid(base: &EvalParams) -> Vec<GridPoint> {
             p.scoring.seed_items = b.seed_items;
             p.scoring.neighbours_per_seed = b.neighbours_per_seed;
             p.scoring.per_category = b.per_category;
+            p.scoring.two_hop = b.two_hop;
             p.train.objective = objective;
             p.train.features.covisit_distance_decay = order.distance_decay;
             p.train.features.covisit_backward = order.backward;

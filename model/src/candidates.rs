@@ -34,6 +34,10 @@ pub struct CandidateParams {
     pub per_category: usize,
     /// Products taken from the trending list.
     pub trending: usize,
+    /// The most recent item's strongest neighbours whose own co-visitation lists are
+    /// followed (two hops; 0 = off).
+    #[serde(default)]
+    pub two_hop: usize,
     /// Whether the user's recent items themselves are candidates.
     pub include_recent: bool,
     /// Leave out products the user already bought.
@@ -50,6 +54,7 @@ impl Default for CandidateParams {
             top_categories: 3,
             per_category: 30,
             trending: 30,
+            two_hop: 25,
             include_recent: true,
             exclude_purchased: true,
             exclude_in_cart: true,
@@ -65,6 +70,9 @@ impl CandidateParams {
         }
         if self.neighbours_per_seed > 1000 || self.per_category > 1000 || self.trending > 1000 {
             return Err("candidate budgets must be at most 1000".into());
+        }
+        if self.two_hop > 100 {
+            return Err("candidates.two_hop must be at most 100".into());
         }
         Ok(())
     }
@@ -111,6 +119,18 @@ pub fn generate<'t, S: AsRef<str> + 't>(
         }
     }
 
+    if let Some(last) = user.recent.first().and_then(|r| product(&r.product_id)) {
+        let max_l = top_covisit(&last);
+        for (j, wj) in last.covisit.iter().take(params.two_hop) {
+            let Some(pj) = product(j) else { continue };
+            let via = (*wj as f64) / max_l;
+            let max_j = top_covisit(&pj);
+            for (c, w) in pj.covisit.iter().take(params.neighbours_per_seed) {
+                cands.entry(c.clone()).or_default().covisit_2hop += via * (*w as f64) / max_j;
+            }
+        }
+    }
+
     if params.include_recent && !user.items.is_empty() {
         let max = user.items[0].weight.value.max(f64::MIN_POSITIVE);
         for it in &user.items {
@@ -148,6 +168,11 @@ pub fn generate<'t, S: AsRef<str> + 't>(
         .collect();
     out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// The strongest co-visitation weight of a product's list, at least 1 (the normaliser).
+pub fn top_covisit(p: &ProductFeatures) -> f64 {
+    p.covisit.first().map(|(_, w)| *w).unwrap_or(1.0).max(1.0) as f64
 }
 
 #[cfg(test)]
@@ -197,5 +222,62 @@ mod tests {
         assert_eq!(c[2].1.category, 0.5);
         assert_eq!(c[0].1.recent, 1.0);
         assert_eq!(c[3].1.trending, 1.0);
+        assert!(
+            c.iter().all(|(_, s)| s.covisit_2hop == 0.0),
+            "no view of b: no hop"
+        );
+    }
+
+    #[test]
+    fn the_second_hop_follows_the_last_items_strongest_neighbours() {
+        // The user's last item is a; a's list: b (4), x (2); b's list: c (6), a (3); x's: d (1).
+        let user = UserFeatures {
+            recent: vec![RecentItem {
+                product_id: "a".into(),
+                ts: 0,
+                action: "view".into(),
+            }],
+            ..Default::default()
+        };
+        let view = |id: &str, covisit: &[(&str, f32)]| {
+            Arc::new(ProductFeatures {
+                product_id: id.into(),
+                covisit: covisit.iter().map(|(p, w)| (p.to_string(), *w)).collect(),
+                ..Default::default()
+            })
+        };
+        let views = [
+            view("a", &[("b", 4.0), ("x", 2.0)]),
+            view("b", &[("c", 6.0), ("a", 3.0)]),
+            view("x", &[("d", 1.0)]),
+        ];
+        let none: &[(String, f64)] = &[];
+        let run = |two_hop| {
+            let params = CandidateParams {
+                two_hop,
+                ..CandidateParams::default()
+            };
+            generate(
+                &user,
+                &params,
+                |id| views.iter().find(|v| v.product_id == id).cloned(),
+                |_| None,
+                none,
+                &["a"],
+            )
+        };
+        let c = run(10);
+        let hop = |id: &str| c.iter().find(|(p, _)| p == id).map(|(_, s)| s.covisit_2hop);
+        // c: via b, (4/4)·(6/6); d: via x, (2/4)·(1/1); b and x are one hop (and none of two).
+        assert_eq!(hop("c"), Some(1.0));
+        assert_eq!(hop("d"), Some(0.5));
+        assert_eq!(hop("b"), Some(0.0));
+        assert_eq!(hop("a"), None, "excluded");
+        // Only the strongest neighbour followed: d is not reached.
+        let c = run(1);
+        assert!(c.iter().all(|(p, _)| p != "d"));
+        // Off: only the first hop.
+        let ids: Vec<String> = run(0).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(ids, ["b", "x"]);
     }
 }

@@ -33,23 +33,31 @@ pub struct CandidateSignals {
     /// Raw co-visitation counts, `Σ_seeds seed_weight · covisit(seed, c)` (not normalised).
     #[serde(default)]
     pub covisit_raw: f64,
+    /// Two hops from the user's most recent item `l`: `Σ_j (w(l, j) / max_l) · (w(j, c) /
+    /// max_j)` over `l`'s strongest neighbours `j`.
+    #[serde(default)]
+    pub covisit_2hop: f64,
 }
 
 impl CandidateSignals {
-    /// The fixed-weight blend of the heuristic recommender (its default weights).
+    /// The fixed-weight blend of the heuristic recommender (its default weights; the
+    /// second hop counts as co-visitation).
     pub fn heuristic(&self) -> f64 {
-        0.6 * self.recent + 1.0 * self.covisit + 0.4 * self.category + 0.15 * self.trending
+        0.6 * self.recent
+            + 1.0 * (self.covisit + self.covisit_2hop)
+            + 0.4 * self.category
+            + 0.15 * self.trending
     }
 }
 
 /// Number of features of one pair.
-pub const NUM_FEATURES: usize = 44;
+pub const NUM_FEATURES: usize = 46;
 
 /// One pair's raw (unstandardised) feature row.
 pub type PairFeatures = [f64; NUM_FEATURES];
 
 /// Version of the feature definitions; bumped whenever a feature changes meaning.
-pub const FEATURE_VERSION: u32 = 2;
+pub const FEATURE_VERSION: u32 = 3;
 
 /// Names, in column order.
 pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
@@ -106,6 +114,9 @@ pub const FEATURE_NAMES: [&str; NUM_FEATURES] = [
     "sig_category_log",
     "sig_trending_log",
     "sig_covisit_last_log",
+    // two hops of co-visitation from the most recent item (added in version 3)
+    "sig_covisit_2hop",
+    "sig_covisit_2hop_log",
 ];
 
 const AGE_BANDS: [&str; 5] = ["18-24", "25-34", "35-44", "45-54", "55+"];
@@ -113,6 +124,8 @@ const DEMO_START: usize = 32;
 /// Demographic columns: five age bands, two genders.
 const DEMO_LEN: usize = AGE_BANDS.len() + 2;
 const LOG_START: usize = DEMO_START + DEMO_LEN;
+/// The version-3 two-hop columns, after the five log-scale source columns.
+const HOP_START: usize = LOG_START + 5;
 /// Added to a source signal (each in `[0, 1]`, `covisit` a sum of such) before its log.
 const LOG_FLOOR: f64 = 1e-3;
 /// `ln(LOG_FLOOR)`, the log feature of a source that did not bring the candidate.
@@ -430,6 +443,12 @@ impl<'a> UserContext<'a> {
                 LN_FLOOR
             };
         }
+        out[HOP_START] = s.covisit_2hop;
+        out[HOP_START + 1] = if s.covisit_2hop > 0.0 {
+            (LOG_FLOOR + s.covisit_2hop).ln()
+        } else {
+            LN_FLOOR
+        };
     }
 }
 
@@ -521,7 +540,7 @@ mod tests {
         };
         let mut f = [0.0; NUM_FEATURES];
         ctx.pair(&p, &s, &mut f);
-        let names = &FEATURE_NAMES[LOG_START..];
+        let names = &FEATURE_NAMES[LOG_START..HOP_START];
         assert_eq!(
             names,
             [
@@ -533,10 +552,24 @@ mod tests {
             ]
         );
         let want = [1.5, 0.0, 0.0, 1.0, 0.25].map(|v: f64| (LOG_FLOOR + v).ln());
-        for (got, want) in f[LOG_START..].iter().zip(want) {
+        for (got, want) in f[LOG_START..HOP_START].iter().zip(want) {
             assert!((got - want).abs() < 1e-12, "{got} != {want}");
         }
         assert!((LN_FLOOR - LOG_FLOOR.ln()).abs() < 1e-15);
+        assert_eq!(
+            &FEATURE_NAMES[HOP_START..],
+            ["sig_covisit_2hop", "sig_covisit_2hop_log"]
+        );
+        assert_eq!((f[HOP_START], f[HOP_START + 1]), (0.0, LN_FLOOR));
+        let hop = CandidateSignals {
+            covisit_2hop: 0.5,
+            ..s
+        };
+        ctx.pair(&p, &hop, &mut f);
+        assert_eq!(
+            (f[HOP_START], f[HOP_START + 1]),
+            (0.5, (LOG_FLOOR + 0.5).ln())
+        );
     }
 
     #[test]

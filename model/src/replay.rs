@@ -338,12 +338,25 @@ impl Replay {
         params: &crate::candidates::CandidateParams,
         exclude: &[&str],
     ) -> crate::candidates::Candidates {
-        let seeds: Vec<(&str, Option<Arc<ProductFeatures>>)> = user
+        // The views `generate` reads: the seeds', then the most recent item's strongest
+        // neighbours' (the second hop).
+        let mut views: FxHashMap<&str, Option<Arc<ProductFeatures>>> = FxHashMap::default();
+        for r in user.recent.iter().take(params.seed_items) {
+            let v = self.product(&r.product_id);
+            views.insert(r.product_id.as_str(), v);
+        }
+        let last = user
             .recent
-            .iter()
-            .take(params.seed_items)
-            .map(|r| (r.product_id.as_str(), self.product(&r.product_id)))
-            .collect();
+            .first()
+            .and_then(|r| views.get(r.product_id.as_str()).cloned().flatten());
+        if let Some(last) = &last {
+            for (j, _) in last.covisit.iter().take(params.two_hop) {
+                if !views.contains_key(j.as_str()) {
+                    let v = self.product(j);
+                    views.insert(j.as_str(), v);
+                }
+            }
+        }
         // Name the lists the user's categories need (cached until the next refresh).
         for c in user.categories.iter().take(params.top_categories) {
             let _ = self.tops.category_top(&c.id);
@@ -353,12 +366,7 @@ impl Replay {
         crate::candidates::generate(
             user,
             params,
-            |id| {
-                seeds
-                    .iter()
-                    .find(|(s, _)| *s == id)
-                    .and_then(|(_, p)| p.clone())
-            },
+            |id| views.get(id).cloned().flatten(),
             |c| {
                 tops.cat_ids
                     .get(c)

@@ -22,6 +22,10 @@ pub struct ScoringConfig {
     pub per_category: usize,
     /// Products taken from the trending list (default 30).
     pub trending: usize,
+    /// The most recent item's strongest co-visited neighbours whose own lists are
+    /// followed: a second hop of co-visitation (default 25, chosen by leave-one-dataset-out;
+    /// 0 = off).
+    pub two_hop: usize,
     /// Blend weights of the candidate sources.
     pub w_recent: f64,
     /// Weight of co-visitation with the user's recent items (default 1.0).
@@ -65,6 +69,7 @@ impl Default for ScoringConfig {
             top_categories: 3,
             per_category: 30,
             trending: 30,
+            two_hop: 25,
             w_recent: 0.6,
             w_covisit: 1.0,
             w_category: 0.4,
@@ -91,6 +96,7 @@ impl ScoringConfig {
             top_categories: self.top_categories,
             per_category: self.per_category,
             trending: self.trending,
+            two_hop: self.two_hop,
             include_recent: self.include_recent,
             exclude_purchased: self.exclude_purchased,
             exclude_in_cart: self.exclude_in_cart,
@@ -118,6 +124,9 @@ impl ScoringConfig {
         }
         if self.rerank_depth == 0 || self.rerank_depth > 1000 {
             return Err("scoring.rerank_depth must be in 1..=1000".into());
+        }
+        if self.two_hop > 100 {
+            return Err("scoring.two_hop must be at most 100 (neighbours followed)".into());
         }
         if self.max_per_category == 0 {
             return Err("scoring.max_per_category must be at least 1".into());

@@ -100,7 +100,7 @@ impl Ranker for HeuristicRanker {
         out.clear();
         out.extend(candidates.iter().map(|(_, s)| {
             self.w_recent * s.recent
-                + self.w_covisit * s.covisit
+                + self.w_covisit * (s.covisit + s.covisit_2hop)
                 + self.w_category * s.category
                 + self.w_trending * s.trending
         }));

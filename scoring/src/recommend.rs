@@ -33,6 +33,7 @@ use crate::error::ScoringError;
 use crate::feedback::OnlineLearner;
 use crate::metrics as m;
 use crate::rank::{CandidateSignals, HeuristicRanker, HotRanker, Ranker};
+use recstream_model::candidates::top_covisit;
 use recstream_model::{ModelHandle, PairFeatures};
 
 /// Why an item is in the list.
@@ -147,6 +148,8 @@ struct Sources<'u> {
     seed_weights: Vec<f64>,
     last_seed: Option<usize>,
     seed_features: Vec<Option<Arc<ProductFeatures>>>,
+    /// The views of the most recent item's strongest neighbours (two hops).
+    hop_features: Vec<Option<Arc<ProductFeatures>>>,
     top_categories: &'u [recstream_features::view::Weighted],
     category_tops: Vec<(
         &'u recstream_features::view::Weighted,
@@ -397,6 +400,28 @@ impl Recommender {
                 vec![None; seed_ids.len()]
             }
         };
+        // Two hops: the lists of the most recent item's strongest neighbours.
+        let hop_ids: Vec<&str> = last_seed
+            .and_then(|i| seed_features[i].as_ref())
+            .map(|l| {
+                l.covisit
+                    .iter()
+                    .take(cfg.two_hop)
+                    .map(|(j, _)| j.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let hop_features = if hop_ids.is_empty() {
+            Vec::new()
+        } else {
+            match self.store.products(&hop_ids).await {
+                Ok(p) => p,
+                Err(_) => {
+                    degraded.push("feature_store");
+                    Vec::new()
+                }
+            }
+        };
         let top_categories = &user.categories[..user.categories.len().min(cfg.top_categories)];
         let mut category_tops = Vec::with_capacity(top_categories.len());
         for c in top_categories {
@@ -418,6 +443,7 @@ impl Recommender {
             seed_weights,
             last_seed,
             seed_features,
+            hop_features,
             top_categories,
             category_tops,
             trending,
@@ -469,6 +495,22 @@ impl Recommender {
                 c.sig.covisit_raw += sw * w;
                 if Some(si) == src.last_seed {
                     c.sig.covisit_last = w / max;
+                }
+            }
+        }
+
+        if let Some(last) = src.last_seed.and_then(|i| src.seed_features[i].as_ref()) {
+            let max_l = top_covisit(last);
+            let seed = src.last_seed.map(|i| src.seed_ids[i]);
+            for ((_, wj), pj) in last.covisit.iter().zip(&src.hop_features) {
+                let Some(pj) = pj else { continue };
+                let via = *wj as f64 / max_l;
+                let max_j = top_covisit(pj);
+                for (nb, w) in pj.covisit.iter().take(cfg.neighbours_per_seed) {
+                    let v = via * *w as f64 / max_j;
+                    let c = cands.entry(nb.as_str()).or_default();
+                    c.add(cfg.w_covisit * v, Reason::CoVisited, seed);
+                    c.sig.covisit_2hop += v;
                 }
             }
         }
