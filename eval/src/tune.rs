@@ -45,6 +45,8 @@ pub struct Budgets {
     pub per_category: usize,
     /// `scoring.two_hop`.
     pub two_hop: usize,
+    /// `scoring.two_hop_take`.
+    pub two_hop_take: usize,
 }
 
 /// The candidate budgets of the former defaults.
@@ -53,6 +55,7 @@ pub const BASE: Budgets = Budgets {
     neighbours_per_seed: 20,
     per_category: 10,
     two_hop: 0,
+    two_hop_take: 50,
 };
 /// A wider pool: more seeds, every kept co-visited neighbour, more best sellers.
 pub const WIDE: Budgets = Budgets {
@@ -60,6 +63,7 @@ pub const WIDE: Budgets = Budgets {
     neighbours_per_seed: 50,
     per_category: 30,
     two_hop: 0,
+    two_hop_take: 50,
 };
 /// The wider pool and a second hop of co-visitation from the most recent item (the
 /// lists of its 10 strongest neighbours).
@@ -71,6 +75,16 @@ pub const HOP: Budgets = Budgets {
 pub const HOP25: Budgets = Budgets {
     two_hop: 25,
     ..WIDE
+};
+/// … the first 20 items of the lists of its 10 strongest neighbours.
+pub const HOP_20: Budgets = Budgets {
+    two_hop_take: 20,
+    ..HOP
+};
+/// … the first 20 items of the lists of its 25 strongest neighbours.
+pub const HOP25_20: Budgets = Budgets {
+    two_hop_take: 20,
+    ..HOP25
 };
 
 /// How co-visitation weighs the order of a session's items (`features.covisit_*`).
@@ -116,7 +130,7 @@ const LIST: Objective = Objective::Listwise;
 /// days) and new visitors' events only, the budgets, the ranker's objective (pointwise
 /// logistic regression or the listwise softmax, `recstream_model::listwise`), the
 /// order-awareness of co-visitation and its second hop.
-pub const SETTINGS: [Setting; 16] = [
+pub const SETTINGS: [Setting; 18] = [
     (4, 7.0, 0, ("base", BASE), POINT, PLAIN),
     (4, 90.0, 0, ("wide", WIDE), POINT, PLAIN),
     (10, 90.0, 0, ("wide", WIDE), POINT, PLAIN),
@@ -133,6 +147,8 @@ pub const SETTINGS: [Setting; 16] = [
     (100, 90.0, 10, ("hop", HOP), POINT, SEQ),
     (100, 90.0, 10, ("hop25", HOP25), POINT, SEQ),
     (100, 90.0, 10, ("hop", HOP), LIST, SEQ),
+    (100, 90.0, 10, ("hop/20", HOP_20), POINT, SEQ),
+    (100, 90.0, 10, ("hop25/20", HOP25_20), POINT, SEQ),
 ];
 
 /// The grid over `base`: [`SETTINGS`], in order.
@@ -148,6 +164,7 @@ pub fn grid(base: &EvalParams) -> Vec<GridPoint> {
             p.scoring.neighbours_per_seed = b.neighbours_per_seed;
             p.scoring.per_category = b.per_category;
             p.scoring.two_hop = b.two_hop;
+            p.scoring.two_hop_take = b.two_hop_take;
             p.train.objective = objective;
             p.train.features.covisit_distance_decay = order.distance_decay;
             p.train.features.covisit_backward = order.backward;

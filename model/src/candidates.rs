@@ -36,8 +36,9 @@ pub struct CandidateParams {
     pub trending: usize,
     /// The most recent item's strongest neighbours whose own co-visitation lists are
     /// followed (two hops; 0 = off).
-    #[serde(default)]
     pub two_hop: usize,
+    /// Items taken from each of those neighbours' lists.
+    pub two_hop_take: usize,
     /// Whether the user's recent items themselves are candidates.
     pub include_recent: bool,
     /// Leave out products the user already bought.
@@ -55,6 +56,7 @@ impl Default for CandidateParams {
             per_category: 30,
             trending: 30,
             two_hop: 25,
+            two_hop_take: 50,
             include_recent: true,
             exclude_purchased: true,
             exclude_in_cart: true,
@@ -71,8 +73,8 @@ impl CandidateParams {
         if self.neighbours_per_seed > 1000 || self.per_category > 1000 || self.trending > 1000 {
             return Err("candidate budgets must be at most 1000".into());
         }
-        if self.two_hop > 100 {
-            return Err("candidates.two_hop must be at most 100".into());
+        if self.two_hop > 100 || self.two_hop_take > 1000 {
+            return Err("candidates.two_hop must be at most 100, two_hop_take 1000".into());
         }
         Ok(())
     }
@@ -125,7 +127,7 @@ pub fn generate<'t, S: AsRef<str> + 't>(
             let Some(pj) = product(j) else { continue };
             let via = (*wj as f64) / max_l;
             let max_j = top_covisit(&pj);
-            for (c, w) in pj.covisit.iter().take(params.neighbours_per_seed) {
+            for (c, w) in pj.covisit.iter().take(params.two_hop_take) {
                 cands.entry(c.clone()).or_default().covisit_2hop += via * (*w as f64) / max_j;
             }
         }
@@ -252,9 +254,10 @@ mod tests {
             view("x", &[("d", 1.0)]),
         ];
         let none: &[(String, f64)] = &[];
-        let run = |two_hop| {
+        let run = |two_hop, two_hop_take| {
             let params = CandidateParams {
                 two_hop,
+                two_hop_take,
                 ..CandidateParams::default()
             };
             generate(
@@ -266,7 +269,7 @@ mod tests {
                 &["a"],
             )
         };
-        let c = run(10);
+        let c = run(10, 50);
         let hop = |id: &str| c.iter().find(|(p, _)| p == id).map(|(_, s)| s.covisit_2hop);
         // c: via b, (4/4)·(6/6); d: via x, (2/4)·(1/1); b and x are one hop (and none of two).
         assert_eq!(hop("c"), Some(1.0));
@@ -274,10 +277,12 @@ mod tests {
         assert_eq!(hop("b"), Some(0.0));
         assert_eq!(hop("a"), None, "excluded");
         // Only the strongest neighbour followed: d is not reached.
-        let c = run(1);
+        let c = run(1, 50);
         assert!(c.iter().all(|(p, _)| p != "d"));
-        // Off: only the first hop.
-        let ids: Vec<String> = run(0).into_iter().map(|(p, _)| p).collect();
-        assert_eq!(ids, ["b", "x"]);
+        // Off, or nothing taken from the neighbours' lists: only the first hop.
+        for (hop, take) in [(0, 50), (10, 0)] {
+            let ids: Vec<String> = run(hop, take).into_iter().map(|(p, _)| p).collect();
+            assert_eq!(ids, ["b", "x"]);
+        }
     }
 }

@@ -26,6 +26,9 @@ pub struct ScoringConfig {
     /// followed: a second hop of co-visitation (default 25, chosen by leave-one-dataset-out;
     /// 0 = off).
     pub two_hop: usize,
+    /// Items taken from each of those neighbours' lists (default 50, every item the
+    /// features keep; leave-one-dataset-out).
+    pub two_hop_take: usize,
     /// Blend weights of the candidate sources.
     pub w_recent: f64,
     /// Weight of co-visitation with the user's recent items (default 1.0).
@@ -70,6 +73,7 @@ impl Default for ScoringConfig {
             per_category: 30,
             trending: 30,
             two_hop: 25,
+            two_hop_take: 50,
             w_recent: 0.6,
             w_covisit: 1.0,
             w_category: 0.4,
@@ -97,6 +101,7 @@ impl ScoringConfig {
             per_category: self.per_category,
             trending: self.trending,
             two_hop: self.two_hop,
+            two_hop_take: self.two_hop_take,
             include_recent: self.include_recent,
             exclude_purchased: self.exclude_purchased,
             exclude_in_cart: self.exclude_in_cart,
@@ -127,6 +132,9 @@ impl ScoringConfig {
         }
         if self.two_hop > 100 {
             return Err("scoring.two_hop must be at most 100 (neighbours followed)".into());
+        }
+        if self.two_hop_take > 1000 {
+            return Err("scoring.two_hop_take must be at most 1000".into());
         }
         if self.max_per_category == 0 {
             return Err("scoring.max_per_category must be at least 1".into());

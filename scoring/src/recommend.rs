@@ -506,7 +506,7 @@ impl Recommender {
                 let Some(pj) = pj else { continue };
                 let via = *wj as f64 / max_l;
                 let max_j = top_covisit(pj);
-                for (nb, w) in pj.covisit.iter().take(cfg.neighbours_per_seed) {
+                for (nb, w) in pj.covisit.iter().take(cfg.two_hop_take) {
                     let v = via * *w as f64 / max_j;
                     let c = cands.entry(nb.as_str()).or_default();
                     c.add(cfg.w_covisit * v, Reason::CoVisited, seed);
