@@ -5,39 +5,18 @@
 //! sources with its own code (borrowed ids, async store reads); this holds it to the
 //! training path's definitions, source by source.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 
+use common::otto;
 use recstream_eval::store::LiveStore;
 use recstream_features::FeatureStore;
-use recstream_ingest::Event;
-use recstream_ingest::datasets::{self, Dataset};
 use recstream_model::{
     LinearScorer, ModelHandle, NUM_FEATURES, NoProgress, PairFeatures, TrainParams, UserContext,
     train,
 };
 use recstream_scoring::{InProcessCache, Recommender, Request, ScoringConfig};
-
-fn otto() -> Vec<Event> {
-    // `shared/data` beside the checkout, or RECSTREAM_DATA_DIR; never skipped.
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = std::env::var_os("RECSTREAM_DATA_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            [
-                manifest.join("../../shared/data"),
-                manifest.join("../shared/data"),
-            ]
-            .into_iter()
-            .find(|p| p.is_dir())
-        })
-        .expect("the real datasets are missing: set RECSTREAM_DATA_DIR");
-    let rows = datasets::load(Dataset::Otto, &dir.join("otto_sample")).expect("otto sample");
-    datasets::sort_by_time(rows)
-        .into_iter()
-        .filter_map(|r| r.event.ok())
-        .collect()
-}
 
 #[test]
 fn the_endpoint_ranks_with_the_rows_training_builds() {

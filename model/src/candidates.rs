@@ -110,7 +110,7 @@ pub fn generate<'t, S: AsRef<str> + 't>(
         let Some(pf) = product(&r.product_id) else {
             continue;
         };
-        let max = pf.covisit.first().map(|(_, w)| *w).unwrap_or(1.0).max(1.0) as f64;
+        let max = top_covisit(&pf);
         for (nb, w) in pf.covisit.iter().take(params.neighbours_per_seed) {
             let s = cands.entry(nb.clone()).or_default();
             s.covisit += sw * (*w as f64) / max;

@@ -131,6 +131,17 @@ const LOG_FLOOR: f64 = 1e-3;
 /// `ln(LOG_FLOOR)`, the log feature of a source that did not bring the candidate.
 const LN_FLOOR: f64 = -6.907_755_278_982_137;
 
+/// A source signal on the log scale. Most candidates come from one or two sources: the
+/// others are 0, whose feature is `ln` of the floor.
+#[inline]
+fn log_signal(v: f64) -> f64 {
+    if v > 0.0 {
+        (LOG_FLOOR + v).ln()
+    } else {
+        LN_FLOOR
+    }
+}
+
 const TEN_MINUTES_MS: f64 = 600_000.0;
 const DAY_MS: f64 = 86_400_000.0;
 const HOUR_MS: f64 = 3_600_000.0;
@@ -436,19 +447,10 @@ impl<'a> UserContext<'a> {
             .into_iter()
             .enumerate()
         {
-            // Most candidates come from one or two sources: the others are 0, ln of the floor.
-            out[LOG_START + k] = if v > 0.0 {
-                (LOG_FLOOR + v).ln()
-            } else {
-                LN_FLOOR
-            };
+            out[LOG_START + k] = log_signal(v);
         }
         out[HOP_START] = s.covisit_2hop;
-        out[HOP_START + 1] = if s.covisit_2hop > 0.0 {
-            (LOG_FLOOR + s.covisit_2hop).ln()
-        } else {
-            LN_FLOOR
-        };
+        out[HOP_START + 1] = log_signal(s.covisit_2hop);
     }
 }
 

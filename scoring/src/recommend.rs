@@ -486,7 +486,7 @@ impl Recommender {
         for (si, (seed, pf)) in src.seed_ids.iter().zip(&src.seed_features).enumerate() {
             let Some(pf) = pf else { continue };
             let sw = src.seed_weights[si];
-            let max = pf.covisit.first().map(|(_, w)| *w).unwrap_or(1.0).max(1.0) as f64;
+            let max = top_covisit(pf);
             for (nb, w) in pf.covisit.iter().take(cfg.neighbours_per_seed) {
                 let w = *w as f64;
                 let c = cands.entry(nb.as_str()).or_default();
@@ -844,7 +844,7 @@ impl Recommender {
         let Some(p) = self.store.products(&[product_id]).await?.pop().flatten() else {
             return Ok(None);
         };
-        let max = p.covisit.first().map(|(_, w)| *w).unwrap_or(1.0).max(1.0) as f64;
+        let max = top_covisit(&p);
         Ok(Some(
             p.covisit
                 .iter()
